@@ -1,0 +1,37 @@
+# Every target runs in a local virtual environment (.venv) that the first use creates from pyproject.toml.
+# PYTHON=python3 (or any interpreter that already has the packages) uses that instead and installs nothing.
+VENV := .venv
+ifeq ($(origin PYTHON), undefined)
+PYTHON := $(VENV)/bin/python
+SETUP := $(VENV)/.installed
+else
+SETUP :=
+endif
+
+MODEL ?= resnet18
+DATASET ?= cifar10
+DATA ?= .data
+OUT ?= runs/$(MODEL)-$(DATASET)
+ARGS ?=
+
+.PHONY: train test bench lint nets
+
+train: $(SETUP)
+	$(PYTHON) -m train model=$(MODEL) dataset=$(DATASET) data=$(DATA) out=$(OUT) $(ARGS)
+
+test: $(SETUP)
+	$(PYTHON) -m pytest -q $(ARGS)
+
+bench: $(SETUP)
+	$(PYTHON) -m bench $(ARGS)
+
+lint: $(SETUP)
+	$(PYTHON) -m ruff check .
+
+nets: $(SETUP)
+	$(PYTHON) -m nets
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -e '.[test,lint]'
+	touch $@

@@ -1,0 +1,1 @@
+"""Benchmarks: each module has `measure(...) -> dict` and a `main()` writing JSON + markdown results."""

@@ -1,0 +1,17 @@
+"""CIFAR-10/100 in, device-resident batches out. Imports nothing else of this repository.
+
+    load_cifar(dataset, root, download, labels) -> Cifar     find, decode once (cached), check
+    stratified_split(labels, val_fraction, seed)             train/validation indices
+    normalisation_stats(train_images, per)                   mean, std from the training split
+    DeviceBatches(images, labels, mean, std, batch_size, train, generator)   shuffled, augmented batches
+"""
+
+from data.cifar import DATASETS, Cifar, load_cifar
+from data.errors import DataError
+from data.loader import DeviceBatches, normalise, random_crop_flip
+from data.split import normalisation_stats, stratified_split
+
+__all__ = [
+    "DATASETS", "Cifar", "DataError", "DeviceBatches", "load_cifar", "normalisation_stats", "normalise",
+    "random_crop_flip", "stratified_split",
+]

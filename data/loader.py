@@ -1,0 +1,116 @@
+"""Batches made on the device: the split stays there as uint8, and each batch is gathered, augmented and
+normalised there, so no host work or transfer sits between training steps. The same code runs on the CPU.
+
+Augmentation (He et al. 2016, "Deep Residual Learning", sec. 4.2): pad 4 pixels on each side, take a
+random 32x32 crop, flip it horizontally with probability 1/2. Images are normalised *before* padding and
+the padding is 0, so a padded pixel equals the per-pixel mean: neutral, as the paper's padding of
+mean-subtracted images. The crop and flip are one gather, with no loop over images:
+
+    dy, dx ~ U{-pad..pad}, flip ~ U{0, 1}                     per image, from the caller's torch.Generator
+    out[b, c, i, j] = (x[b, c, r, s] - mean[c, r, s]) / std[c, r, s]   if 0 <= r < H and 0 <= s < W, else 0
+        where r = i + dy[b],  s = (W - 1 - j if flip[b] else j) + dx[b]
+
+that is: crop the zero-padded normalised image at offset (pad + dy, pad + dx), then mirror the crop if flip.
+Precision and memory format (bf16, channels_last) are the trainer's business: batches leave here float32 NCHW.
+"""
+
+import torch
+
+from data.errors import DataError
+
+CROP_PAD = 4  # pixels of padding on each side before the random crop (He et al. 2016, sec. 4.2)
+# Training batches are augmented this many images at a time (rounded to whole batches): augmenting costs
+# some 20 small kernel launches, about 0.5 ms on an H100 whatever the batch size (measured per batch), so
+# one launch sequence per chunk instead of per batch. Temporaries peak near 4 float32 copies of the chunk,
+# 4 x 4096 x 12 KB = 200 MB.
+CHUNK_IMAGES = 4096
+
+
+def _stats_like(stat, images: torch.Tensor) -> torch.Tensor:
+    """A mean or std (numpy or torch, (C, H, W)) as float32 on the images' device (no copy if it is)."""
+    return torch.as_tensor(stat, dtype=torch.float32, device=images.device)
+
+
+def normalise(images_u8: torch.Tensor, mean, std) -> torch.Tensor:
+    """(x - mean) / std in float32, for uint8 images (B, C, H, W) and per-pixel mean, std (C, H, W)."""
+    return (images_u8.float() - _stats_like(mean, images_u8)) / _stats_like(std, images_u8)
+
+
+def random_crop_flip(images_u8: torch.Tensor, mean, std, pad: int, generator: torch.Generator | None):
+    """Normalised, randomly translated (by up to `pad` pixels, zero fill) and flipped float32 (B, C, H, W).
+
+    The offsets and flips are drawn from `generator`, which lives on the images' device (None: torch's default
+    generator for that device), in this order: dy (B,), dx (B,), flip (B,).
+    """
+    B, C, H, W = images_u8.shape
+    device = images_u8.device
+    dy = torch.randint(-pad, pad + 1, (B, 1), generator=generator, device=device)
+    dx = torch.randint(-pad, pad + 1, (B, 1), generator=generator, device=device)
+    flip = torch.randint(0, 2, (B, 1), generator=generator, device=device).bool()
+    j = torch.arange(W, device=device)
+    rows = torch.arange(H, device=device) + dy  # (B, H): source row of each output row
+    cols = torch.where(flip, W - 1 - j, j) + dx  # (B, W): source column of each output column
+    inside = ((rows >= 0) & (rows < H))[:, :, None] & ((cols >= 0) & (cols < W))[:, None, :]  # (B, H, W)
+    source = rows.clamp(0, H - 1)[:, :, None] * W + cols.clamp(0, W - 1)[:, None, :]  # (B, H, W) flat pixel
+    source = source.view(B, 1, H * W).expand(B, C, H * W)  # the same pixel in every channel
+    # Normalised where each pixel is (with its own position's mean and std), then moved: one gather.
+    x = normalise(images_u8, mean, std).view(B, C, H * W).gather(2, source)  # (B, C, H*W)
+    return torch.where(inside.view(B, 1, H * W), x, 0.0).view(B, C, H, W)
+
+
+class DeviceBatches:
+    """Iterable of (x float32 (B, C, H, W), y int64 (B,)) batches of a split that lives on one device.
+
+    train=True: each epoch (each iter()) visits the images in a new order from torch.randperm(generator) and
+    augments them with random_crop_flip, CHUNK_IMAGES at a time; drop_last defaults to True, so every step
+    sees a full batch.
+    train=False: the stored order, normalise only, and the partial last batch is kept (drop_last False).
+    `generator` must be on the images' device; the same seed gives the same batches.
+    """
+
+    def __init__(self, images_u8: torch.Tensor, labels: torch.Tensor, mean, std, batch_size: int,
+                 train: bool, generator: torch.Generator | None = None, drop_last: bool | None = None,
+                 pad: int = CROP_PAD):
+        if images_u8.dtype != torch.uint8 or images_u8.ndim != 4:
+            raise DataError(f"DeviceBatches needs uint8 images (N, C, H, W), got {images_u8.dtype} "
+                            f"{tuple(images_u8.shape)}")
+        if labels.shape != images_u8.shape[:1] or labels.device != images_u8.device:
+            raise DataError(f"DeviceBatches needs one label per image on the images' device, got labels "
+                            f"{tuple(labels.shape)} on {labels.device} for images "
+                            f"{tuple(images_u8.shape)} on {images_u8.device}")
+        if generator is not None and generator.device.type != images_u8.device.type:
+            raise DataError(f"the generator is on {generator.device} but the images are on "
+                            f"{images_u8.device}; make it with "
+                            f"torch.Generator(device={str(images_u8.device)!r})")
+        if batch_size < 1 or pad < 0:
+            raise DataError(f"batch_size={batch_size} must be >= 1 and pad={pad} >= 0")
+        self.images, self.labels = images_u8, labels.long()
+        self.mean, self.std = _stats_like(mean, images_u8), _stats_like(std, images_u8)
+        if self.mean.shape != images_u8.shape[1:] or self.std.shape != images_u8.shape[1:]:
+            raise DataError(f"mean {tuple(self.mean.shape)} and std {tuple(self.std.shape)} must have "
+                            f"the image shape {tuple(images_u8.shape[1:])}, as normalisation_stats gives")
+        self.batch_size, self.train, self.generator, self.pad = batch_size, train, generator, pad
+        self.drop_last = train if drop_last is None else drop_last
+        if len(self) == 0:
+            raise DataError(f"no batches: {len(images_u8)} images, batch_size={batch_size}, "
+                            f"drop_last={self.drop_last}; use a smaller batch_size or drop_last=False")
+
+    def __len__(self) -> int:
+        n = len(self.images)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        size, end = self.batch_size, len(self) * self.batch_size  # end: past the last batch's images
+        if not self.train:  # slices, not gathers: the stored order
+            for start in range(0, end, size):
+                batch = slice(start, start + size)
+                yield normalise(self.images[batch], self.mean, self.std), self.labels[batch]
+            return
+        order = torch.randperm(len(self.images), generator=self.generator, device=self.images.device)
+        chunk = size * max(1, CHUNK_IMAGES // size)
+        for chunk_start in range(0, end, chunk):
+            index = order[chunk_start:min(chunk_start + chunk, end)]
+            x = random_crop_flip(self.images[index], self.mean, self.std, self.pad, self.generator)
+            y = self.labels[index]
+            for start in range(0, len(index), size):
+                yield x[start:start + size], y[start:start + size]

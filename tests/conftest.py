@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny synthetic CIFAR copies in every format load_cifar reads, written once per session.
+
+Each fixture returns the path to pass as data= (load_cifar's root). They are shared: read them, never
+modify them (copy one into tmp_path first). Loading one writes its cache into .cifar-zoo-cache/ inside or
+beside it, which is harmless. Sizes: synthetic.N_TRAIN_PER_CLASS train and N_TEST_PER_CLASS test images
+per class; the expected arrays are synthetic.synthetic_cifar(...) with the writer's arguments.
+"""
+
+import pytest
+import torch
+from synthetic import (
+    CIFAR10_CLASSES,
+    write_archive,
+    write_cifar10_pickles,
+    write_cifar100_pickles,
+    write_image_folder,
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip tests marked gpu when there is no CUDA device (the marker's meaning in pyproject.toml)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def cifar10_pickles(tmp_path_factory):
+    """Root holding cifar-10-batches-py/ (official format, synthetic images)."""
+    return write_cifar10_pickles(tmp_path_factory.mktemp("cifar10_pickles"))
+
+
+@pytest.fixture(scope="session")
+def cifar100_pickles(tmp_path_factory):
+    """Root holding cifar-100-python/ (official format, synthetic images, coarse = fine // 5)."""
+    return write_cifar100_pickles(tmp_path_factory.mktemp("cifar100_pickles"))
+
+
+@pytest.fixture(scope="session")
+def image_folder_png(tmp_path_factory):
+    """Root holding train/<class>/*.png and test/<class>/*.png with the CIFAR-10 class names."""
+    return write_image_folder(tmp_path_factory.mktemp("image_folder_png"), CIFAR10_CLASSES, ext="png")
+
+
+@pytest.fixture(scope="session")
+def image_folder_jpg(tmp_path_factory):
+    """As image_folder_png, JPEG-encoded (lossy: compare loosely)."""
+    return write_image_folder(tmp_path_factory.mktemp("image_folder_jpg"), CIFAR10_CLASSES, ext="jpg")
+
+
+@pytest.fixture(scope="session")
+def image_archive(tmp_path_factory):
+    """A .tar.gz of the PNG image folder, inside one top-level folder."""
+    folder = write_image_folder(tmp_path_factory.mktemp("image_archive_src") / "cifar10-png", CIFAR10_CLASSES)
+    return write_archive(folder, tmp_path_factory.mktemp("image_archive") / "cifar10-png.tar.gz")

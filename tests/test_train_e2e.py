@@ -1,0 +1,118 @@
+"""The training command line end to end, on tiny synthetic data in the real formats (CPU, eager)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from train.cli import main
+from train.config import parse
+from train.loop import run
+
+REPO = Path(__file__).resolve().parents[1]
+# A narrow ResNet-18 (4 channels in the first stage): the real architecture at a CPU-test cost.
+TINY = ["model=resnet18", "net.width=4", "device=cpu", "compile=false", "download=false", "progress=false"]
+
+
+def train_args(data, out, *extra):
+    return [*TINY, f"data={data}", f"out={out}", *extra]
+
+
+@pytest.fixture(scope="module")
+def learned_run(tmp_path_factory, cifar10_pickles):
+    """One short run on the synthetic CIFAR-10 pickles: 20 train / 10 test images per class."""
+    out = tmp_path_factory.mktemp("run")
+    cfg = parse(train_args(cifar10_pickles, out, "epochs=6", "batch_size=20", "lr=0.05", "val_fraction=0.2",
+                           "schedule=onecycle", "seed=3"))
+    torch.set_num_threads(1)  # small ops on 2 busy cores run faster on one thread
+    try:
+        results = run(cfg, log=lambda line: None)
+    finally:
+        torch.set_num_threads(2)
+    return out, results
+
+
+def test_run_directory_contract(learned_run):
+    out, results = learned_run
+    assert {p.name for p in out.iterdir()} >= {"config.json", "metrics.jsonl", "last.pt", "best.pt",
+                                                "results.json"}
+    saved = json.loads((out / "results.json").read_text())
+    for key in ("model", "dataset", "test_top1", "test_top5", "best_val_top1", "best_epoch", "epochs_run",
+                "train_seconds"):
+        assert key in saved, key
+    assert saved == json.loads(json.dumps(results))
+    assert saved["model"] == "resnet18" and saved["dataset"] == "cifar10" and saved["epochs_run"] == 6
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == list(range(1, 7))
+    for m in lines:
+        assert {"train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "seconds",
+                "images_per_s"} <= set(m)
+    best = max(lines, key=lambda m: m["val_top1"])
+    assert saved["best_val_top1"] == best["val_top1"]
+    assert json.loads((out / "config.json").read_text())["epochs"] == 6
+
+
+def test_training_learns(learned_run):
+    """Loss falls and accuracy ends far above chance (10%) on held-out images."""
+    out, results = learned_run
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["train_loss"] < 0.7 * lines[0]["train_loss"]
+    assert results["test_top1"] >= 50 and results["best_val_top1"] >= 50
+
+
+def cli(*args):
+    """The real command, in a fresh interpreter, as a user types it."""
+    return subprocess.run([sys.executable, "-m", "train", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cli_end_to_end_on_image_archive(tmp_path, image_archive):
+    proc = cli(*train_args(image_archive, tmp_path / "run", "epochs=1", "batch_size=50"))
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert 0 <= results["test_top1"] <= 100 and results["epochs_run"] == 1
+    assert "epoch   1/1" in proc.stdout and "test (best val epoch 1)" in proc.stdout
+
+
+def test_cli_user_error_is_one_line_exit_2(tmp_path):
+    proc = cli("model=resnet19", f"data={tmp_path}", "download=false")
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "unknown model 'resnet19'" in proc.stderr and "resnet18" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["model=vgg99"], "unknown model 'vgg99'"),
+        (["dataset=mnist"], "dataset='mnist' is not one of"),
+        (["lr=-1"], "lr must be positive"),
+        (["epochs=two"], "not a valid int"),
+        (["batch_size=100000"], "larger than the training split"),
+        (["net.depth=3"], "has no option depth"),
+        (["dataset=cifar100"], "no CIFAR-100 data"),
+    ],
+)
+def test_user_errors(args, message, cifar10_pickles, tmp_path, capsys):
+    code = main(train_args(cifar10_pickles, tmp_path / "run", *args))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and err.count("\n") == 1
+
+
+def test_missing_data_says_where_it_looked(tmp_path, capsys):
+    assert main(train_args(tmp_path / "nothing", tmp_path / "run")) == 2
+    err = capsys.readouterr().err
+    assert "looked for" in err and "data=<path>" in err and "download=true" in err
+
+
+def test_cifar100_coarse_end_to_end(cifar100_pickles, tmp_path):
+    cfg = parse(train_args(cifar100_pickles, tmp_path, "dataset=cifar100", "labels=coarse", "epochs=1",
+                           "batch_size=64"))
+    results = run(cfg, log=lambda line: None)
+    assert results["dataset"] == "cifar100" and 0 <= results["test_top1"] <= 100
+    params = torch.load(tmp_path / "best.pt", weights_only=True)["params"]
+    assert params["fc.weight"].shape[0] == 20

@@ -1,0 +1,137 @@
+"""The run configuration: one frozen dataclass, recipe presets, and the `key=value` parser of the command line.
+
+Precedence: the dataclass defaults are the seed recipe; `recipe=<name>` applies that preset on top; every
+explicit `key=value` wins over both. Net options travel as `net.<option>=<value>` (e.g. `net.width=32`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A bad key or value on the command line."""
+
+
+@dataclass(frozen=True)
+class Config:
+    # What to train, on what.
+    model: str = "resnet18"
+    dataset: str = "cifar10"  # cifar10 | cifar100
+    data: str = ".data"  # a directory (official pickles or train/ test/ class folders) or an archive of one
+    download: bool = True  # fetch the official files through torchvision when `data` holds none
+    labels: str = "fine"  # cifar100 only: fine (100 classes) | coarse (20 superclasses)
+    out: str = ""  # run directory; "" -> runs/<model>-<dataset>
+    net: dict[str, Any] = field(default_factory=dict)  # options of the net's builder (`net.width=32`)
+    # The seed recipe.
+    recipe: str = "seed"
+    epochs: int = 200
+    batch_size: int = 256  # images per SGD step
+    lr: float = 0.1  # peak learning rate, per step of `batch_size` images
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4  # L2 coefficient added to the gradient, as torch.optim.SGD does
+    decay_all: bool = True  # true: every tensor decays (torch.optim.SGD); false: only weights with ndim >= 2
+    label_smoothing: float = 0.0
+    schedule: str = "plateau"  # plateau: lr / 10 when val error stalls | onecycle: linear warm-up, linear decay
+    patience: int = 10  # plateau: epochs without a val-error improvement before dividing the lr
+    lr_factor: float = 0.1  # plateau: lr multiplier at each plateau (the seed's "divided by 10")
+    min_lr: float = 1e-5  # plateau: the lr is never reduced below this
+    warmup_fraction: float = 0.2  # onecycle: share of all steps spent rising from 0 to lr
+    val_fraction: float = 0.1  # share of each class held out for validation: 45k/5k on the full set
+    normalisation: str = "pixel"  # pixel: per-pixel mean/std of the training split | channel: per channel
+    seed: int = 0  # seeds the split, the init, the shuffling and the augmentation
+    # Machinery (the trainer owns device, precision and memory format; nets never choose them).
+    device: str = "auto"  # auto | cpu | cuda
+    compile: str = "auto"  # auto (= on CUDA) | true | false: torch.compile around the whole step
+    precision: str = "auto"  # auto (= bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    eval_batch_size: int = 1024  # images per evaluation batch (no gradients, so larger)
+    progress: bool = True  # a progress bar on a terminal (never in logs; one summary line per epoch always)
+
+    def run_dir(self) -> str:
+        return self.out or f"runs/{self.model}-{self.dataset}"
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+
+# Presets applied by `recipe=`. "seed" is the design card's recipe, which the defaults above already are.
+RECIPES: dict[str, dict[str, Any]] = {"seed": {}}
+
+CHOICES = {
+    "dataset": ("cifar10", "cifar100"),
+    "labels": ("fine", "coarse"),
+    "schedule": ("plateau", "onecycle"),
+    "normalisation": ("pixel", "channel"),
+    "device": ("auto", "cpu", "cuda"),
+    "compile": ("auto", "true", "false"),
+    "precision": ("auto", "fp32", "bf16"),
+}
+POSITIVE = ("epochs", "batch_size", "eval_batch_size", "lr")
+NON_NEGATIVE = ("momentum", "weight_decay", "label_smoothing", "patience", "min_lr")
+FRACTIONS = ("val_fraction", "warmup_fraction", "lr_factor", "label_smoothing")
+
+
+def _coerce(key: str, text: str, kind: type) -> Any:
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return text.lower() in ("true", "1", "yes")
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"{key}={text!r} is not a valid {kind.__name__}") from None
+
+
+def _net_value(text: str) -> Any:
+    """Net options are typed by their text: int, float, true/false, else a string."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def parse(argv: list[str]) -> Config:
+    """`key=value` words -> Config, checked. Raises ConfigError with a one-line reason."""
+    fields = {f.name: f for f in dataclasses.fields(Config) if f.name != "net"}
+    values: dict[str, Any] = {}
+    net: dict[str, Any] = {}
+    for word in argv:
+        key, sep, text = word.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"expected key=value, got {word!r} (e.g. epochs=30)")
+        if key.startswith("net."):
+            net[key[4:]] = _net_value(text)
+        elif key in fields:
+            kind = {"int": int, "float": float, "bool": bool, "str": str}[str(fields[key].type)]
+            values[key] = _coerce(key, text, kind)
+        else:
+            raise ConfigError(f"unknown key {key!r}; valid keys: {', '.join(fields)}, net.<option>")
+    recipe = values.get("recipe", "seed")
+    if recipe not in RECIPES:
+        raise ConfigError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
+    cfg = Config(**{**RECIPES[recipe], **values, "net": net})
+    check(cfg)
+    return cfg
+
+
+def check(cfg: Config) -> None:
+    for key, allowed in CHOICES.items():
+        if getattr(cfg, key) not in allowed:
+            raise ConfigError(f"{key}={getattr(cfg, key)!r} is not one of: {', '.join(allowed)}")
+    for key in POSITIVE:
+        if not getattr(cfg, key) > 0:
+            raise ConfigError(f"{key} must be positive, got {getattr(cfg, key)}")
+    for key in NON_NEGATIVE:
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"{key} must not be negative, got {getattr(cfg, key)}")
+    for key in FRACTIONS:
+        if not 0 <= getattr(cfg, key) < 1:
+            raise ConfigError(f"{key} must be in [0, 1), got {getattr(cfg, key)}")
+    if cfg.labels == "coarse" and cfg.dataset != "cifar100":
+        raise ConfigError("labels=coarse exists only for dataset=cifar100")
