@@ -3,10 +3,20 @@
     net = nets.build("resnet18", num_classes=10)
     params, state = net.init(torch.Generator().manual_seed(0))
     logits, new_state = net.apply(params, state, x, train=True)
+
+Every module of this package other than the infrastructure below is a family file that registers its
+variants when imported; importing `nets` imports them all.
 """
 
-from nets import resnet  # noqa: F401  (registers its variants)
+import importlib
+import pkgutil
+
 from nets.core import IMAGE_SHAPE, Net, NetError
 from nets.registry import build, names, options
+
+_INFRASTRUCTURE = {"core", "registry", "blocks", "__main__"}
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name not in _INFRASTRUCTURE:
+        importlib.import_module(f"nets.{_module.name}")
 
 __all__ = ["IMAGE_SHAPE", "Net", "NetError", "build", "names", "options"]

@@ -29,11 +29,14 @@ from train.optim import zeros_like_tree
 from train.schedule import make_schedule
 from train.step import (
     TrainState,
+    as_leaves,
+    leaf_step,
     make_eval_step,
     make_train_step,
     maybe_compile,
     precision_for,
     to_memory_format,
+    uses_custom_kernels,
 )
 
 
@@ -101,7 +104,11 @@ def run(cfg: Config, log=print) -> dict:
     params = to_memory_format(params, precision)
     ts = TrainState(params, state, zeros_like_tree(params))  # momentum buffers in the params' layout
     schedule = make_schedule(cfg)
-    step = maybe_compile(make_train_step(net, cfg, precision), use_compile)
+    gradients = "autograd" if uses_custom_kernels(net, device) else "func"
+    train_step = maybe_compile(make_train_step(net, cfg, precision, gradients), use_compile, gradients)
+    step = train_step
+    if gradients == "autograd":
+        step, ts = leaf_step(train_step), as_leaves(ts)
     eval_step = maybe_compile(make_eval_step(net, precision), use_compile)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -110,7 +117,7 @@ def run(cfg: Config, log=print) -> dict:
     metrics_path.write_text("")
     log(f"{net.name}: {net.param_count():,} params | {cfg.dataset} ({data.source}): {len(train_idx)} train, "
         f"{len(val_idx)} val, {len(data.test_labels)} test | {device.type}, "
-        f"{'bf16' if precision.autocast else 'fp32'}, compile={use_compile} | run dir {out}")
+        f"{'bf16' if precision.autocast else 'fp32'}, compile={use_compile}, gradients={gradients} | run dir {out}")
 
     compile_seconds = 0.0
     if use_compile:  # compile outside the timed epochs; the step is pure, so warming up changes nothing

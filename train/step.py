@@ -3,8 +3,14 @@
     step(train_state, (x, y), lr) -> (train_state, metrics)
 
 `train_state` bundles params, BatchNorm state and momentum buffers; nothing is changed in place, so the step
-can be compiled once with torch.compile and re-run, and a warm-up call on a copy changes nothing. Gradients
-come from torch.func.grad_and_value over the net's pure forward.
+can be compiled once with torch.compile and re-run, and a warm-up call changes nothing.
+
+Gradients come from one of two places:
+  "func":     torch.func.grad_and_value over the net's pure forward (the default);
+  "autograd": torch.autograd.grad with the params as leaf tensors that require grad. Needed when a Triton
+              kernel with a custom backward is inside the compiled step: in torch 2.11, torch.compile over
+              torch.func.grad fails on such kernels, while this form, traced with dynamo's
+              trace_autograd_ops, compiles to one graph (shared/notes/torch-func-triton.md).
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from train.optim import Tree, decay_rule, sgd
+
+AUX_LOSS_WEIGHT = 0.3  # weight of each auxiliary classifier's loss (GoogLeNet paper, sec. 5)
 
 
 class TrainState(NamedTuple):
@@ -62,27 +70,66 @@ def topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
     return (top == y[:, None]).any(dim=1).sum()
 
 
-def make_train_step(net, cfg, precision: Precision):
+def make_train_step(net, cfg, precision: Precision, gradients: str = "func"):
     decays = decay_rule(cfg.decay_all)
 
     def loss_fn(params, bn_state, x, y):
         with precision.context():
-            logits, new_state = net.apply(params, bn_state, precision.prepare(x), train=True)
+            out, new_state = net.apply(params, bn_state, precision.prepare(x), train=True)
+        # A net with auxiliary classifiers (GoogLeNet's, when enabled) returns (logits, *aux) in train mode;
+        # each auxiliary loss is weighted 0.3, as in Szegedy et al. 2015, sec. 5.
+        logits, *aux = out if isinstance(out, tuple) else (out,)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        for a in aux:
+            loss = loss + AUX_LOSS_WEIGHT * F.cross_entropy(a.float(), y, label_smoothing=cfg.label_smoothing)
         return loss, (new_state, logits.detach())
 
-    grad_and_loss = torch.func.grad_and_value(loss_fn, has_aux=True)
+    def autograd_grad_and_loss(params, bn_state, x, y):
+        with torch.enable_grad():
+            loss, aux = loss_fn(params, bn_state, x, y)
+            grads = torch.autograd.grad(loss, list(params.values()))
+        return dict(zip(params, grads)), (loss.detach(), aux)
+
+    grad_and_loss = {
+        "func": torch.func.grad_and_value(loss_fn, has_aux=True),
+        "autograd": autograd_grad_and_loss,
+    }[gradients]
 
     def step(ts: TrainState, batch, lr: torch.Tensor):
         x, y = batch
         grads, (loss, (new_state, logits)) = grad_and_loss(ts.params, ts.state, x, y)
-        params, momentum = sgd(
-            ts.params, grads, ts.momentum, lr, cfg.momentum, cfg.weight_decay, cfg.nesterov, decays
-        )
+        with torch.no_grad():
+            params, momentum = sgd(
+                ts.params, grads, ts.momentum, lr, cfg.momentum, cfg.weight_decay, cfg.nesterov, decays
+            )
         metrics = {"loss": loss.detach(), "correct": topk_correct(logits, y, 1)}
         return TrainState(params, new_state, momentum), metrics
 
     return step
+
+
+def as_leaves(ts: TrainState) -> TrainState:
+    """For gradients="autograd": the params become leaf tensors that require grad (in place, no copies)."""
+    for p in ts.params.values():
+        p.requires_grad_(True)
+    return ts
+
+
+def leaf_step(step):
+    """Wraps an "autograd" step so that the params it returns are leaves that require grad again (outside
+    any compiled region: setting requires_grad inside one would break the graph)."""
+
+    def wrapped(ts: TrainState, batch, lr):
+        ts, metrics = step(ts, batch, lr)
+        return as_leaves(ts), metrics
+
+    return wrapped
+
+
+def uses_custom_kernels(net, device: torch.device) -> bool:
+    """Whether the net will run Triton kernels with custom backwards (blocks with a `kernels` switch) here."""
+    modules = net.module.modules()
+    return device.type == "cuda" and any(getattr(m, "kernels", "reference") != "reference" for m in modules)
 
 
 def make_eval_step(net, precision: Precision):
@@ -98,7 +145,18 @@ def make_eval_step(net, precision: Precision):
     return evaluate
 
 
-def maybe_compile(fn, enabled: bool):
+def maybe_compile(fn, enabled: bool, gradients: str = "func"):
+    """torch.compile(fn) when enabled, with dynamo tracing torch.autograd.grad for the "autograd" form."""
+    if not enabled:
+        return fn
     # dynamic=False: one graph per input shape. Training batches all have one shape (drop_last), evaluation
     # has at most two (full and last partial batch): each compiles once, never again in later epochs.
-    return torch.compile(fn, dynamic=False) if enabled else fn
+    compiled = torch.compile(fn, dynamic=False)
+    if gradients == "func":
+        return compiled
+
+    def traced(*args):
+        with torch._dynamo.config.patch(trace_autograd_ops=True):
+            return compiled(*args)
+
+    return traced

@@ -1,0 +1,68 @@
+"""Building blocks shared by several families, written once.
+
+    conv_bn_relu(cin, cout, k, stride)   Conv2d (no bias: BN's shift replaces it) -> BatchNorm2d -> ReLU
+    DepthwiseConv2d(channels, k, stride) a k x k convolution per channel, through `depthwise` below
+    SeparableConv2d(cin, cout, stride)   depthwise 3x3 then pointwise 1x1 (Chollet 2017; Howard et al. 2017)
+    attention(qkv)                       softmax(Q K^T / sqrt(D)) V from a fused QKV projection
+
+`depthwise` and `attention` are the single doors to the Triton kernels in kernels/: `impl="auto"` takes
+the kernel for CUDA tensors it supports and the plain PyTorch reference elsewhere; `impl="reference"` forces
+the reference (the nets expose it as their `kernels` option).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+KERNEL_CHOICES = ("auto", "reference")
+
+
+def check_kernels(kernels: str) -> str:
+    from nets.core import NetError
+
+    if kernels not in KERNEL_CHOICES:
+        raise NetError(f"kernels must be one of {', '.join(KERNEL_CHOICES)}, got {kernels!r}")
+    return kernels
+
+
+def conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1, relu: bool = True) -> nn.Sequential:
+    layers = [nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False), nn.BatchNorm2d(cout)]
+    return nn.Sequential(*layers, nn.ReLU(inplace=True)) if relu else nn.Sequential(*layers)
+
+
+def depthwise(x: torch.Tensor, weight: torch.Tensor, stride: int, impl: str = "auto") -> torch.Tensor:
+    """Depthwise k x k convolution with 'same' padding: x (N, C, H, W), weight (C, 1, k, k)."""
+    from kernels.depthwise import depthwise_conv2d  # imported at first use: importing nets needs no Triton
+
+    return depthwise_conv2d(x, weight, stride=stride, impl=impl)
+
+
+def attention(qkv: torch.Tensor, impl: str = "auto") -> torch.Tensor:
+    """qkv (B, S, 3, heads, D), the QKV projection's output viewed per head -> (B, S, heads * D)."""
+    from kernels.attention import attention as fused_attention
+
+    return fused_attention(qkv, impl=impl)
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """An nn.Conv2d(C, C, k, groups=C, bias=False) (same parameters and state_dict) computed by `depthwise`."""
+
+    def __init__(self, channels: int, k: int = 3, stride: int = 1, kernels: str = "auto"):
+        super().__init__(channels, channels, k, stride=stride, padding=k // 2, groups=channels, bias=False)
+        self.kernels = check_kernels(kernels)
+
+    def forward(self, x):
+        return depthwise(x, self.weight, self.stride[0], self.kernels)
+
+
+class SeparableConv2d(nn.Module):
+    """Depthwise 3x3 (stride `stride`) then pointwise 1x1; BN and ReLU placement are the caller's."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, kernels: str = "auto"):
+        super().__init__()
+        self.depthwise = DepthwiseConv2d(cin, 3, stride, kernels)
+        self.pointwise = nn.Conv2d(cin, cout, 1, bias=False)
+
+    def forward(self, x):
+        return self.pointwise(self.depthwise(x))

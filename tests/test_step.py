@@ -1,0 +1,125 @@
+"""The training step: compiled equals eager, both gradient forms agree, one graph, compiled once per shape."""
+
+import pytest
+import torch
+from torch import nn
+from torch._dynamo.testing import CompileCounter
+
+from nets.core import Net
+from train.config import Config
+from train.optim import zeros_like_tree
+from train.step import (
+    TrainState,
+    as_leaves,
+    leaf_step,
+    make_eval_step,
+    make_train_step,
+    maybe_compile,
+    precision_for,
+)
+
+CPU = precision_for(torch.device("cpu"), "fp32")
+
+
+def small_net() -> Net:
+    """Conv-BN-ReLU-pool-linear: every kind of tensor the zoo's nets have, at a cost tests can afford."""
+    return Net("small", lambda: nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)), 10)
+
+
+def fresh_state(net):
+    params, state = net.init(torch.Generator().manual_seed(int(torch.randint(0, 2**31, ()))))
+    return TrainState(params, state, zeros_like_tree(params))
+
+
+def batches(n, size=16):
+    return [(torch.randn(size, 3, 32, 32), torch.randint(0, 10, (size,))) for _ in range(n)]
+
+
+def run_steps(step, ts, data, lrs):
+    for batch, lr in zip(data, lrs):
+        ts, metrics = step(ts, batch, lr)
+    return ts, metrics
+
+
+def assert_same_state(a: TrainState, b: TrainState, **tol):
+    for tree_a, tree_b in zip(a, b):
+        assert set(tree_a) == set(tree_b)
+        for k in tree_a:
+            torch.testing.assert_close(tree_a[k].detach(), tree_b[k].detach(), **tol)
+
+
+CFG = Config(nesterov=True, weight_decay=5e-4, label_smoothing=0.1)
+
+
+def test_autograd_form_equals_func_form():
+    net = small_net()
+    ts = fresh_state(net)
+    data, lrs = batches(3), [torch.tensor(v) for v in (0.1, 0.05, 0.1)]
+    a, ma = run_steps(make_train_step(net, CFG, CPU, "func"), ts, data, lrs)
+    b, mb = run_steps(leaf_step(make_train_step(net, CFG, CPU, "autograd")), as_leaves(ts), data, lrs)
+    assert_same_state(a, b, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ma["loss"], mb["loss"])
+
+
+@pytest.mark.parametrize("gradients", ["func", "autograd"])
+def test_step_is_one_graph(gradients):
+    """torch._dynamo.explain finds no graph break in the whole step (forward, backward, SGD, BN stats)."""
+    net = small_net()
+    ts = fresh_state(net)
+    if gradients == "autograd":
+        ts = as_leaves(ts)
+    step = make_train_step(net, CFG, CPU, gradients)
+    with torch._dynamo.config.patch(trace_autograd_ops=gradients == "autograd"):
+        explained = torch._dynamo.explain(step)(ts, batches(1)[0], torch.tensor(0.1))
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1
+
+
+@pytest.mark.parametrize("gradients", ["func", "autograd"])
+def test_compiled_once_per_shape(gradients):
+    """Feeding the step its own outputs with a changing lr never recompiles; the eval step compiles once per
+    batch shape (full and last partial) and not again in later epochs."""
+    torch._dynamo.reset()
+    net = small_net()
+    counter = CompileCounter()
+    compiled = torch.compile(make_train_step(net, CFG, CPU, gradients), backend=counter, dynamic=False)
+    ts = fresh_state(net)
+    step = compiled
+    if gradients == "autograd":
+        ts = as_leaves(ts)
+        step = leaf_step(compiled)
+    lrs = torch.tensor([0.1, 0.09, 0.08, 0.07])
+    with torch._dynamo.config.patch(trace_autograd_ops=gradients == "autograd"):
+        run_steps(step, ts, batches(4), [lrs[i] for i in range(4)])
+    assert counter.frame_count == 1
+
+    eval_counter = CompileCounter()
+    evaluate = torch.compile(make_eval_step(net, CPU), backend=eval_counter, dynamic=False)
+    for _epoch in range(3):
+        for size in (16, 16, 5):
+            evaluate(ts.params, ts.state, *batches(1, size)[0])
+    assert eval_counter.frame_count == 2
+
+
+def test_compiled_step_equals_eager():
+    """Inductor's compiled step gives the eager step's numbers (same inputs, several steps)."""
+    torch._dynamo.reset()
+    net = small_net()
+    ts = fresh_state(net)
+    data, lrs = batches(3), [torch.tensor(v) for v in (0.1, 0.05, 0.1)]
+    eager, m_eager = run_steps(make_train_step(net, CFG, CPU), ts, data, lrs)
+    compiled, m_compiled = run_steps(maybe_compile(make_train_step(net, CFG, CPU), True), ts, data, lrs)
+    assert_same_state(eager, compiled, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(m_eager["loss"], m_compiled["loss"], rtol=1e-5, atol=1e-6)
+    assert m_eager["correct"] == m_compiled["correct"]
+
+
+def test_step_does_not_change_its_inputs():
+    net = small_net()
+    ts = fresh_state(net)
+    copy = TrainState(*({k: v.clone() for k, v in tree.items()} for tree in ts))
+    make_train_step(net, CFG, CPU)(ts, batches(1)[0], torch.tensor(0.1))
+    assert_same_state(ts, copy, rtol=0, atol=0)
