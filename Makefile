@@ -20,7 +20,7 @@ train: $(SETUP)
 	$(PYTHON) -m train model=$(MODEL) dataset=$(DATASET) data=$(DATA) out=$(OUT) $(ARGS)
 
 test: $(SETUP)
-	$(PYTHON) -m pytest -q $(ARGS)
+	$(PYTHON) -m pytest -q --benchmark-disable $(ARGS)
 
 bench: $(SETUP)
 	$(PYTHON) -m bench $(ARGS)

@@ -113,6 +113,12 @@ class Net:
         logits = functional_call(self._skeleton[train], (params, state), (x,), strict=True)
         return logits, state
 
+    def to_module(self, params: Tree, state: Tree, device: torch.device | str | None = None) -> nn.Module:
+        """A plain nn.Module holding copies of (params, state), for users who want one (eval mode)."""
+        module = copy.deepcopy(self._skeleton[False]).to_empty(device=device or "cpu")
+        module.load_state_dict({**params, **state})
+        return module
+
     def param_count(self) -> int:
         return sum(p.numel() for p in self.module.parameters())
 

@@ -78,8 +78,7 @@ def test_contract(name, classes):
 def test_functional_equals_module(name):
     """apply(...) gives what the plain nn.Module gives with the same tensors loaded, in both modes."""
     net, params, state = fresh_net(name, 10)
-    module = net.module.to_empty(device="cpu")
-    module.load_state_dict({**params, **state})
+    module = net.to_module(params, state)
     x = torch.randn(3, 3, 32, 32)
     for train in (False, True):
         module.train(train)

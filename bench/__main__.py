@@ -1,0 +1,14 @@
+"""`python -m bench [section ...] [nets=a,b] [quick=true]`: run benchmark sections, merge them into
+bench/results/<device>.json and .md (each section keeps the header of the run that measured it).
+
+Sections: step (every family's training step, bench/step.py), loader (bench/loader.py), depthwise
+(bench/depthwise.py), attention (bench/attention.py). Without a GPU, the GPU sections are skipped with the
+reason and the loader is measured on the CPU.
+"""
+
+import sys
+
+from bench.report import main
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,97 @@
+"""What every benchmark shares: timing, the copy-bandwidth ceiling, the device description, the report.
+
+A section is a function `measure(device, quick) -> {"title", "columns", "rows", "summary"}`; `report`
+turns one into markdown under a header naming the device, versions, date and command.
+"""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+COPY_BYTES = 1 << 28  # 256 MiB each way: far past the H100's 50 MB L2, so the copy measures HBM
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seconds_per_call(fn: Callable[[], object], device: torch.device, calls: int) -> float:
+    """Wall time of `calls` back-to-back calls divided by `calls`, synchronised before and after."""
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    sync(device)
+    return (time.perf_counter() - start) / calls
+
+
+def alternating_medians(fns: dict[str, Callable[[], object]], device, calls: int, rounds: int) -> dict:
+    """Median seconds per call of each fn, timed in alternation round after round, so that drifts of a noisy
+    machine (clocks, neighbours) hit every variant alike."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times[name].append(seconds_per_call(fn, device, calls))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def copy_gbs(device: torch.device, repeats: int = 10) -> float:
+    """Device-to-device copy, bytes read + written per second (GB/s): the memory ceiling of this run."""
+    src = torch.empty(COPY_BYTES, dtype=torch.uint8, device=device).random_()
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # warm-up
+    seconds = statistics.median(seconds_per_call(lambda: dst.copy_(src), device, 1) for _ in range(repeats))
+    return 2 * COPY_BYTES / seconds / 1e9
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def device_slug(device: torch.device) -> str:
+    """'NVIDIA H100 80GB HBM3' -> 'h100'; the CPU -> 'cpu'."""
+    if device.type != "cuda":
+        return "cpu"
+    match = re.search(r"\b([A-Z]\d{2,4}[A-Z]?)\b", torch.cuda.get_device_name(device))
+    return match.group(1).lower() if match else "gpu"
+
+
+def header(device: torch.device, command: str | None = None) -> dict[str, str]:
+    import triton  # a dependency on Linux; only named here
+
+    return {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "triton": getattr(triton, "__version__", "?"),
+        "cuda": torch.version.cuda or "none",
+        "date": datetime.date.today().isoformat(),
+        "command": command or " ".join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
+    }
+
+
+def cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}"
+    return "n/a" if v is None else str(v)
+
+
+def to_markdown(result: dict) -> str:
+    cols = result["columns"]
+    lines = [f"### {result['title']}", ""]
+    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in result["rows"]]
+    if result.get("summary"):
+        lines += ["", "Summary: " + "; ".join(f"{k} {cell(v)}" for k, v in result["summary"].items())]
+    notes = result.get("notes")
+    return "\n".join(lines + ([""] + notes if notes else []) + [""])

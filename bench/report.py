@@ -1,0 +1,60 @@
+"""Runs the sections asked for and merges their results into one file per device."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import torch
+
+from bench.common import device_slug, header, to_markdown
+
+SECTIONS = ("step", "loader", "depthwise", "attention")
+CPU_SECTIONS = ("loader",)  # the others measure GPU kernels and GPU training
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parse(argv: list[str]) -> tuple[list[str], dict]:
+    sections, opts = [], {}
+    for word in argv:
+        key, sep, value = word.partition("=")
+        if sep:
+            opts[key] = value
+        elif word in SECTIONS:
+            sections.append(word)
+        else:
+            raise SystemExit(f"error: unknown section {word!r}; sections: {', '.join(SECTIONS)}")
+    return sections or list(SECTIONS), opts
+
+
+def main(argv: list[str]) -> int:
+    sections, opts = parse(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    quick = opts.get("quick", "false").lower() == "true"
+    out = Path(opts.get("out", RESULTS))
+    path = out / f"{device_slug(device)}.json"
+    merged = json.loads(path.read_text()) if path.exists() else {}
+    for name in sections:
+        if device.type != "cuda" and name not in CPU_SECTIONS:
+            print(f"skipping {name}: it measures the GPU and no CUDA device is visible")
+            continue
+        module = importlib.import_module(f"bench.{name}")
+        kwargs = {"names": opts["nets"].split(",")} if name == "step" and "nets" in opts else {}
+        result = module.measure(device=device.type, quick=quick or device.type != "cuda", **kwargs)
+        result["header"] = header(device)
+        merged[name] = result
+        print(to_markdown(result))
+    if not merged:
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(merged, indent=1, default=float) + "\n")
+    md = [f"# Benchmarks on {next(iter(merged.values()))['header']['device']}", ""]
+    for name in SECTIONS:
+        if name in merged:
+            h = merged[name]["header"]
+            md += [f"## {name}", "", "- " + ", ".join(f"{k}: {v}" for k, v in h.items() if k != "command"),
+                   f"- command: `{h['command']}`", "", to_markdown(merged[name])]
+    path.with_suffix(".md").write_text("\n".join(md))
+    print(f"wrote {path} and {path.with_suffix('.md')}")
+    return 0
