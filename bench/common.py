@@ -76,8 +76,16 @@ def header(device: torch.device, command: str | None = None) -> dict[str, str]:
         "triton": getattr(triton, "__version__", "?"),
         "cuda": torch.version.cuda or "none",
         "date": datetime.date.today().isoformat(),
-        "command": command or " ".join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
+        "command": command or _command_line(),
     }
+
+
+def _command_line() -> str:
+    """How this process was started, as typed: `python3 -m bench ...` rather than the __main__.py path."""
+    argv = list(sys.argv)
+    if argv and argv[0].endswith("__main__.py"):
+        argv[0] = "-m " + argv[0].rsplit("/", 2)[-2]
+    return " ".join([sys.executable.rsplit("/", 1)[-1], *argv])
 
 
 def cell(v) -> str:
