@@ -6,9 +6,17 @@ beside it, which is harmless. Sizes: synthetic.N_TRAIN_PER_CLASS train and N_TES
 per class; the expected arrays are synthetic.synthetic_cifar(...) with the writer's arguments.
 """
 
-import pytest
+import os
+
 import torch
-from synthetic import (
+
+# Without a GPU the Triton kernels run in Triton's interpreter, which must be switched on before triton is
+# first imported (triton 3.8 reads it at import and when kernels are decorated): here, before any test module.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+from synthetic import (  # noqa: E402
     CIFAR10_CLASSES,
     write_archive,
     write_cifar10_pickles,

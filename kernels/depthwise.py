@@ -1,0 +1,792 @@
+"""Depthwise k x k convolution with a fused per-channel epilogue, forward and backward in Triton.
+
+Contract: `depthwise_conv2d(x, weight, stride, scale, shift, relu)` computes
+
+    z = conv2d(x, weight, stride=stride, padding=k // 2, groups=C)          (N, C, OH, OW), OH = (H-1)//s + 1
+    y = relu(z * scale[c] + shift[c])                                        (each step optional)
+
+x is (N, C, H, W) in NCHW-contiguous or channels_last memory format, weight is
+nn.Conv2d(C, C, k, groups=C, bias=False).weight of shape (C, 1, k, k) with k odd (the Triton path takes
+k = 3 or 5), stride 1 or 2, scale and shift are optional (C,) vectors (a folded BatchNorm or a bias). y comes
+back in x's dtype and x's memory format. Tensors that are not dense in that format (slices, an expanded
+stride-0 grad_y from `.sum()`) are copied to it first: the kernels index dense tensors, with C, H, W as
+compile-time constants (cheap index arithmetic, provable 16-byte alignment; one compilation per layer shape).
+The Triton path takes float32, bfloat16 and float16 x; weight, scale and shift may have any float dtype
+(float32 master weights next to a bfloat16 x under autocast): the kernels read them as stored and
+accumulate in float32, so only the output is rounded to x's dtype (`reference_depthwise_conv2d` casts the
+weight to x's dtype first, as autocast would). Gradients come back in each input's own dtype.
+
+Algorithm. A "tile" is rows x cols of output (or input) elements, picked by the memory format so that the
+contiguous dimension is the vectorised one:
+    channels_last: rows = pixels (n, oh, ow) over the whole batch, cols = channels     (C contiguous)
+    NCHW:          rows = planes (n, c),                         cols = pixels (oh, ow) (W contiguous)
+
+    forward, per tile:      acc = sum_{kh,kw} x[n, c, oh*s - p + kh, ow*s - p + kw] * w[c, kh, kw]  (0 in pad)
+                            y = relu(acc * scale[c] + shift[c])                     (float32, then x's dtype)
+    backward, input pass:   dx[n, c, ih, iw] = sum_{kh,kw} gz[n, c, (ih+p-kh)/s, (iw+p-kw)/s] * w[c, kh, kw]
+                            over the taps where the division is exact and in range (transposed conv).
+    backward, weight pass:  the k*k taps form a third tile axis, padded to KKP = 16 (k=3) or 32 (k=5):
+                            x3 = x at (rows, taps, cols)
+                            z  = sum_taps x3 * w                   (recomputed only if relu or scale needs it)
+                            g' = grad_y * [y > 0]                  (relu's mask)
+                            gz = g' * scale[c]                     (grad w.r.t. z; stored for the input pass)
+                            acc[row, tap, col] += gz * x3;  acc_scale += g' * z;  acc_shift += g'
+                            Each program loops over a chunk of rows (of images, in NCHW) and writes one
+                            float32 partial sum per (chunk, tap, channel); a second small kernel adds the
+                            chunks in a fixed order: deterministic, no atomics.
+
+Autograd: `_DepthwiseConv2dFn`, a torch.autograd.Function with a separate setup_context. In plain eager mode
+it calls the launchers directly (a custom op's dispatch costs tens of microseconds per call); under
+torch.compile, torch.func transforms or any other tracing it calls the triton_ops cifar_zoo::dwconv_fwd,
+dwconv_bwd_weight, dwconv_bwd_input (launches through wrap_triton), the binding that works in eager mode,
+under torch.func.grad and inside torch.compile (shared/notes/torch-func-triton.md). No double backward.
+
+impl="auto" on CUDA uses the kernels where they measured faster than PyTorch on an H100 (`triton_preferred`):
+everywhere in NCHW and with a fused epilogue, only for stride-2 and small-output layers in channels_last.
+`precompile(layers)` compiles a net's kernel variants ahead, in parallel processes.
+
+Launch configurations come from `pointwise_config` / `wgrad_config`, a table measured on an H100 with
+`python3 bench/depthwise.py --tune` rather than Triton's autotuner: with C, H, W, the layout, dtype and
+epilogue all compile-time, an autotuner multiplies compilations by its config count (the GPU tests timed out
+that way) and re-benchmarks every new layer shape at its first call. CPU tensors run the same kernels in
+Triton's interpreter (for tests: slow), which needs TRITON_INTERPRET=1 set before triton is first imported.
+"""
+
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+__all__ = ["Layer", "depthwise_conv2d", "precompile", "reference_depthwise_conv2d", "triton_preferred"]
+
+IMPLS = ("auto", "triton", "reference")
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+TRITON_KERNEL_SIZES = (3, 5)
+STRIDES = (1, 2)
+_MAX_INDEX = 2**31 - 1  # the kernels index in int32
+_WGRAD_TARGET_PROGRAMS = 1024  # weight-gradient programs to aim for: ~8 per SM on a 132-SM H100
+_FINISH_BLOCK_G = 32  # partial sums added per step by the finishing kernel
+
+
+def _check_args(x, weight, stride, scale, shift, impl) -> None:
+    """Raise ValueError with a readable message for anything depthwise_conv2d does not take."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError(f"x must be a (N, C, H, W) tensor, got {getattr(x, 'shape', type(x))}")
+    C = x.shape[1]
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 4 or weight.shape[1] != 1:
+        raise ValueError(f"weight must have shape (C, 1, k, k), got {tuple(getattr(weight, 'shape', ()))}")
+    if weight.shape[0] != C:
+        raise ValueError(f"weight has {weight.shape[0]} channels but x has {C} (weight must be (C, 1, k, k))")
+    k = weight.shape[2]
+    if weight.shape[3] != k or k % 2 == 0 or k < 3:
+        raise ValueError(f"kernel must be square with an odd size >= 3, got {tuple(weight.shape[2:])}")
+    if isinstance(stride, bool) or stride not in STRIDES:
+        raise ValueError(f"stride must be one of {STRIDES}, got {stride!r}")
+    for name, v in (("scale", scale), ("shift", shift)):
+        if v is not None and (not isinstance(v, torch.Tensor) or tuple(v.shape) != (C,)):
+            raise ValueError(f"{name} must be None or a ({C},) tensor, got {tuple(getattr(v, 'shape', ()))}")
+    for name, t in (("weight", weight), ("scale", scale), ("shift", shift)):
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _next_pow2(n: int) -> int:
+    """Like triton.next_power_of_2, whose calls cost microseconds each (it unwraps constexprs)."""
+    return 1 << max(0, n - 1).bit_length()
+
+
+def _output_hw(H: int, W: int, stride: int) -> tuple[int, int]:
+    """'same' padding k // 2 with odd k: OH = floor((H + 2p - k) / s) + 1 = (H - 1) // s + 1."""
+    return (H - 1) // stride + 1, (W - 1) // stride + 1
+
+
+def reference_depthwise_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: int = 1,
+    scale: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+    relu: bool = False,
+) -> torch.Tensor:
+    """relu(conv2d(x, weight, groups=C, padding=k//2) * scale + shift) in plain PyTorch.
+
+    The CPU path and the test oracle. The weight (and scale, shift) are cast to x's dtype first, as autocast
+    would; compute in float64 for an exact oracle.
+    """
+    _check_args(x, weight, stride, scale, shift, "reference")
+    C, k = x.shape[1], weight.shape[-1]
+    y = F.conv2d(x, weight.to(x.dtype), stride=stride, padding=k // 2, groups=C)
+    if scale is not None:
+        y = y * scale.to(y.dtype).view(1, C, 1, 1)
+    if shift is not None:
+        y = y + shift.to(y.dtype).view(1, C, 1, 1)
+    return torch.relu(y) if relu else y
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Launch configurations. BLOCK_R x BLOCK_K is the (rows, cols) tile of the module docstring; the weight
+# gradient's tile is (BLOCK_R, KKP, BLOCK_K) and holds a float32 accumulator of that size.
+
+class LaunchConfig(NamedTuple):
+    block_r: int  # tile rows: pixels (channels_last) or planes / channels (NCHW)
+    block_k: int  # tile columns: channels (channels_last) or pixels of a plane (NCHW)
+    num_warps: int
+
+
+# Measured with `python3 bench/depthwise.py --tune` (H100, torch 2.11, triton 3.6, bfloat16, batch 256,
+# bench/results/depthwise-h100.md): the fastest launch configuration per (kernel, C, H, stride), channels_last,
+# 3x3, as (BLOCK_R, BLOCK_K, num_warps). Shapes not listed use the rules in the functions below, which these
+# measurements suggested (tiles of 2048-4096 elements; the weight gradient wants 32-channel slices).
+_MEASURED_CL = {
+    "fwd": {(32, 32, 1): (64, 32, 4), (64, 32, 2): (32, 64, 4), (128, 16, 1): (16, 128, 4),
+            (256, 8, 1): (16, 128, 4), (512, 4, 2): (64, 32, 4), (1024, 2, 1): (16, 128, 4),
+            (728, 8, 1): (8, 256, 4)},
+    "bwd_input": {(32, 32, 1): (128, 32, 4), (64, 32, 2): (128, 32, 4), (128, 16, 1): (64, 64, 4),
+                  (256, 8, 1): (16, 128, 4), (512, 4, 2): (32, 128, 4), (1024, 2, 1): (16, 128, 4),
+                  (728, 8, 1): (8, 256, 4)},
+    "bwd_weight": {(512, 4, 2): (4, 32, 2), (1024, 2, 1): (1, 128, 4)},
+}  # fmt: skip
+_MEASURED_NCHW_WGRAD = {(256, 8, 1): (2, 64, 4)}
+
+
+def pointwise_config(kind: str, channels_last: bool, C: int, H: int, W: int, stride: int, K: int = 3,
+                     cpu: bool = False) -> LaunchConfig:
+    """Tiles of the forward ("fwd") and grad-input ("bwd_input") kernels: (rows, cols) = (BLOCK_R, BLOCK_K)."""
+    np2 = _next_pow2
+    if cpu:  # the interpreter: few large tiles (each op of each program is a Python round trip)
+        return LaunchConfig(128, 64, 1) if channels_last else LaunchConfig(64, 64, 1)
+    if channels_last:
+        if K == 3 and (C, H, stride) in _MEASURED_CL[kind] and H == W:
+            return LaunchConfig(*_MEASURED_CL[kind][C, H, stride])
+        # 16-byte vectors along C; the grad-input pass at 32x32 prefers narrow, tall tiles
+        block_k = min(np2(C), 32 if kind == "bwd_input" and H * W >= 1024 else 128)
+        tile = 4096 if kind == "bwd_input" and H * W >= 256 else 2048
+        return LaunchConfig(max(1, min(256, tile // block_k)), block_k, 4)
+    OH, OW = _output_hw(H, W, stride)
+    plane = OH * OW if kind == "fwd" else H * W  # pixels per (n, c) plane of the kernel's output
+    block_k = min(np2(plane), 256)
+    return LaunchConfig(max(1, 2048 // block_k), block_k, 4)
+
+
+def wgrad_config(channels_last: bool, C: int, H: int, W: int, stride: int, K: int = 3,
+                 cpu: bool = False) -> LaunchConfig:
+    """Weight-gradient tiles (BLOCK_R, KKP, BLOCK_K): 4096 elements with 4 warps, ~2048 for small layers."""
+    np2 = _next_pow2
+    kkp = np2(K * K)
+    if cpu:
+        return LaunchConfig(64, 64, 1)
+    OH, OW = _output_hw(H, W, stride)
+    if channels_last:
+        if K == 3 and (C, H, stride) in _MEASURED_CL["bwd_weight"] and H == W:
+            return LaunchConfig(*_MEASURED_CL["bwd_weight"][C, H, stride])
+        block_k = min(np2(C), 32)
+        if OH * OW <= 4:  # tiny outputs: fewer rows per step, 2 warps
+            return LaunchConfig(max(1, 2048 // (kkp * block_k)), block_k, 2)
+        return LaunchConfig(max(1, 4096 // (kkp * block_k)), block_k, 4)
+    if K == 3 and (C, H, stride) in _MEASURED_NCHW_WGRAD and H == W:
+        return LaunchConfig(*_MEASURED_NCHW_WGRAD[C, H, stride])
+    block_k = min(np2(OH * OW), 16)
+    return LaunchConfig(max(1, 2048 // (kkp * block_k)), block_k, 4)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Kernels. Tensors are dense in the kernel's layout: channels_last offsets are ((n*H + h)*W + w)*C + c, NCHW
+# offsets ((n*C + c)*H + h)*W + w; the weight is read as (C, K*K). Index arithmetic is int32.
+
+@triton.jit(do_not_specialize=["N"])  # any batch size reuses one compilation
+def _dwconv_fwd_kernel(
+    # pointers
+    x_ptr, w_ptr, scale_ptr, shift_ptr, y_ptr,
+    # sizes: the batch is the only run-time size
+    N,
+    # compile-time: geometry, layout, epilogue, tile
+    C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, STRIDE: tl.constexpr, K: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, RELU: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    PAD: tl.constexpr = K // 2
+    OH: tl.constexpr = (H - 1) // STRIDE + 1
+    OW: tl.constexpr = (W - 1) // STRIDE + 1
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]  # (BLOCK_R, 1)
+    k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)[None, :]  # (1, BLOCK_K)
+    if CHANNELS_LAST:  # rows: output pixels of the whole batch; cols: channels
+        ow = r % OW
+        oh = (r // OW) % OH
+        n = r // (OW * OH)
+        c = k
+        valid = (r < N * (OH * OW)) & (c < C)
+        y_off = r * C + c
+    else:  # rows: (n, c) planes; cols: output pixels of a plane
+        c = r % C
+        ow = k % OW
+        oh = k // OW
+        valid = (r < N * C) & (k < OH * OW)
+        y_off = r * (OH * OW) + k
+    c_ok = c < C
+    acc = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
+    for kh in tl.static_range(K):
+        ih = oh * STRIDE - PAD + kh
+        row_ok = valid & (ih >= 0) & (ih < H)
+        for kw in tl.static_range(K):
+            iw = ow * STRIDE - PAD + kw
+            ok = row_ok & (iw >= 0) & (iw < W)
+            if CHANNELS_LAST:
+                x_off = ((n * H + ih) * W + iw) * C + c
+            else:
+                x_off = (r * H + ih) * W + iw
+            xv = tl.load(x_ptr + x_off, mask=ok, other=0.0)
+            wv = tl.load(w_ptr + c * (K * K) + (kh * K + kw), mask=c_ok, other=0.0)
+            acc += xv.to(tl.float32) * wv.to(tl.float32)
+    if HAS_SCALE:
+        acc = acc * tl.load(scale_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    if HAS_SHIFT:
+        acc = acc + tl.load(shift_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=valid)
+
+
+@triton.jit(do_not_specialize=["N"])
+def _dwconv_bwd_input_kernel(
+    # pointers: gz is the gradient w.r.t. the convolution output z (before the epilogue)
+    gz_ptr, w_ptr, dx_ptr,
+    # sizes
+    N,
+    # compile-time: geometry (of x), layout, tile
+    C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, STRIDE: tl.constexpr, K: tl.constexpr,
+    CHANNELS_LAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    PAD: tl.constexpr = K // 2
+    OH: tl.constexpr = (H - 1) // STRIDE + 1
+    OW: tl.constexpr = (W - 1) // STRIDE + 1
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]  # (BLOCK_R, 1)
+    k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)[None, :]  # (1, BLOCK_K)
+    if CHANNELS_LAST:  # rows: input pixels of the whole batch; cols: channels
+        iw = r % W
+        ih = (r // W) % H
+        n = r // (W * H)
+        c = k
+        valid = (r < N * (H * W)) & (c < C)
+        dx_off = r * C + c
+    else:  # rows: (n, c) planes; cols: input pixels of a plane
+        c = r % C
+        iw = k % W
+        ih = k // W
+        valid = (r < N * C) & (k < H * W)
+        dx_off = r * (H * W) + k
+    c_ok = c < C
+    acc = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
+    for kh in tl.static_range(K):
+        th = ih + PAD - kh  # = oh * STRIDE when this tap reaches row ih from output row oh
+        oh = th // STRIDE
+        row_ok = valid & (th >= 0) & (oh < OH)
+        if STRIDE > 1:
+            row_ok = row_ok & (th % STRIDE == 0)
+        for kw in tl.static_range(K):
+            tw = iw + PAD - kw
+            ow = tw // STRIDE
+            ok = row_ok & (tw >= 0) & (ow < OW)
+            if STRIDE > 1:
+                ok = ok & (tw % STRIDE == 0)
+            if CHANNELS_LAST:
+                g_off = ((n * OH + oh) * OW + ow) * C + c
+            else:
+                g_off = (r * OH + oh) * OW + ow
+            gv = tl.load(gz_ptr + g_off, mask=ok, other=0.0)
+            wv = tl.load(w_ptr + c * (K * K) + (kh * K + kw), mask=c_ok, other=0.0)
+            acc += gv.to(tl.float32) * wv.to(tl.float32)
+    tl.store(dx_ptr + dx_off, acc.to(dx_ptr.dtype.element_ty), mask=valid)
+
+
+@triton.jit(do_not_specialize=["N", "STEPS"])
+def _dwconv_bwd_weight_kernel(
+    # pointers: gz_ptr receives the gradient w.r.t. z when STORE_GZ; part_ptr the float32 partial sums
+    x_ptr, g_ptr, w_ptr, scale_ptr, shift_ptr, gz_ptr, part_ptr,
+    # sizes; STEPS: loop steps per program, each BLOCK_R pixels (channels_last) or one (image, pixel block)
+    N, STEPS,
+    # compile-time: geometry (of x; KKP = K*K rounded up to a power of 2), layout, epilogue, tile
+    C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, STRIDE: tl.constexpr, K: tl.constexpr,
+    KKP: tl.constexpr, CHANNELS_LAST: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
+    RELU: tl.constexpr, NEED_Z: tl.constexpr, STORE_GZ: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # part is (G, K*K + 2, C) float32, G = programs along axis 0: each writes its sum of gz * x per tap,
+    # then the sums for dscale and dshift. NEED_Z (= RELU or HAS_SCALE): recompute the conv output z.
+    PAD: tl.constexpr = K // 2
+    OH: tl.constexpr = (H - 1) // STRIDE + 1
+    OW: tl.constexpr = (W - 1) // STRIDE + 1
+    PIX_BLOCKS: tl.constexpr = (OH * OW + BLOCK_K - 1) // BLOCK_K  # NCHW: column blocks per plane
+    ar = tl.arange(0, BLOCK_R)[:, None, None]  # (BLOCK_R, 1, 1)
+    ak = tl.arange(0, BLOCK_K)[None, None, :]  # (1, 1, BLOCK_K)
+    tap = tl.arange(0, KKP)[None, :, None]  # (1, KKP, 1)
+    kh = tap // K
+    kw = tap % K
+    tap_ok = tap < K * K
+    if CHANNELS_LAST:  # channels are the columns, fixed per program
+        c = tl.program_id(1) * BLOCK_K + ak  # (1, 1, BLOCK_K)
+    else:  # channels are the rows, fixed per program
+        c = tl.program_id(1) * BLOCK_R + ar  # (BLOCK_R, 1, 1)
+    c_ok = c < C
+    if NEED_Z:
+        w3 = tl.load(w_ptr + c * (K * K) + tap, mask=c_ok & tap_ok, other=0.0).to(tl.float32)
+    if HAS_SCALE:
+        sc = tl.load(scale_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    if HAS_SHIFT:
+        sh = tl.load(shift_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    acc = tl.zeros((BLOCK_R, KKP, BLOCK_K), dtype=tl.float32)  # sum of gz * x per (row, tap, col)
+    acc_scale = tl.zeros((BLOCK_R, 1, BLOCK_K), dtype=tl.float32)  # sum of g' * z
+    acc_shift = tl.zeros((BLOCK_R, 1, BLOCK_K), dtype=tl.float32)  # sum of g'
+    for i in range(STEPS):
+        s = tl.program_id(0) * STEPS + i
+        if CHANNELS_LAST:
+            r = s * BLOCK_R + ar  # output pixels of the whole batch
+            ow = r % OW
+            oh = (r // OW) % OH
+            n = r // (OW * OH)
+            valid = (r < N * (OH * OW)) & c_ok
+            g_off = r * C + c
+        else:
+            n = s // PIX_BLOCKS
+            k = (s % PIX_BLOCKS) * BLOCK_K + ak  # output pixels of the planes (n, c)
+            ow = k % OW
+            oh = k // OW
+            valid = (n < N) & (k < OH * OW) & c_ok
+            g_off = (n * C + c) * (OH * OW) + k
+        ih = oh * STRIDE - PAD + kh  # (rows or 1, KKP, 1 or cols)
+        iw = ow * STRIDE - PAD + kw
+        x_ok = valid & tap_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        if CHANNELS_LAST:
+            x_off = ((n * H + ih) * W + iw) * C + c
+        else:
+            x_off = ((n * C + c) * H + ih) * W + iw
+        x3 = tl.load(x_ptr + x_off, mask=x_ok, other=0.0).to(tl.float32)
+        g = tl.load(g_ptr + g_off, mask=valid, other=0.0).to(tl.float32)  # (BLOCK_R, 1, BLOCK_K)
+        gz = g
+        if NEED_Z:
+            z = tl.sum(x3 * w3, axis=1, keep_dims=True)  # (BLOCK_R, 1, BLOCK_K): the conv output
+            y = z
+            if HAS_SCALE:
+                y = y * sc
+            if HAS_SHIFT:
+                y = y + sh
+            if RELU:
+                g = tl.where(y > 0.0, g, 0.0)
+            gz = g
+            if HAS_SCALE:
+                acc_scale += g * z
+                gz = g * sc
+            if STORE_GZ:
+                tl.store(gz_ptr + g_off, gz.to(gz_ptr.dtype.element_ty), mask=valid)
+        if HAS_SHIFT:
+            acc_shift += g
+        acc += gz * x3
+    part_base = part_ptr + tl.program_id(0) * ((K * K + 2) * C)
+    if CHANNELS_LAST:  # reduce over pixels
+        t2 = tl.arange(0, KKP)[:, None]  # (KKP, 1)
+        c2 = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)[None, :]  # (1, BLOCK_K)
+        tl.store(part_base + t2 * C + c2, tl.sum(acc, axis=0), mask=(t2 < K * K) & (c2 < C))
+        if HAS_SCALE:
+            tl.store(part_base + (K * K) * C + c2, tl.sum(acc_scale, axis=0), mask=c2 < C)
+        if HAS_SHIFT:
+            tl.store(part_base + (K * K + 1) * C + c2, tl.sum(acc_shift, axis=0), mask=c2 < C)
+    else:  # reduce over pixels (of several images)
+        c2 = tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R)[:, None]  # (BLOCK_R, 1)
+        t2 = tl.arange(0, KKP)[None, :]  # (1, KKP)
+        tl.store(part_base + t2 * C + c2, tl.sum(acc, axis=2), mask=(t2 < K * K) & (c2 < C))
+        if HAS_SCALE:
+            tl.store(part_base + (K * K) * C + c2, tl.sum(acc_scale, axis=2), mask=c2 < C)
+        if HAS_SHIFT:
+            tl.store(part_base + (K * K + 1) * C + c2, tl.sum(acc_shift, axis=2), mask=c2 < C)
+
+
+@triton.jit(do_not_specialize=["G"])
+def _dwconv_wgrad_finish_kernel(
+    # pointers: part (G, KK + 2, C) float32 in; grad_weight (C, KK), grad_scale (C,), grad_shift (C,) out
+    part_ptr, gw_ptr, gscale_ptr, gshift_ptr,
+    # sizes
+    G,
+    # compile-time
+    C: tl.constexpr, KK: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr,
+    BLOCK_G: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    t = tl.program_id(0)  # row of part: a tap (< KK), then scale (KK), then shift (KK + 1)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)  # (BLOCK_C,)
+    gi = tl.arange(0, BLOCK_G)[:, None]  # (BLOCK_G, 1)
+    acc = tl.zeros((BLOCK_G, BLOCK_C), dtype=tl.float32)
+    for g0 in range(0, G, BLOCK_G):  # a fixed order: the sum is deterministic
+        g = g0 + gi
+        acc += tl.load(part_ptr + (g * (KK + 2) + t) * C + c[None, :], mask=(g < G) & (c[None, :] < C),
+                       other=0.0)
+    total = tl.sum(acc, axis=0)
+    if t < KK:
+        tl.store(gw_ptr + c * KK + t, total.to(gw_ptr.dtype.element_ty), mask=c < C)
+    elif t == KK:
+        if HAS_SCALE:
+            tl.store(gscale_ptr + c, total.to(gscale_ptr.dtype.element_ty), mask=c < C)
+    else:
+        if HAS_SHIFT:
+            tl.store(gshift_ptr + c, total.to(gshift_ptr.dtype.element_ty), mask=c < C)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Launchers: check, allocate, launch. `wrap` routes the launch through wrap_triton (inside a triton_op, so
+# that torch.compile sees it); the eager fast path launches directly.
+
+def _launch(kernel, grid, wrap: bool, num_warps: int, device: torch.device, *args, **consts) -> None:
+    if device.type == "cuda":
+        launcher = wrap_triton(kernel) if wrap else kernel
+        launcher[grid](*args, **consts, num_warps=num_warps)
+        return
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if not isinstance(kernel, InterpretedFunction):
+        raise RuntimeError(
+            "impl='triton' on CPU tensors runs the kernels in Triton's interpreter, which needs "
+            "TRITON_INTERPRET=1 in the environment before triton is first imported; or use impl='reference'"
+        )
+    kernel[grid](*args, **consts)
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    """The kernels' layout for x: channels_last if x is (or is closest to) channels_last, else NCHW."""
+    if x.is_contiguous():
+        return False
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return True
+    return x.stride(1) < x.stride(3)  # neither: follow the innermost of C and W
+
+
+def _dense(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """t itself when dense in the layout, else a dense copy (slices, expanded gradients)."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return t if t.is_contiguous(memory_format=fmt) else t.contiguous(memory_format=fmt)
+
+
+def _empty(shape, like: torch.Tensor, channels_last: bool, dtype=None) -> torch.Tensor:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty(shape, device=like.device, dtype=dtype or like.dtype, memory_format=fmt)
+
+
+def launch_fwd(x, weight, scale, shift, stride: int, relu: bool, wrap: bool = False, config=None):
+    """y = relu(dwconv(x) * scale + shift): (N, C, OH, OW) in x's dtype and memory format."""
+    N, C, H, W = x.shape
+    K = weight.shape[-1]
+    OH, OW = _output_hw(H, W, stride)
+    cl = _is_channels_last(x)
+    x = _dense(x, cl)
+    y = _empty((N, C, OH, OW), x, cl)
+    cfg = config or pointwise_config("fwd", cl, C, H, W, stride, K, cpu=not x.is_cuda)
+    rows, cols = (N * OH * OW, C) if cl else (N * C, OH * OW)
+    grid = (_cdiv(rows, cfg.block_r), _cdiv(cols, cfg.block_k))
+    _launch(
+        _dwconv_fwd_kernel, grid, wrap, cfg.num_warps, x.device,
+        x, weight.contiguous(), scale if scale is not None else x, shift if shift is not None else x, y, N,
+        C=C, H=H, W=W, STRIDE=stride, K=K, CHANNELS_LAST=cl,
+        HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, RELU=relu,
+        BLOCK_R=cfg.block_r, BLOCK_K=cfg.block_k,
+    )  # fmt: skip
+    return y
+
+
+def launch_bwd_input(grad_z, weight, x, stride: int, wrap: bool = False, config=None):
+    """Gradient w.r.t. x given grad_z, the gradient w.r.t. the conv output; x gives shape, dtype, layout."""
+    N, C, H, W = x.shape
+    K = weight.shape[-1]
+    cl = _is_channels_last(x)
+    grad_z = _dense(grad_z, cl)
+    dx = _empty((N, C, H, W), x, cl)
+    cfg = config or pointwise_config("bwd_input", cl, C, H, W, stride, K, cpu=not x.is_cuda)
+    rows, cols = (N * H * W, C) if cl else (N * C, H * W)
+    grid = (_cdiv(rows, cfg.block_r), _cdiv(cols, cfg.block_k))
+    _launch(
+        _dwconv_bwd_input_kernel, grid, wrap, cfg.num_warps, x.device,
+        grad_z, weight.contiguous(), dx, N,
+        C=C, H=H, W=W, STRIDE=stride, K=K, CHANNELS_LAST=cl, BLOCK_R=cfg.block_r, BLOCK_K=cfg.block_k,
+    )  # fmt: skip
+    return dx
+
+
+def wgrad_steps(channels_last: bool, N: int, C: int, H: int, W: int, stride: int, cfg: LaunchConfig,
+                programs: int = _WGRAD_TARGET_PROGRAMS):
+    """(loop steps per program, programs along axis 0, along axis 1) for the weight-gradient kernel."""
+    OH, OW = _output_hw(H, W, stride)
+    if channels_last:  # steps of BLOCK_R pixels; channels along axis 1
+        total, col_programs = _cdiv(N * OH * OW, cfg.block_r), _cdiv(C, cfg.block_k)
+    else:  # steps of one (image, pixel block); channels along axis 1
+        total, col_programs = N * _cdiv(OH * OW, cfg.block_k), _cdiv(C, cfg.block_r)
+    chunks = max(1, min(total, programs // col_programs))
+    steps = _cdiv(total, chunks)
+    return steps, _cdiv(total, steps), col_programs
+
+
+def launch_bwd_weight(grad_y, x, weight, scale, shift, stride: int, relu: bool, store_grad_z: bool,
+                      wrap: bool = False, config=None, programs: int = _WGRAD_TARGET_PROGRAMS):
+    """(grad_weight, grad_scale, grad_shift, grad_z); see the triton_op dwconv_bwd_weight."""
+    N, C, H, W = x.shape
+    K = weight.shape[-1]
+    OH, OW = _output_hw(H, W, stride)
+    cl = _is_channels_last(x)
+    x, grad_y = _dense(x, cl), _dense(grad_y, cl)
+    cfg = config or wgrad_config(cl, C, H, W, stride, K, cpu=not x.is_cuda)
+    steps, groups, col_programs = wgrad_steps(cl, N, C, H, W, stride, cfg, programs)
+    gz = _empty((N, C, OH, OW), x, cl) if store_grad_z else x.new_empty((0, 0, 0, 0))
+    part = torch.empty((groups, K * K + 2, C), device=x.device, dtype=torch.float32)
+    _launch(
+        _dwconv_bwd_weight_kernel, (groups, col_programs), wrap, cfg.num_warps, x.device,
+        x, grad_y, weight.contiguous(), scale if scale is not None else x, shift if shift is not None else x,
+        gz if store_grad_z else x, part, N, steps,
+        C=C, H=H, W=W, STRIDE=stride, K=K, KKP=_next_pow2(K * K), CHANNELS_LAST=cl,
+        HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, RELU=relu,
+        NEED_Z=relu or scale is not None, STORE_GZ=store_grad_z, BLOCK_R=cfg.block_r, BLOCK_K=cfg.block_k,
+    )  # fmt: skip
+    grad_w = torch.empty((C, 1, K, K), device=x.device, dtype=weight.dtype)
+    grad_scale = torch.empty((C,) if scale is not None else (0,), device=x.device,
+                             dtype=scale.dtype if scale is not None else torch.float32)
+    grad_shift = torch.empty((C,) if shift is not None else (0,), device=x.device,
+                             dtype=shift.dtype if shift is not None else torch.float32)
+    block_c = min(_next_pow2(C), 128)
+    _launch(
+        _dwconv_wgrad_finish_kernel, (K * K + 2, _cdiv(C, block_c)), wrap, 4, x.device,
+        part, grad_w, grad_scale if scale is not None else part, grad_shift if shift is not None else part,
+        groups, C=C, KK=K * K, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
+        BLOCK_G=_FINISH_BLOCK_G, BLOCK_C=block_c,
+    )  # fmt: skip
+    return grad_w, grad_scale, grad_shift, gz
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The same launchers as triton_ops, for torch.compile and torch.func (custom ops are traceable and unwrap
+# functorch's tensors). Their outputs are fresh tensors, as custom ops require.
+
+@triton_op("cifar_zoo::dwconv_fwd", mutates_args={})
+def dwconv_fwd(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale: Optional[torch.Tensor],  # noqa: UP045 (torch.library's schema inference reads Optional)
+    shift: Optional[torch.Tensor],  # noqa: UP045
+    stride: int,
+    relu: bool,
+) -> torch.Tensor:
+    """y = relu(dwconv(x) * scale + shift): (N, C, OH, OW) in x's dtype and memory format."""
+    return launch_fwd(x, weight, scale, shift, stride, relu, wrap=True)
+
+
+@triton_op("cifar_zoo::dwconv_bwd_input", mutates_args={})
+def dwconv_bwd_input(
+    grad_z: torch.Tensor, weight: torch.Tensor, x: torch.Tensor, stride: int
+) -> torch.Tensor:
+    """Gradient w.r.t. x, given grad_z w.r.t. the conv output; x supplies shape, dtype and layout."""
+    return launch_bwd_input(grad_z, weight, x, stride, wrap=True)
+
+
+@triton_op("cifar_zoo::dwconv_bwd_weight", mutates_args={})
+def dwconv_bwd_weight(
+    grad_y: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    scale: Optional[torch.Tensor],  # noqa: UP045
+    shift: Optional[torch.Tensor],  # noqa: UP045
+    stride: int,
+    relu: bool,
+    store_grad_z: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(grad_weight, grad_scale, grad_shift, grad_z).
+
+    grad_weight has weight's shape and dtype; grad_scale / grad_shift are (C,) in scale's / shift's dtype,
+    or empty when scale / shift is None; grad_z (the gradient w.r.t. the conv output, x's dtype and layout)
+    is empty unless store_grad_z.
+    """
+    return launch_bwd_weight(grad_y, x, weight, scale, shift, stride, relu, store_grad_z, wrap=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Compiling ahead. Triton compiles a kernel at its first launch, about a second per variant on an H100 host,
+# and every (C, H, W, stride, dtype, layout, epilogue) is a variant: a MobileNet's 9 layer shapes cost ~30 s
+# at the first step. `precompile` runs each layer once at a small batch (the batch is not specialised on) in
+# parallel processes, which fills Triton's on-disk cache for the calling process.
+
+class Layer(NamedTuple):
+    """One depthwise layer configuration to compile for (defaults: 3x3, no epilogue, bfloat16, NHWC)."""
+
+    C: int
+    H: int
+    W: int
+    stride: int = 1
+    K: int = 3
+    dtype: str = "bfloat16"  # torch dtype name of x
+    channels_last: bool = True
+    scale: bool = False
+    shift: bool = False
+    relu: bool = False
+    weight_dtype: str = "float32"
+
+
+def _compile_layer(layer: Layer) -> None:
+    """Forward and backward of one layer at batch 16 on the GPU (in a worker process)."""
+    C, H, W, stride, K = layer.C, layer.H, layer.W, layer.stride, layer.K
+    fmt = torch.channels_last if layer.channels_last else torch.contiguous_format
+    x = torch.randn(16, C, H, W, device="cuda", dtype=getattr(torch, layer.dtype)).to(memory_format=fmt)
+    w = torch.randn(C, 1, K, K, device="cuda", dtype=getattr(torch, layer.weight_dtype))
+    sc = torch.ones(C, device="cuda") if layer.scale else None
+    sh = torch.zeros(C, device="cuda") if layer.shift else None
+    y = launch_fwd(x, w, sc, sh, stride, layer.relu)
+    store_gz = layer.relu or layer.scale
+    gz = launch_bwd_weight(y, x, w, sc, sh, stride, layer.relu, store_gz)[3]
+    launch_bwd_input(gz if store_gz else y, w, x, stride)
+    torch.cuda.synchronize()
+
+
+def _in_processes(fn, jobs: list, workers: int | None = None) -> None:
+    """fn over jobs in spawned worker processes (each with its own CUDA context)."""
+    import concurrent.futures
+    import multiprocessing
+    import os
+
+    jobs = list(dict.fromkeys(jobs))  # unique, in order
+    if not jobs:
+        return
+    workers = workers or max(1, min(16, (os.cpu_count() or 2) - 1, len(jobs)))
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        list(pool.map(fn, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
+
+
+def precompile(layers: list[Layer], workers: int | None = None) -> None:
+    """Compile the CUDA kernels of every layer ahead, in parallel processes (see the comment above)."""
+    _in_processes(_compile_layer, [Layer(*layer) for layer in layers], workers)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Autograd binding.
+
+_PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
+def _eager(*tensors) -> bool:
+    """True when the launchers may run directly: no compilation or tracing, no functorch wrappers."""
+    if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
+        return False
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    return all(t is None or (type(t) in _PLAIN_TENSOR_TYPES and not wrapped(t)) for t in tensors)
+
+
+class _DepthwiseConv2dFn(torch.autograd.Function):
+    """Triton forward and backward; setup_context is separate so that torch.func transforms work."""
+
+    @staticmethod
+    def forward(x, weight, scale, shift, stride, relu):
+        if _eager(x, weight, scale, shift):
+            return launch_fwd(x, weight, scale, shift, stride, relu)
+        return dwconv_fwd(x, weight, scale, shift, stride, relu)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, scale, shift, stride, relu = inputs
+        ctx.save_for_backward(x, weight, scale, shift)
+        ctx.stride, ctx.relu = stride, relu
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        x, weight, scale, shift = ctx.saved_tensors
+        need_x, need_w, need_scale, need_shift = ctx.needs_input_grad[:4]
+        # The gradient w.r.t. the conv output differs from grad_y only through relu's mask and the scale.
+        epilogue_changes_grad = ctx.relu or scale is not None
+        need_weight_pass = need_w or need_scale or need_shift or (need_x and epilogue_changes_grad)
+        store_gz = need_x and epilogue_changes_grad
+        eager = _eager(grad_y, x, weight, scale, shift)
+        grad_x = grad_w = grad_scale = grad_shift = None
+        grad_z = grad_y
+        # no_grad: the ops have no derivative (no double backward), and under torch.func.grad the saved
+        # tensors still track the outer level, which would send the ops through their autograd wrapper.
+        with torch.no_grad():
+            if need_weight_pass:
+                args = (grad_y, x, weight, scale, shift, ctx.stride, ctx.relu, store_gz)
+                weight_pass = launch_bwd_weight if eager else dwconv_bwd_weight
+                grad_w, grad_scale, grad_shift, gz = weight_pass(*args)
+                if store_gz:
+                    grad_z = gz
+            if need_x:
+                args = (grad_z, weight, x, ctx.stride)
+                grad_x = (launch_bwd_input if eager else dwconv_bwd_input)(*args)
+        return (
+            grad_x,
+            grad_w if need_w else None,
+            grad_scale if need_scale else None,
+            grad_shift if need_shift else None,
+            None,
+            None,
+        )
+
+
+def _check_triton_args(x: torch.Tensor, weight: torch.Tensor) -> None:
+    if x.dtype not in TRITON_DTYPES:
+        raise ValueError(f"the Triton path takes x of dtype {TRITON_DTYPES}, got {x.dtype}")
+    if weight.shape[-1] not in TRITON_KERNEL_SIZES:
+        raise ValueError(f"the Triton path takes kernel sizes {TRITON_KERNEL_SIZES}, got {weight.shape[-1]}")
+    if x.numel() > _MAX_INDEX:
+        raise ValueError(f"x has {x.numel()} elements; the kernels index in int32 (at most {_MAX_INDEX})")
+    if not (x.is_cuda or x.device.type == "cpu"):
+        raise ValueError(f"the Triton path runs on CUDA (or the CPU interpreter), not {x.device}")
+
+
+def _triton_supports(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (x.is_cuda and x.dtype in TRITON_DTYPES and weight.shape[-1] in TRITON_KERNEL_SIZES
+            and x.numel() <= _MAX_INDEX)  # fmt: skip
+
+
+def triton_preferred(channels_last: bool, dtype: torch.dtype, H: int, W: int, stride: int, fused: bool) -> bool:
+    """impl="auto" on CUDA: Triton, except where PyTorch (cuDNN) measured faster on the H100.
+
+    From bench/results/depthwise-h100.md (forward+backward, CUDA-graph times, batch 256 and 512): in NCHW the
+    kernels beat PyTorch's NCHW path at every layer (1.3-20x); with a fused epilogue (scale, shift, relu)
+    PyTorch needs extra elementwise passes and the kernels won 1.8-2.3x (bfloat16, the layers where cuDNN
+    wins unfused). Unfused channels_last: in 16-bit, cuDNN was faster at stride 1 with outputs of 8x8 pixels
+    or more (the kernels reached 0.71-0.95 of its speed), the kernels at stride 2 (1.1-2.3x) and at 4x4 and
+    2x2 (1.1-3.9x); in float32, cuDNN was faster everywhere except at 2x2 outputs (1.3-1.7x).
+    """
+    if fused or not channels_last:
+        return True
+    OH, OW = _output_hw(H, W, stride)
+    if dtype == torch.float32:
+        return OH * OW <= 4
+    return stride == 2 or OH * OW <= 16
+
+
+def depthwise_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    stride: int = 1,
+    scale: torch.Tensor | None = None,
+    shift: torch.Tensor | None = None,
+    relu: bool = False,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """relu(conv2d(x, weight, stride, padding=k//2, groups=C) * scale[c] + shift[c]), differentiable.
+
+    x: (N, C, H, W), NCHW or channels_last (y keeps x's memory format), float32 / bfloat16 / float16 for the
+    Triton path. weight: (C, 1, k, k), k odd (3 or 5 for Triton). stride: 1 or 2. scale, shift: (C,) or None.
+    impl: "triton" (the kernels; CPU tensors run in Triton's interpreter), "reference" (plain PyTorch), or
+    "auto": Triton for CUDA tensors it supports where it measured faster than PyTorch (`triton_preferred`:
+    NCHW, fused epilogues, and channels_last layers with small outputs or stride 2), else the reference.
+    Raises ValueError on bad arguments.
+    """
+    _check_args(x, weight, stride, scale, shift, impl)
+    if impl == "auto":
+        fused = scale is not None or shift is not None or relu
+        use_triton = _triton_supports(x, weight) and triton_preferred(
+            _is_channels_last(x), x.dtype, x.shape[2], x.shape[3], stride, fused)
+        impl = "triton" if use_triton else "reference"
+    if impl == "reference":
+        return reference_depthwise_conv2d(x, weight, stride, scale, shift, relu)
+    _check_triton_args(x, weight)
+    return _DepthwiseConv2dFn.apply(x, weight, scale, shift, stride, bool(relu))

@@ -1,0 +1,151 @@
+"""kernels.depthwise on the GPU at real CIFAR shapes, and inside torch.compile. Skipped without CUDA."""
+
+import pytest
+import torch
+
+from kernels import depthwise as depthwise_module
+from kernels.depthwise import Layer, depthwise_conv2d, precompile, reference_depthwise_conv2d
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+# ||out - ref|| / ||ref|| against a float64 reference (see tests/test_depthwise.py).
+TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
+LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
+# (N, C, H, stride, epilogue): MobileNetV1 / Xception depthwise layers at batch 128-256 (C=728 is not a
+# multiple of 16), with (scale, shift, relu) on some. Each case is a separate Triton compilation.
+CASES = [(256, 32, 32, 1, False), (128, 64, 32, 2, True), (256, 256, 8, 2, False), (256, 728, 4, 1, True),
+         (256, 1024, 2, 1, False)]
+COMPILE_CASE = (64, 128, 16, 1, True)  # torch.compile tests: bfloat16
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compiled_ahead():
+    """Compile every variant used below in parallel processes first (about a second each, serially)."""
+    layers = [Layer(C, H, H, s, 3, str(dt).removeprefix("torch."), lay == "channels_last", e, e, e)
+              for N, C, H, s, e in CASES for dt in TOL for lay in LAYOUTS]
+    N, C, H, s, e = COMPILE_CASE
+    layers += [Layer(C, H, H, s, 3, "bfloat16", lay == "channels_last", e, e, e) for lay in LAYOUTS]
+    layers += [Layer(64, 8, 8, 2, 3, "float32", True, True, True, True),  # test_func_grad_on_gpu
+               Layer(32, 8, 8, 1, 3, "bfloat16", True, True, True, True),  # test_compiled_has_no_graph_breaks
+               Layer(64, 16, 16, 1, 5, "bfloat16", True, True, True, True)]  # test_kernel_size_5
+    precompile(layers)
+
+
+def rel_err(out, ref):
+    out, ref = out.detach().double(), ref.detach().double()
+    return ((out - ref).norm() / ref.norm()).item()
+
+
+def _inputs(N, C, H, dtype, layout, epilogue):
+    x = torch.randn(N, C, H, H, device="cuda", dtype=dtype).to(memory_format=LAYOUTS[layout]).requires_grad_()
+    w = (torch.randn(C, 1, 3, 3, device="cuda") / 3).requires_grad_()
+    sc = (1 + 0.3 * torch.randn(C, device="cuda")).requires_grad_() if epilogue else None
+    sh = (0.3 * torch.randn(C, device="cuda")).requires_grad_() if epilogue else None
+    return x, w, sc, sh
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", list(TOL), ids=str)
+@pytest.mark.parametrize("N,C,H,stride,epilogue", CASES)
+def test_real_shapes_match_reference(N, C, H, stride, epilogue, dtype, layout):
+    inputs = _inputs(N, C, H, dtype, layout, epilogue)
+    x, w, sc, sh = inputs
+    y = depthwise_conv2d(x, w, stride, sc, sh, epilogue, impl="triton")
+    assert y.is_contiguous(memory_format=LAYOUTS[layout])
+    ref_inputs = [t.detach().double().requires_grad_() if t is not None else None for t in inputs]
+    y_ref = reference_depthwise_conv2d(ref_inputs[0], ref_inputs[1], stride, *ref_inputs[2:], epilogue)
+    assert rel_err(y, y_ref) < TOL[dtype]
+    grad_y = torch.randn_like(y)
+    y.backward(grad_y)
+    y_ref.backward(grad_y.double())
+    for name, t, t_ref in zip(("x", "weight", "scale", "shift"), inputs, ref_inputs, strict=True):
+        if t is not None:
+            assert rel_err(t.grad, t_ref.grad) < TOL[dtype], name
+
+
+def _loss_and_grads(x, w, sc, sh):
+    """A small training-style function: loss through the kernel, gradients by torch.autograd.grad."""
+    y = depthwise_conv2d(x, w, 1, sc, sh, True, impl="triton")
+    loss = (y.float().sin() ** 2).mean()
+    return (loss, *torch.autograd.grad(loss, (x, w, sc, sh)))
+
+
+def _trace_autograd_ops():
+    """torch._dynamo.config.trace_autograd_ops=True where it exists: autograd.grad traced, no graph break."""
+    if hasattr(torch._dynamo.config, "trace_autograd_ops"):
+        return torch._dynamo.config.patch(trace_autograd_ops=True)
+    return torch._dynamo.config.patch()
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_compiled_matches_eager(layout):
+    torch._dynamo.reset()
+    N, C, H, _, _ = COMPILE_CASE
+    inputs = _inputs(N, C, H, torch.bfloat16, layout, True)
+    eager = _loss_and_grads(*inputs)
+    with _trace_autograd_ops():
+        compiled = torch.compile(_loss_and_grads)(*inputs)
+    for a, b in zip(eager, compiled, strict=True):
+        assert rel_err(b, a) < 1e-3
+
+
+def test_compiled_has_no_graph_breaks():
+    if not hasattr(torch._dynamo.config, "trace_autograd_ops"):
+        pytest.skip("this torch has no trace_autograd_ops: torch.autograd.grad breaks the graph")
+    torch._dynamo.reset()
+    inputs = _inputs(8, 32, 8, torch.bfloat16, "channels_last", True)
+    with _trace_autograd_ops():
+        explanation = torch._dynamo.explain(_loss_and_grads)(*inputs)
+    assert explanation.graph_break_count == 0, [str(r.reason) for r in explanation.break_reasons]
+    assert explanation.graph_count == 1
+
+
+def test_func_grad_on_gpu():
+    x, w, sc, sh = (t.detach() for t in _inputs(32, 64, 8, torch.float32, "channels_last", True))
+
+    def loss(impl, x, w, sc, sh):
+        return depthwise_conv2d(x, w, 2, sc, sh, True, impl=impl).square().sum()
+
+    grads = torch.func.grad(lambda *a: loss("triton", *a), argnums=(0, 1, 2, 3))(x, w, sc, sh)
+    refs = torch.func.grad(lambda *a: loss("reference", *a), argnums=(0, 1, 2, 3))(
+        *(t.double() for t in (x, w, sc, sh)))
+    for g, r in zip(grads, refs, strict=True):
+        assert rel_err(g, r) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "dtype, layout, H, stride, fused, expect_triton",
+    [
+        (torch.bfloat16, "channels_last", 8, 1, False, False),  # cuDNN's NHWC kernels were faster here
+        (torch.bfloat16, "channels_last", 8, 2, False, True),
+        (torch.bfloat16, "channels_last", 8, 1, True, True),  # fused epilogue
+        (torch.float32, "channels_last", 8, 2, False, False),
+        (torch.float32, "channels_last", 2, 1, False, True),
+        (torch.float32, "nchw", 8, 1, False, True),
+    ],
+)
+def test_auto_dispatch_follows_rule(monkeypatch, dtype, layout, H, stride, fused, expect_triton):
+    """impl='auto' on CUDA takes the reference exactly where triton_preferred says PyTorch is faster."""
+    calls = []
+    real_reference = depthwise_module.reference_depthwise_conv2d
+    monkeypatch.setattr(depthwise_module, "reference_depthwise_conv2d",
+                        lambda *a, **k: calls.append(1) or real_reference(*a, **k))
+    x = torch.randn(4, 16, H, H, device="cuda", dtype=dtype).to(memory_format=LAYOUTS[layout])
+    w = torch.randn(16, 1, 3, 3, device="cuda")
+    y = depthwise_conv2d(x, w, stride, relu=fused, impl="auto")
+    assert y.shape == (4, 16, (H - 1) // stride + 1, (H - 1) // stride + 1)
+    assert (not calls) == expect_triton
+
+
+def test_kernel_size_5():
+    x, _, sc, sh = _inputs(32, 64, 16, torch.bfloat16, "channels_last", True)
+    w = (torch.randn(64, 1, 5, 5, device="cuda") / 5).requires_grad_()
+    y = depthwise_conv2d(x, w, 1, sc, sh, True, impl="triton")
+    refs = [t.detach().double().requires_grad_() for t in (x, w, sc, sh)]
+    y_ref = reference_depthwise_conv2d(refs[0], refs[1], 1, refs[2], refs[3], True)
+    assert rel_err(y, y_ref) < TOL[torch.bfloat16]
+    grad_y = torch.randn_like(y)
+    y.backward(grad_y)
+    y_ref.backward(grad_y.double())
+    for t, t_ref in zip((x, w, sc, sh), refs, strict=True):
+        assert rel_err(t.grad, t_ref.grad) < TOL[torch.bfloat16]
