@@ -13,8 +13,10 @@ DATASET ?= cifar10
 DATA ?= .data
 OUT ?= runs/$(MODEL)-$(DATASET)
 ARGS ?=
+RUN ?= $(OUT)
+IMAGES ?=
 
-.PHONY: train test bench lint nets
+.PHONY: train test bench lint nets evaluate predict export plot
 
 train: $(SETUP)
 	$(PYTHON) -m train model=$(MODEL) dataset=$(DATASET) data=$(DATA) out=$(OUT) $(ARGS)
@@ -30,6 +32,19 @@ lint: $(SETUP)
 
 nets: $(SETUP)
 	$(PYTHON) -m nets
+
+# The tools read a run directory (RUN, by default the OUT of `make train`); see the README's Tools section.
+evaluate: $(SETUP)
+	$(PYTHON) -m train.evaluate run=$(RUN) $(ARGS)
+
+predict: $(SETUP)
+	$(PYTHON) -m train.predict run=$(RUN) images=$(IMAGES) $(ARGS)
+
+export: $(SETUP)
+	$(PYTHON) -m train.export run=$(RUN) $(ARGS)
+
+plot: $(SETUP)
+	$(PYTHON) -m train.plot run=$(RUN) $(ARGS)
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)

@@ -1,60 +1,166 @@
-"""Checkpoints: written atomically, read without running code.
+"""Checkpoints: complete or refused, written atomically, read without running code.
 
-A checkpoint is one dict of tensors, numbers and strings saved with torch.save. It is written to a temporary
-file in the same directory, flushed to disk and renamed over the old one, so a crash mid-write leaves the
-previous checkpoint intact. It is read with `torch.load(weights_only=True)`, which refuses anything that
-would import or call code; a truncated, corrupt or foreign file raises CheckpointError naming the file.
+A checkpoint is one dict of tensors, numbers, strings, lists and dicts, saved with torch.save:
+
+    format    FORMAT, so a foreign or older file is named as such
+    sha256    digest of everything else in the dict (dtype, shape and bytes of every tensor, the repr of
+              every other value, keys in sorted order), computed before writing and checked after reading
+    ...       the trainer's payload (train/loop.py lists it)
+
+Writing: the payload is moved to the CPU, digested and serialised once, then written to a temporary file in
+the destination's directory, flushed, fsync'ed and renamed over the old file (os.replace is atomic on POSIX),
+so a crash mid-write leaves the previous checkpoint intact and a reader never sees half a file.
+
+Reading: `torch.load(weights_only=True)` refuses anything that would import or call code (a crafted pickle
+raises CheckpointError and its function is never called). A truncated file fails to parse (the zip directory
+is at its end); a file damaged in place parses but fails the digest. Either way CheckpointError names the file,
+so a damaged checkpoint is never mistaken for a good one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import pickle
+import re
 import tempfile
+import warnings
 import zipfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
-FORMAT = "cifar-zoo-checkpoint-1"  # bumped when the layout of the dict changes
+FORMAT = "cifar-zoo-checkpoint-2"  # bumped when the layout of the dict changes (2: sha256, resume state)
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or does not fit the run."""
+    """A checkpoint that cannot be read, is damaged, or does not fit the run."""
 
 
-def save(path: str | os.PathLike, payload: dict) -> None:
+def _to_cpu(obj):
+    """The payload with every tensor on the CPU (once, for both the digest and torch.save)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def digest(payload: dict) -> str:
+    """sha256 over the payload's contents, independent of how torch.save lays them out in the file."""
+    h = hashlib.sha256()
+
+    def feed(obj) -> None:
+        if isinstance(obj, dict):
+            h.update(b"{%d" % len(obj))
+            for k in sorted(obj, key=repr):
+                feed(k)
+                feed(obj[k])
+        elif isinstance(obj, list | tuple):
+            h.update(b"[%d" % len(obj))
+            for v in obj:
+                feed(v)
+        elif isinstance(obj, torch.Tensor):
+            t = obj.detach().cpu().contiguous()  # logical order: a channels_last tensor digests as NCHW
+            h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+        elif obj is None or isinstance(obj, str | bytes | bool | int | float):
+            h.update(repr((type(obj).__name__, obj)).encode())  # repr of a float round-trips exactly
+        else:
+            raise TypeError(f"a checkpoint holds tensors, numbers, strings, lists and dicts, not {type(obj)}")
+
+    feed(payload)
+    return h.hexdigest()
+
+
+def save(path: str | os.PathLike | Sequence[str | os.PathLike], payload: dict) -> None:
+    """Write `payload` atomically to `path` (or to each of several paths: serialised once, written to each)."""
+    paths = [Path(p) for p in path] if isinstance(path, list | tuple) else [Path(path)]
+    payload = {"format": FORMAT, **_to_cpu(payload)}
+    payload["sha256"] = digest(payload)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    for p in paths:
+        write_atomically(p, lambda f: f.write(buffer.getbuffer()))
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """`write(file)` into a temporary file beside `path`, flushed and fsync'ed, then renamed over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **payload}, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; the result is as readable as others
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def _weights_only_reason(error: Exception) -> str:
+    """The informative part of torch's weights_only refusal (its first lines advise weights_only=False)."""
+    text = str(error)
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return f"it names the global {found.group(1)[:120]}, which loading would import or call"
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|\. |$)", text, re.S)
+    return " ".join(found.group(1).split())[:160] if found else "not a stream of tensors and plain values"
+
+
 def load(path: str | os.PathLike, map_location="cpu") -> dict:
+    """The checked payload of the checkpoint at `path` (with "format" and "sha256"); CheckpointError if it is
+    missing, truncated, damaged, foreign or would run code."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign files: not news
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        reason = str(e).splitlines()[0][:200]
-        raise CheckpointError(
-            f"{path} holds objects a checkpoint may not hold (refused to run code): {reason}"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        reason = str(e).splitlines()[0][:160]
+        if "Unsupported global" in str(e):
+            raise CheckpointError(
+                f"{path}: refused to load it ({_weights_only_reason(e)}); a cifar-zoo checkpoint holds only "
+                "tensors and plain values, so this file is not one and nothing in it was run: delete it"
+            ) from None
+        raise CheckpointError(f"{path} is truncated, corrupt or not a checkpoint ({_weights_only_reason(e)}); "
+                              "nothing in it was run: use another checkpoint") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        reason = " ".join(str(e).split())[:120] or type(e).__name__
         raise CheckpointError(f"{path} is truncated or corrupt ({reason}); use another checkpoint") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not isinstance(payload, dict) or not str(payload.get("format", "")).startswith("cifar-zoo-checkpoint"):
         raise CheckpointError(f"{path} is not a cifar-zoo checkpoint (expected format {FORMAT})")
+    if payload["format"] != FORMAT:
+        raise CheckpointError(f"{path} has format {payload['format']!r}, written by another version of "
+                              f"cifar-zoo; this one reads {FORMAT}")
+    saved = payload.pop("sha256", None)
+    try:
+        actual = digest(payload)
+    except TypeError:
+        actual = None
+    if saved is None or actual != saved:
+        what = "has no digest (an incomplete write?)" if saved is None else "fails its sha256 check"
+        raise CheckpointError(f"{path} is corrupt: it {what}; use another checkpoint")
+    payload["sha256"] = saved
     return payload
+
+
+def require(path, payload: dict, keys) -> None:
+    """The payload must hold `keys` (a complete checkpoint of the trainer's layout, not a foreign dict)."""
+    missing = [k for k in keys if k not in payload]
+    if missing:
+        raise CheckpointError(f"{path} is not a complete training checkpoint (it has no {', '.join(missing)})")
 
 
 def check_fits(path, saved: dict, expected: dict) -> None:
@@ -68,5 +174,6 @@ def check_fits(path, saved: dict, expected: dict) -> None:
     for k, t in expected.items():
         if saved[k].shape != t.shape:
             raise CheckpointError(
-                f"{path} does not fit this model: {k} is {tuple(saved[k].shape)}, expected {tuple(t.shape)}"
+                f"{path} does not fit this model: {k} is {tuple(saved[k].shape)}, expected {tuple(t.shape)} "
+                "(was it saved for another model or net.* options?)"
             )

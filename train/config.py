@@ -2,6 +2,10 @@
 
 Precedence: the dataclass defaults are the seed recipe; `recipe=<name>` applies that preset on top; every
 explicit `key=value` wins over both. Net options travel as `net.<option>=<value>` (e.g. `net.width=32`).
+
+Resuming (`resume=true`): the run directory's saved configuration replaces the defaults and the recipe, so
+`out=<run dir> resume=true` alone continues a run; explicit keys still win, and the trainer refuses any that
+differs from the saved run unless it is in RESUMABLE.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ class Config:
     precision: str = "auto"  # auto (= bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     eval_batch_size: int = 1024  # images per evaluation batch (no gradients, so larger)
     progress: bool = True  # a progress bar on a terminal (never in logs; one summary line per epoch always)
+    resume: bool = False  # continue the run in `out` from its last.pt (the keys below RESUMABLE may change)
 
     def run_dir(self) -> str:
         return self.out or f"runs/{self.model}-{self.dataset}"
@@ -70,6 +75,13 @@ CHOICES = {
     "compile": ("auto", "true", "false"),
     "precision": ("auto", "fp32", "bf16"),
 }
+# Keys that may differ from the saved run on resume=true (train/loop.py checks the conditions):
+#   epochs                   how far to train; with schedule=plateau only (onecycle's lr curve spans all epochs)
+#   data, download, out      where things are; the data's digest must still match the saved one
+#   progress, compile,       machinery that does not change what is computed (compile and the evaluation batch
+#   eval_batch_size, device  change float rounding only); device may be respelled (auto for cuda) but must
+#                            resolve to the same kind, as the loader's random stream lives on the device
+RESUMABLE = ("epochs", "progress", "device", "compile", "eval_batch_size", "data", "download", "out", "resume")
 POSITIVE = ("epochs", "batch_size", "eval_batch_size", "lr")
 NON_NEGATIVE = ("momentum", "weight_decay", "label_smoothing", "patience", "min_lr")
 FRACTIONS = ("val_fraction", "warmup_fraction", "lr_factor", "label_smoothing")
@@ -96,8 +108,11 @@ def _net_value(text: str) -> Any:
     return {"true": True, "false": False}.get(text.lower(), text)
 
 
-def parse(argv: list[str]) -> Config:
-    """`key=value` words -> Config, checked. Raises ConfigError with a one-line reason."""
+def parse(argv: list[str], base: Config | None = None) -> Config:
+    """`key=value` words -> Config, checked. Raises ConfigError with a one-line reason.
+
+    `base` (a resumed run's saved configuration) replaces the defaults and the recipe; the words win over it,
+    `net.` options key by key."""
     fields = {f.name: f for f in dataclasses.fields(Config) if f.name != "net"}
     values: dict[str, Any] = {}
     net: dict[str, Any] = {}
@@ -112,12 +127,39 @@ def parse(argv: list[str]) -> Config:
             values[key] = _coerce(key, text, kind)
         else:
             raise ConfigError(f"unknown key {key!r}; valid keys: {', '.join(fields)}, net.<option>")
-    recipe = values.get("recipe", "seed")
-    if recipe not in RECIPES:
-        raise ConfigError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
-    cfg = Config(**{**RECIPES[recipe], **values, "net": net})
+    if base is not None:
+        cfg = dataclasses.replace(base, **values, net={**base.net, **net})
+    else:
+        recipe = values.get("recipe", "seed")
+        if recipe not in RECIPES:
+            raise ConfigError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
+        cfg = Config(**{**RECIPES[recipe], **values, "net": net})
     check(cfg)
     return cfg
+
+
+def from_json(text: str, where: str) -> Config:
+    """The Config saved as `text` (Config.to_json) in `where`; keys added since then take their defaults."""
+    try:
+        saved = json.loads(text)
+    except (json.JSONDecodeError, TypeError) as e:
+        raise ConfigError(f"{where}: not a saved configuration ({getattr(e, 'msg', e)})") from None
+    names = {f.name for f in dataclasses.fields(Config)}
+    if not isinstance(saved, dict) or set(saved) - names:
+        unknown = sorted(set(saved) - names) if isinstance(saved, dict) else "not a JSON object"
+        raise ConfigError(f"{where}: not a configuration of this version (unknown keys: {unknown})")
+    cfg = Config(**saved)
+    try:
+        check(cfg)
+    except (ConfigError, TypeError) as e:  # TypeError: a value of the wrong type compared with a number
+        raise ConfigError(f"{where}: the saved configuration is invalid ({e})") from None
+    return cfg
+
+
+def resume_differences(cfg: Config, saved: Config) -> list[str]:
+    """`key=value` of every key of `cfg` that differs from the saved run's and may not change on resume."""
+    now, then = dataclasses.asdict(cfg), dataclasses.asdict(saved)
+    return [f"{k}={now[k]!r} (saved: {then[k]!r})" for k in now if k not in RESUMABLE and now[k] != then[k]]
 
 
 def check(cfg: Config) -> None:

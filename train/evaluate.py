@@ -1,0 +1,44 @@
+"""`python -m train.evaluate run=<run dir> [checkpoint=best|last|<path>] [tta=none|flip] [data=<path>]
+[device=auto|cpu|cuda] [batch_size=1024]`: top-1/top-5 accuracy of a run's checkpoint on its test set.
+
+The test split of the run's dataset is read from `data=` (default: the run's own data=, never downloaded), in
+eval mode and fp32. tta=flip averages, for each image, the logits of the image and of its mirror image.
+Prints one line; `evaluate_run` returns the numbers.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from train.cli import tool_main
+from train.run_dir import TTA, ToolError, load_run, parse_args, positive_int, test_set, topk_accuracy
+
+KEYS = {"run": None, "checkpoint": "best", "tta": "none", "data": "", "device": "auto", "batch_size": "1024"}
+
+
+def evaluate_run(run: str, checkpoint: str = "best", tta: str = "none", data: str = "", device: str = "auto",
+                 batch_size: int = 1024, log=print) -> dict:
+    if tta not in TTA:
+        raise ToolError(f"tta={tta!r} is not one of: {', '.join(TTA)}")
+    loaded = load_run(run, checkpoint, device)
+    images, labels = test_set(loaded, data)
+    logits = loaded.logits(images, tta, batch_size)
+    result = {"top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, 5),
+              "images": len(labels), "checkpoint": str(loaded.checkpoint), "epoch": loaded.epoch, "tta": tta}
+    log(f"{loaded.cfg.model} on the {loaded.cfg.dataset} test set ({result['images']} images): top1 "
+        f"{result['top1']:.2f}  top5 {result['top5']:.2f}  | {loaded.checkpoint} (epoch {loaded.epoch}), tta={tta}")
+    return result
+
+
+def command(argv: list[str]) -> dict:
+    args = parse_args(argv, KEYS)
+    return evaluate_run(args["run"], args["checkpoint"], args["tta"], args["data"], args["device"],
+                        positive_int("batch_size", args["batch_size"]))
+
+
+def main(argv: list[str]) -> int:
+    return tool_main(command, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

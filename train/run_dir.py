@@ -1,0 +1,158 @@
+"""A run directory as the tools read it: its configuration, one of its checkpoints, and the net they make.
+
+    load_run(run, checkpoint="best", device="cpu") -> LoadedRun    config.json + a checkpoint + the net
+    LoadedRun.logits(images_u8, tta)                                eval-mode fp32 logits, flip TTA optional
+    LoadedRun.module()                                              a plain nn.Module holding the weights
+    test_set(loaded, data)                                          the run's test split, checked
+    parse_args(argv, keys, repeated)                                the tools' key=value words
+
+The net is built from the run's config.json (model, dataset, labels, net.* options); the checkpoint
+(`best`, `last`, or a path to any checkpoint) must fit it. Checkpoints are read through train.checkpoint,
+so a damaged or crafted file is refused before anything in it is used. Normalisation uses the mean and std
+saved in the checkpoint (the training split's, in 0..255 pixel units).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import nets
+from data import DataError, normalise
+from data.cifar import NUM_CLASSES
+from nets import Net
+from train import checkpoint as ckpt
+from train.config import Config, from_json
+
+TTA = ("none", "flip")  # flip: average the logits of the image and its mirror image (left-right)
+
+
+class ToolError(ValueError):
+    """A bad argument to a tool, or a run directory it cannot use."""
+
+
+@dataclass(frozen=True)
+class LoadedRun:
+    run: Path
+    cfg: Config
+    checkpoint: Path
+    epoch: int  # epochs the checkpoint had completed
+    net: Net
+    params: dict[str, torch.Tensor]
+    state: dict[str, torch.Tensor]
+    mean: torch.Tensor  # (3, 32, 32), 0..255 pixel units, on `device`
+    std: torch.Tensor
+    classes: tuple[str, ...]
+    device: torch.device
+
+    def logits(self, images_u8: torch.Tensor, tta: str = "none", batch_size: int = 1024) -> torch.Tensor:
+        """float32 (N, K) eval-mode logits of uint8 images (N, 3, 32, 32), `batch_size` at a time."""
+        if tta not in TTA:
+            raise ToolError(f"tta={tta!r} is not one of: {', '.join(TTA)}")
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(images_u8), batch_size):
+                x = normalise(images_u8[start:start + batch_size].to(self.device), self.mean, self.std)
+                logits = self.net.apply(self.params, self.state, x, train=False)[0].float()
+                if tta == "flip":  # mirrored after normalising, as the training augmentation does
+                    logits = (logits + self.net.apply(self.params, self.state, x.flip(-1), train=False)[0]) / 2
+                out.append(logits.cpu())
+        return torch.cat(out) if out else torch.zeros(0, len(self.classes))
+
+    def module(self) -> nn.Module:
+        """The net's nn.Module (CPU, eval mode) holding this checkpoint's params and BatchNorm statistics."""
+        module = copy.deepcopy(self.net.module).to_empty(device="cpu")
+        module.load_state_dict({k: v.cpu() for k, v in {**self.params, **self.state}.items()})
+        return module.eval()
+
+
+def parse_args(argv: list[str], keys: dict[str, str | None], repeated: str | None = None) -> dict:
+    """`key=value` words -> {key: text}; keys with default None are required. The key named `repeated` takes
+    a list: `images=a.png b.png` (words without "=" after it are more values)."""
+    values: dict = {}
+    last = None
+    for word in argv:
+        key, sep, text = word.partition("=")
+        if not sep and repeated is not None and last == repeated:
+            values[repeated].append(word)
+            continue
+        if not sep or not key:
+            raise ToolError(f"expected key=value, got {word!r}")
+        if key not in keys:
+            raise ToolError(f"unknown key {key!r}; valid keys: {', '.join(keys)}")
+        values[key] = [text] if key == repeated else text
+        last = key
+    if repeated is not None and repeated in values:
+        values[repeated] = [v for v in values[repeated] if v]  # `images=` with nothing after it: none
+    for key, default in keys.items():
+        if default is None and not values.get(key):
+            raise ToolError(f"{key}=<...> is required (keys: {', '.join(keys)})")
+        values.setdefault(key, default)
+    return values
+
+
+def positive_int(key: str, text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ToolError(f"{key}={text!r} is not a valid int") from None
+    if value < 1:
+        raise ToolError(f"{key} must be positive, got {value}")
+    return value
+
+
+def checkpoint_path(run: Path, which: str) -> Path:
+    """best | last -> that file of the run; anything else is a path to a checkpoint."""
+    if which in ("best", "last"):
+        return run / f"{which}.pt"
+    if not Path(which).is_file():
+        raise ToolError(f"checkpoint={which}: no such file; use best, last or the path of a checkpoint")
+    return Path(which)
+
+
+def load_run(run: str | Path, checkpoint: str = "best", device: str = "cpu") -> LoadedRun:
+    from train.loop import resolve_device  # here: the loop imports the trainer's machinery, tools rarely need it
+
+    run = Path(run)
+    if not run.is_dir():
+        raise ToolError(f"run={run}: no such run directory (the out= of a training run)")
+    config_file = run / "config.json"
+    if not config_file.is_file():
+        raise ToolError(f"{run} has no config.json, so it is not a run directory (make train OUT={run} makes one)")
+    cfg = from_json(config_file.read_text(), str(config_file))
+    torch_device = resolve_device(device)
+    path = checkpoint_path(run, checkpoint)
+    saved = ckpt.load(path, map_location=torch_device)
+    ckpt.require(path, saved, ("params", "state", "epoch", "classes", "mean", "std"))
+    net = nets.build(cfg.model, num_classes=NUM_CLASSES[(cfg.dataset, cfg.labels)], **cfg.net)
+    ckpt.check_fits(path, saved["params"], dict(net.module.named_parameters()))  # the skeleton's (meta) shapes
+    ckpt.check_fits(path, saved["state"], dict(net.module.named_buffers()))
+    classes = tuple(saved["classes"])
+    if len(classes) != net.num_classes:
+        raise ckpt.CheckpointError(f"{path} names {len(classes)} classes but the run's net has {net.num_classes}")
+    return LoadedRun(run, cfg, path, saved["epoch"], net, saved["params"], saved["state"], saved["mean"],
+                     saved["std"], classes, torch_device)
+
+
+def test_set(loaded: LoadedRun, data: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+    """The test images uint8 (N, 3, 32, 32) and labels int64 (N,) of the run's dataset, read from `data`
+    (default: the run's data=, never downloaded); its class names must be the checkpoint's."""
+    from train.loop import load_data
+
+    cfg = dataclasses.replace(loaded.cfg, data=data or loaded.cfg.data, download=False)
+    found = load_data(cfg)
+    if tuple(found.classes) != loaded.classes:
+        raise DataError(f"the data at {cfg.data} has classes {list(found.classes)[:4]}..., not the run's "
+                        f"{list(loaded.classes)[:4]}...; point data=<path> at the run's dataset")
+    return torch.from_numpy(found.test_images), torch.from_numpy(found.test_labels)
+
+
+def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    """Percent of rows whose label is among the k largest logits (k capped at the class count)."""
+    top = logits.topk(min(k, logits.shape[1]), dim=1).indices  # (N, k)
+    return 100 * (top == labels[:, None]).any(dim=1).float().mean().item()
