@@ -27,9 +27,7 @@ graph and replayed: GPU time only, no L2 flush between replays; what a compiled/
 """
 
 import functools
-import json
 import math
-import re
 import sys
 import time
 import warnings
@@ -42,6 +40,8 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
+from bench.common import copy_gbs as copy_bandwidth_gbs  # noqa: E402
+from bench.common import device_slug, script_header, write_report  # noqa: E402
 from kernels.attention import (  # noqa: E402
     _attn_backward,
     _attn_forward,
@@ -105,14 +105,6 @@ def time_impl(fn, qkv: torch.Tensor, grad_out: torch.Tensor, quick: bool) -> tup
         print(f"  CUDA graph capture failed: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}")
         graph_us = None
     return fwd_us, fwd_bwd_us, graph_us
-
-
-def copy_bandwidth_gbs(device: str = "cuda", n_bytes: int = 1 << 30) -> float:
-    """Device-to-device copy, bytes read + written per second (GB/s): the practical memory ceiling."""
-    src = torch.empty(n_bytes // 2, dtype=torch.bfloat16, device=device).normal_()
-    dst = torch.empty_like(src)
-    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=25, rep=100, return_mode="median")
-    return 2 * n_bytes / (ms * 1e-3) / 1e9
 
 
 def min_bytes(B: int, S: int, H: int, D: int, elt: int = 2) -> tuple[int, int]:
@@ -329,10 +321,6 @@ def tune(device: str = "cuda", shapes=None) -> list[dict]:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def gpu_slug() -> str:
-    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
-
-
 def to_markdown(result: dict, header: dict) -> str:
     shown = ["B", "S", "H", "D", "triton fwd us", "triton fwd+bwd us",
              *[f"{n} fwd+bwd us" for n in BACKENDS], "best fwd", "speedup fwd", "best fwd+bwd",
@@ -364,19 +352,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     quick = "--quick" in argv
     paths = [a for a in argv if not a.startswith("--")]
-    prefix = Path(paths[0]) if paths else Path("bench/results") / f"attention-{gpu_slug()}"
+    prefix = Path(paths[0]) if paths else Path("bench/results") / f"attention-{device_slug(torch.device('cuda'))}"
     result = measure("cuda", quick=quick)
-    header = {
-        "device": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-        "command": "python3 bench/attention.py " + " ".join(argv),
-    }
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{prefix}.json").write_text(json.dumps({**header, **result}, indent=1))
+    header = script_header("attention.py", argv)
     markdown = to_markdown(result, header)
-    Path(f"{prefix}.md").write_text(markdown)
+    write_report(prefix, result, header, markdown)
     print(markdown)
 
 

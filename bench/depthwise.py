@@ -29,7 +29,6 @@ measured in the same run.
 
 import json
 import math
-import re
 import sys
 import time
 from pathlib import Path
@@ -39,8 +38,9 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-import triton  # noqa: E402
 
+from bench.common import copy_gbs as copy_bandwidth_gbs  # noqa: E402
+from bench.common import device_slug, script_header, write_report  # noqa: E402
 from kernels import depthwise as dw  # noqa: E402
 
 # Depthwise layers as (C, H, stride) at a 32x32 input: the input spatial size H follows the strides.
@@ -131,14 +131,6 @@ def eager_us(call, n_sets: int) -> float:
 
 def n_sets_for(bytes_per_call: int) -> int:
     return max(1, min(MAX_SETS, math.ceil(ROTATE_BYTES / bytes_per_call)))
-
-
-def copy_bandwidth_gbs(device: str = "cuda", n_bytes: int = 1 << 30) -> float:
-    """Device-to-device copy, bytes read + written per second (GB/s): the practical memory ceiling."""
-    src = torch.empty(n_bytes // 2, dtype=torch.bfloat16, device=device).normal_()
-    dst = torch.empty_like(src)
-    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=25, rep=100, return_mode="median")
-    return 2 * n_bytes / (ms * 1e-3) / 1e9
 
 
 def min_bytes(N: int, C: int, H: int, stride: int, elt: int) -> tuple[int, int]:
@@ -470,10 +462,6 @@ def tune(device: str = "cuda") -> list[dict]:
 # ---------------------------------------------------------------------------------------------------------
 # Output
 
-def gpu_slug() -> str:
-    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-")
-
-
 def to_markdown(result: dict, header: dict) -> str:
     def cell(v):
         if isinstance(v, float):
@@ -507,21 +495,13 @@ def main(argv: list[str] | None = None) -> None:
         return
     quick = "--quick" in argv
     paths = [a for a in argv if not a.startswith("--")]
-    prefix = Path(paths[0]) if paths else Path("bench/results") / f"depthwise-{gpu_slug()}"
+    prefix = Path(paths[0]) if paths else Path("bench/results") / f"depthwise-{device_slug(torch.device('cuda'))}"
     prefix.parent.mkdir(parents=True, exist_ok=True)
     result = measure("cuda", quick=quick, checkpoint=Path(f"{prefix}.partial.json"))
     Path(f"{prefix}.partial.json").unlink(missing_ok=True)
-    header = {
-        "device": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-        "command": "python3 bench/depthwise.py " + " ".join(argv),
-    }
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{prefix}.json").write_text(json.dumps({**header, **result}, indent=1))
+    header = script_header("depthwise.py", argv)
     markdown = to_markdown(result, header)
-    Path(f"{prefix}.md").write_text(markdown)
+    write_report(prefix, result, header, markdown)
     print(markdown)
 
 

@@ -11,8 +11,6 @@ after one warm-up epoch. "GB/s" counts the float32 batches written (12,288 bytes
 images read (3,072 bytes), against a device-to-device copy measured in the same run ("% copy").
 """
 
-import json
-import platform
 import re
 import statistics
 import sys
@@ -24,6 +22,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import torch  # noqa: E402
 
+from bench.common import copy_gbs, device_name, write_report  # noqa: E402
 from data import DeviceBatches  # noqa: E402
 
 N_IMAGES = 45_000  # CIFAR-10's 50,000 training images less a 10% validation split
@@ -31,7 +30,6 @@ N_IMAGES_QUICK = 4_096
 BATCH_SIZES = (256, 512)
 EPOCHS, EPOCHS_QUICK = 5, 3  # timed epochs, after one warm-up epoch
 BYTES_PER_IMAGE = 3 * 32 * 32 * (4 + 1)  # float32 written + uint8 read
-COPY_BYTES = 1 << 28  # per direction, for the copy ceiling
 
 
 def _sync(device: torch.device) -> None:
@@ -47,21 +45,6 @@ def epoch_seconds(loader: DeviceBatches, device: torch.device) -> float:
         pass
     _sync(device)
     return time.perf_counter() - start
-
-
-def copy_gbs(device: torch.device, repeats: int = 10) -> float:
-    """Device-to-device copy, bytes read + written per second (GB/s): the memory ceiling."""
-    src = torch.empty(COPY_BYTES, dtype=torch.uint8, device=device).random_()
-    dst = torch.empty_like(src)
-    times = []
-    for i in range(repeats + 1):
-        _sync(device)
-        start = time.perf_counter()
-        dst.copy_(src)
-        _sync(device)
-        if i:  # the first copy is the warm-up
-            times.append(time.perf_counter() - start)
-    return 2 * COPY_BYTES / statistics.median(times) / 1e9
 
 
 def measure(device: str = "cuda", quick: bool = False) -> dict:
@@ -101,12 +84,6 @@ def measure(device: str = "cuda", quick: bool = False) -> dict:
     }
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
 def to_markdown(result: dict, header: dict) -> str:
     def cell(v):
         if not isinstance(v, float):
@@ -135,9 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     slug = re.sub(r"[^a-z0-9]+", "-", header["device"].lower()).strip("-")
     prefix = Path(paths[0]) if paths else Path("bench/results") / f"loader-{slug}"
     markdown = to_markdown(result, header)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{prefix}.json").write_text(json.dumps({**header, **result}, indent=1))
-    Path(f"{prefix}.md").write_text(markdown)
+    write_report(prefix, result, header, markdown)
     print(markdown)
 
 

@@ -68,6 +68,8 @@ def test_flip_tta_averages_the_image_and_its_mirror(run_dir):
 @pytest.mark.filterwarnings("ignore:'train.*' found in sys.modules:RuntimeWarning")
 @pytest.mark.parametrize("tool", ["train.evaluate", "train.predict", "train.export", "train.plot"])
 def test_python_dash_m_entry_points(run_dir, capsys, monkeypatch, tool):
+    if tool == "train.plot":
+        pytest.importorskip("matplotlib")  # without it, plot reports that first (tested below)
     """`python -m <tool>` runs main(sys.argv[1:]) and exits with its code (run in this interpreter: runpy does
     what -m does, without paying for a fresh import of torch; the export test below runs a real one)."""
     images = ["images=missing.png"] if tool == "train.predict" else []
@@ -227,7 +229,8 @@ def test_plot_of_a_run_without_metrics(run_dir, tmp_path, capsys):
     ],
 )
 def test_make_targets(target, variables, command):
-    proc = subprocess.run(["make", "-n", target, "PYTHON=python3", *variables], cwd=REPO, capture_output=True,
-                          text=True, timeout=60)
+    # --no-print-directory: under a make already running (`make test`), make prints "Entering directory".
+    proc = subprocess.run(["make", "--no-print-directory", "-n", target, "PYTHON=python3", *variables], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"python3 {command}"
