@@ -91,7 +91,8 @@ class DeviceBatches:
                             f"the image shape {tuple(images_u8.shape[1:])}, as normalisation_stats gives")
         self.batch_size, self.train, self.generator, self.pad = batch_size, train, generator, pad
         self.drop_last = train if drop_last is None else drop_last
-        if len(self) == 0:
+        # An empty evaluation set is allowed (val_fraction=0 holds none out); a training loader must give a batch.
+        if len(self) == 0 and (train or len(images_u8)):
             raise DataError(f"no batches: {len(images_u8)} images, batch_size={batch_size}, "
                             f"drop_last={self.drop_last}; use a smaller batch_size or drop_last=False")
 

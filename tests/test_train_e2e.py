@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import nets
 from train.cli import main
 from train.config import parse
 from train.loop import run
@@ -116,3 +117,28 @@ def test_cifar100_coarse_end_to_end(cifar100_pickles, tmp_path):
     assert results["dataset"] == "cifar100" and 0 <= results["test_top1"] <= 100
     params = torch.load(tmp_path / "best.pt", weights_only=True)["params"]
     assert params["fc.weight"].shape[0] == 20
+
+
+@pytest.fixture(scope="module")
+def ten_images(tmp_path_factory):
+    """One training image per class: one step per epoch, so every net's run is cheap."""
+    from synthetic import write_cifar10_pickles
+
+    return write_cifar10_pickles(tmp_path_factory.mktemp("ten"), n_per_class_train=1, n_per_class_test=1)
+
+
+# The three largest variants (42-85M params) take ~40 s each on 2 CPU cores, mostly writing and hashing their
+# checkpoints; their family's smaller variants run the same code path here, and tests/test_nets.py runs them
+# through the trainer's step.
+LARGEST = {"resnet101", "resnet152", "vit_base"}
+
+
+@pytest.mark.parametrize("name", [n for n in nets.names() if n not in LARGEST])
+def test_every_registered_net_trains_through_the_command_line(name, ten_images, tmp_path, capsys):
+    """`make train MODEL=<name>` for every registered name but the largest: one epoch on ten images, exit 0,
+    results written."""
+    args = ["device=cpu", "compile=false", "download=false", "progress=false", f"model={name}",
+            f"data={ten_images}", f"out={tmp_path}", "epochs=1", "batch_size=10", "val_fraction=0"]
+    assert main(args) == 0, capsys.readouterr().err
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["model"] == name and 0 <= results["test_top1"] <= 100

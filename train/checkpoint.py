@@ -68,7 +68,8 @@ def digest(payload: dict) -> str:
         elif isinstance(obj, torch.Tensor):
             t = obj.detach().cpu().contiguous()  # logical order: a channels_last tensor digests as NCHW
             h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+            if t.numel():  # an empty tensor (no validation split) has no bytes, and may have stride 0
+                h.update(t.reshape(-1).view(torch.uint8).numpy().data)
         elif obj is None or isinstance(obj, str | bytes | bool | int | float):
             h.update(repr((type(obj).__name__, obj)).encode())  # repr of a float round-trips exactly
         else:
