@@ -15,11 +15,16 @@ OUT ?= runs/$(MODEL)-$(DATASET)
 ARGS ?=
 RUN ?= $(OUT)
 IMAGES ?=
+# GPUS=N (N > 1): `make train` runs N data-parallel processes through torchrun (python -m torch.distributed.run);
+# TORCHRUN holds its rendezvous options (the default is one node; see the README's "Several GPUs").
+GPUS ?= 1
+TORCHRUN ?= --standalone
+TRAIN_LAUNCH = $(if $(filter-out 0 1,$(GPUS)),$(PYTHON) -m torch.distributed.run $(TORCHRUN) --nproc_per_node=$(GPUS) -m train,$(PYTHON) -m train)
 
 .PHONY: train test bench lint nets evaluate predict export plot
 
 train: $(SETUP)
-	$(PYTHON) -m train model=$(MODEL) dataset=$(DATASET) data=$(DATA) out=$(OUT) $(ARGS)
+	$(TRAIN_LAUNCH) model=$(MODEL) dataset=$(DATASET) data=$(DATA) out=$(OUT) $(ARGS)
 
 test: $(SETUP)
 	$(PYTHON) -m pytest -q --benchmark-disable $(ARGS)

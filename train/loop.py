@@ -44,7 +44,7 @@ from tqdm import tqdm
 import nets
 from data import DataError, DeviceBatches, load_cifar, normalisation_stats, normalise, stratified_split
 from data.cifar import NUM_CLASSES
-from train import checkpoint
+from train import checkpoint, distributed
 from train.config import RESUMABLE, Config, ConfigError, from_json, resume_differences
 from train.optim import zeros_like_tree
 from train.schedule import load_schedule, make_schedule
@@ -222,7 +222,20 @@ def tensorboard_writer(log_dir: Path, purge_step: int | None, log):
 
 
 def run(cfg: Config, log=print) -> dict:
+    """Train and test `cfg`; under torchrun (WORLD_SIZE set) as one rank of a data-parallel job, in which
+    only rank 0 logs and writes files (see train/distributed.py and the README's "Several GPUs")."""
     device = resolve_device(cfg.device)
+    rank, world, local_rank = distributed.init_from_env(device.type)
+    try:
+        if world > 1 and device.type == "cuda":
+            device = torch.device("cuda", local_rank)  # one GPU per process
+        return _train(cfg, device, rank, world, log if distributed.is_main() else lambda line: None)
+    finally:
+        distributed.close()
+
+
+def _train(cfg: Config, device: torch.device, rank: int, world: int, log) -> dict:
+    main = rank == 0  # the one rank that writes the run directory
     precision = precision_for(device, cfg.precision)
     use_compile = cfg.compile == "true" or (cfg.compile == "auto" and device.type == "cuda")
     out = Path(cfg.run_dir())
@@ -244,13 +257,18 @@ def run(cfg: Config, log=print) -> dict:
                             "trained on; point data=<path> at that copy to resume")
         train_idx, val_idx, mean, std = (saved[k] for k in ("train_idx", "val_idx", "mean", "std"))
         train_idx, val_idx = train_idx.numpy(), val_idx.numpy()
-    if cfg.batch_size > len(train_idx):
+    # Several ranks: each trains on its own equal, disjoint share of the split (batch_size is per rank).
+    rank_idx = train_idx if world == 1 else distributed.shard(train_idx, rank, world, cfg.seed).numpy()
+    if cfg.batch_size > len(rank_idx):
         raise ConfigError(
-            f"batch_size={cfg.batch_size} is larger than the training split ({len(train_idx)} images)"
+            f"batch_size={cfg.batch_size} is larger than the training split ({len(train_idx)} images"
+            + (f", {len(rank_idx)} per rank" if world > 1 else "") + ")"
         )
     mean, std = mean.to(device), std.to(device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    train_x, train_y = _device_tensors(data.train_images[train_idx], data.train_labels[train_idx], device)
+    # The same seed on every rank: each shuffles and augments its own shard with the same random stream, so the
+    # one generator state rank 0 saves resumes every rank.
+    train_x, train_y = _device_tensors(data.train_images[rank_idx], data.train_labels[rank_idx], device)
     train_batches = DeviceBatches(train_x, train_y, mean, std, cfg.batch_size, train=True, generator=generator)
     val_batches = DeviceBatches(*_device_tensors(data.train_images[val_idx], data.train_labels[val_idx], device),
                                 mean, std, cfg.eval_batch_size, train=False)
@@ -283,18 +301,21 @@ def run(cfg: Config, log=print) -> dict:
     params, momentum = to_memory_format(params, precision), to_memory_format(momentum, precision)
     ts = TrainState(params, state, momentum)
     gradients = "autograd" if uses_custom_kernels(net, device) else "func"
-    train_step = maybe_compile(make_train_step(net, cfg, precision, gradients), use_compile, gradients)
+    grad_hook = distributed.all_reduce_mean_ if world > 1 else None  # every rank takes the same averaged step
+    train_step = maybe_compile(make_train_step(net, cfg, precision, gradients, grad_hook), use_compile, gradients)
     step = train_step
     if gradients == "autograd":
         step, ts = leaf_step(train_step), as_leaves(ts)
     eval_step = maybe_compile(make_eval_step(net, precision), use_compile)
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(cfg.to_json() + "\n")
     metrics_path = out / "metrics.jsonl"
-    _keep_metrics_until(metrics_path, start_epoch)  # a fresh run: empty
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(cfg.to_json() + "\n")
+        _keep_metrics_until(metrics_path, start_epoch)  # a fresh run: empty
     log(f"{net.name}: {net.param_count():,} params | {cfg.dataset} ({data.source}): {len(train_idx)} train, "
-        f"{len(val_idx)} val, {len(data.test_labels)} test | {device.type}, "
+        f"{len(val_idx)} val, {len(data.test_labels)} test | {device.type}"
+        f"{f' x {world} ranks ({len(rank_idx)} train each)' if world > 1 else ''}, "
         f"{'bf16' if precision.autocast else 'fp32'}, compile={use_compile}, gradients={gradients} | run dir {out}")
     if saved is not None:
         log(f"resuming from {out / 'last.pt'} at epoch {start_epoch + 1}, step {start_step + 1}")
@@ -334,7 +355,8 @@ def run(cfg: Config, log=print) -> dict:
     steps = len(train_batches)
     # purge_step: TensorBoard hides events at epochs >= it written earlier into the folder (a stopped run's
     # later epochs, or a previous run's), so the curves show this run's history once.
-    writer = tensorboard_writer(out / "tensorboard", start_epoch + 1, log)
+    writer = tensorboard_writer(out / "tensorboard", start_epoch + 1, log) if main else None
+    host = distributed.host_group()  # for agreeing on a stop request without a GPU sync
     try:
         with StopRequests() as stop:
             for epoch in range(start_epoch, cfg.epochs):
@@ -352,7 +374,9 @@ def run(cfg: Config, log=print) -> dict:
                 for i, batch in enumerate(train_batches):
                     if i < first:
                         continue  # drawn and dropped: the loader's random stream reaches step `first`
-                    if stop.signum is not None:  # a safe point: after a step, before the next
+                    # A safe point: after a step, before the next; every rank stops at the same one.
+                    if (stop.signum is not None if world == 1 else distributed.any_rank(stop.signum is not None,
+                                                                                        host)):
                         _sync(device)
                         elapsed = time.perf_counter() - t0
                         seconds, train_seconds = seconds + elapsed, train_seconds + elapsed
@@ -360,11 +384,13 @@ def run(cfg: Config, log=print) -> dict:
                         if not all_finite({"loss": torch.stack(losses)} if losses else {}, ts.params):
                             raise diverged(f"the loss or parameters became non-finite in epoch {epoch + 1} "
                                            f"(found when stopping at step {i} of {steps})")
-                        checkpoint.save(out / "last.pt", payload(epoch, i, epoch_generator, losses, correct,
-                                                                 seconds))
-                        name = signal.Signals(stop.signum).name
+                        if main:
+                            checkpoint.save(out / "last.pt", payload(epoch, i, epoch_generator, losses, correct,
+                                                                     seconds))
+                        signum = stop.signum or signal.SIGTERM  # a rank that did not see it stops as the others
+                        name = signal.Signals(signum).name
                         raise TrainingInterrupted(f"{name}: stopped in epoch {epoch + 1} after step {i} of "
-                                                  f"{steps} and saved {out / 'last.pt'}", stop.signum)
+                                                  f"{steps} and saved {out / 'last.pt'}", signum)
                     ts, m = step(ts, batch, lrs[i])
                     losses.append(m["loss"])
                     correct += m["correct"]
@@ -373,7 +399,10 @@ def run(cfg: Config, log=print) -> dict:
                 elapsed = time.perf_counter() - t0
                 seconds, train_seconds = seconds + elapsed, train_seconds + elapsed
                 bar.close()
-                losses = torch.stack(losses)
+                # Per-step losses and top-1 hits of all ranks (one collective each per epoch): every rank then
+                # sees the same numbers and takes the same decisions.
+                losses = distributed.all_reduce_sum(torch.stack(losses)) / world
+                correct = distributed.all_reduce_sum(correct)
                 finite = torch.isfinite(losses)
                 if not finite.all():
                     bad = int((~finite).nonzero()[0])
@@ -381,16 +410,19 @@ def run(cfg: Config, log=print) -> dict:
                                    f"{steps}")
                 if not all_finite(ts.params, ts.state):
                     raise diverged(f"parameters became non-finite at epoch {epoch + 1}, step {steps} of {steps}")
-                seen = steps * cfg.batch_size
-                val = evaluate(eval_step, ts.params, ts.state, val_batches)
+                seen = steps * cfg.batch_size * world
+                distributed.broadcast_tree_(ts.state)  # rank 0's BatchNorm statistics, evaluated and saved
+                # Rank 0 evaluates; its numbers drive every rank's schedule, so the lrs stay the same everywhere.
+                val = distributed.from_main(evaluate(eval_step, ts.params, ts.state, val_batches) if main else None)
                 record = {
                     "epoch": epoch + 1, "train_loss": losses.mean().item(),
                     "train_top1": 100 * correct.item() / seen,
                     "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
                     "lr": lrs[-1].item(), "seconds": seconds, "images_per_s": seen / seconds,
                 }
-                with metrics_path.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
+                if main:
+                    with metrics_path.open("a") as f:
+                        f.write(json.dumps(record) + "\n")
                 if writer is not None:
                     for key, tag in TENSORBOARD_TAGS.items():
                         writer.add_scalar(tag, record[key], epoch + 1)
@@ -403,7 +435,8 @@ def run(cfg: Config, log=print) -> dict:
                 # best.pt before last.pt: a crash between the two leaves last.pt at the previous epoch, whose
                 # replay writes this best.pt again, never a last.pt whose "best" names a best.pt not written.
                 ckpt = payload(epoch + 1, 0, generator.get_state(), [], torch.zeros((), dtype=torch.long), 0.0)
-                checkpoint.save([out / "best.pt", out / "last.pt"] if improved else [out / "last.pt"], ckpt)
+                if main:
+                    checkpoint.save([out / "best.pt", out / "last.pt"] if improved else [out / "last.pt"], ckpt)
                 kept = f"the last good checkpoint, {out / 'last.pt'} (after epoch {epoch + 1}), is kept"
                 log(f"epoch {epoch + 1:3d}/{cfg.epochs}  train loss {record['train_loss']:.4f} top1 "
                     f"{record['train_top1']:5.2f}  val loss {val['loss']:.4f} top1 {val['top1']:5.2f} top5 "
@@ -417,6 +450,8 @@ def run(cfg: Config, log=print) -> dict:
         if writer is not None:
             writer.close()
 
+    if not main:  # rank 0 tests the best checkpoint and writes results.json; the others receive its results
+        return distributed.from_main(None)
     # The best-validation checkpoint, evaluated once on the test set.
     best_path = out / "best.pt"
     best_saved = checkpoint.load(best_path, map_location=device)
@@ -435,4 +470,4 @@ def run(cfg: Config, log=print) -> dict:
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     log(f"test (best val epoch {best['epoch']}): top1 {test['top1']:.2f}  top5 {test['top5']:.2f}  "
         f"| {train_seconds:.1f} s training, {compile_seconds:.1f} s compiling")
-    return results
+    return distributed.from_main(results)

@@ -70,7 +70,9 @@ def topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
     return (top == y[:, None]).any(dim=1).sum()
 
 
-def make_train_step(net, cfg, precision: Precision, gradients: str = "func"):
+def make_train_step(net, cfg, precision: Precision, gradients: str = "func", grad_hook=None):
+    """The pure step for `net`; `grad_hook(grads) -> grads`, when given, transforms the gradient pytree before
+    the SGD update (train/distributed.py's all_reduce_mean_ averages it across ranks)."""
     decays = decay_rule(cfg.decay_all)
 
     def loss_fn(params, bn_state, x, y):
@@ -98,6 +100,8 @@ def make_train_step(net, cfg, precision: Precision, gradients: str = "func"):
     def step(ts: TrainState, batch, lr: torch.Tensor):
         x, y = batch
         grads, (loss, (new_state, logits)) = grad_and_loss(ts.params, ts.state, x, y)
+        if grad_hook is not None:
+            grads = grad_hook(grads)
         with torch.no_grad():
             params, momentum = sgd(
                 ts.params, grads, ts.momentum, lr, cfg.momentum, cfg.weight_decay, cfg.nesterov, decays

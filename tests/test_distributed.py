@@ -1,0 +1,181 @@
+"""Data parallel over gloo on the CPU: 2 ranks with batch B each take the same SGD steps as 1 rank with batch
+2B (a net without BatchNorm), every rank ends with the same params, and only rank 0 writes files, both in the
+step alone and in the real training loop.
+
+The ranks are real processes: this file, run as a script, is the worker (`python tests/test_distributed.py
+<rank> <world> <port> <out dir> <data>`), joined through the same environment variables torchrun sets.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))  # the worker runs as a script, outside pytest's path setup
+
+from nets.core import Net  # noqa: E402
+from train import distributed  # noqa: E402
+from train.config import Config, parse  # noqa: E402
+from train.loop import run  # noqa: E402
+from train.optim import zeros_like_tree  # noqa: E402
+from train.step import TrainState, make_train_step, precision_for  # noqa: E402
+
+CPU = precision_for(torch.device("cpu"), "fp32")
+CFG = Config(nesterov=True, weight_decay=5e-4, label_smoothing=0.1)
+PER_RANK_BATCH, STEPS, WORLD = 8, 4, 2
+LRS = (0.1, 0.05, 0.1, 0.02)  # one per step
+# Small buckets (bytes), so that the averaged gradients cross several all-reduce messages and bucket edges.
+TEST_BUCKET_BYTES = 2048
+TOL = {"rtol": 1e-5, "atol": 1e-5}  # float32 sums in another order (per-rank means, then their mean)
+WORKER_TIMEOUT_S = 120
+
+
+def plain_net() -> Net:
+    """Conv-ReLU-pool-linear without BatchNorm: each rank's step depends on its images only through the
+    gradient, so averaged gradients give exactly the large-batch step."""
+    return Net("plain", lambda: nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)), 10)
+
+
+def fixed_problem():
+    """The same initial TrainState and STEPS global batches of WORLD * PER_RANK_BATCH images on every process."""
+    net = plain_net()
+    params, state = net.init(torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    n = WORLD * PER_RANK_BATCH
+    data = [(torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)) for _ in LRS]
+    return net, TrainState(params, state, zeros_like_tree(params)), data
+
+
+def train(step, ts, data):
+    for batch, lr in zip(data, LRS):
+        ts, _ = step(ts, batch, torch.tensor(lr))
+    return ts
+
+
+def loop_config(data, out: Path):
+    """One epoch of a narrow ResNet-18 (with BatchNorm, per rank) on the synthetic pickles."""
+    return parse(["model=resnet18", "net.width=4", "device=cpu", "compile=false", "download=false",
+                  "progress=false", f"data={data}", f"out={out}", "epochs=1", "batch_size=20",
+                  "val_fraction=0.2", "seed=3"])
+
+
+def worker(rank: int, world: int, port: int, out: Path, data_root: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    assert distributed.init_from_env("cpu") == (rank, world, rank)
+    try:
+        net, ts, data = fixed_problem()
+        mine = [(x[rank::world], y[rank::world]) for x, y in data]  # this rank's half of each global batch
+        reduce = lambda grads: distributed.all_reduce_mean_(grads, TEST_BUCKET_BYTES)
+        ts = train(make_train_step(net, CFG, CPU, grad_hook=reduce), ts, mine)
+        # Every rank must hold the same params: compare with rank 0's, sent to all.
+        for k, p in ts.params.items():
+            theirs = p.clone()
+            torch.distributed.broadcast(theirs, src=0)
+            assert torch.equal(theirs, p), f"rank {rank}: {k} differs from rank 0's"
+        if distributed.is_main():
+            torch.save({k: v.detach() for k, v in ts.params.items()}, out / "params.pt")
+        # The real loop, each rank given its own out= so that a write by rank 1 would show; run leaves the group.
+        results = run(loop_config(data_root, out / f"run{rank}"), log=lambda line: None)
+        (out / f"results{rank}.json").write_text(json.dumps(results))  # what each rank's run() returned
+    finally:
+        distributed.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory, cifar10_pickles):
+    """The workers' output directory after a 2-rank run (they train the step alone, then the loop)."""
+    out = tmp_path_factory.mktemp("ranks")
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("WORLD_SIZE", None)
+    procs = [subprocess.Popen([sys.executable, __file__, str(r), str(WORLD), str(port), str(out),
+                               str(cifar10_pickles)], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+             for r in range(WORLD)]
+    outputs = [p.communicate(timeout=WORKER_TIMEOUT_S)[0] for p in procs]
+    for r, (p, text) in enumerate(zip(procs, outputs)):
+        assert p.returncode == 0, f"rank {r} failed:\n{text}"
+    return out
+
+
+def test_two_ranks_equal_one_rank_with_twice_the_batch(two_ranks):
+    tmp_path = two_ranks
+    net, ts, data = fixed_problem()
+    expected = train(make_train_step(net, CFG, CPU), ts, data).params  # one process, batch WORLD * B
+    got = torch.load(tmp_path / "params.pt")
+    assert set(got) == set(expected)
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k], **TOL, msg=lambda m, k=k: f"{k}: {m}")
+    # The steps moved the params (the comparison is not of two untouched initialisations).
+    assert any(not torch.allclose(ts.params[k], expected[k]) for k in expected)
+
+
+def test_only_rank_0_writes(two_ranks):
+    assert {p.name for p in two_ranks.iterdir()} == {"params.pt", "run0", "results0.json", "results1.json"}
+    run0 = two_ranks / "run0"
+    assert {p.name for p in run0.iterdir()} >= {"config.json", "metrics.jsonl", "last.pt", "best.pt",
+                                                 "results.json"}
+    # Every rank's run() returns rank 0's results, the ones written.
+    written = json.loads((run0 / "results.json").read_text())
+    for r in range(WORLD):
+        assert json.loads((two_ranks / f"results{r}.json").read_text()) == written
+    (line,) = (run0 / "metrics.jsonl").read_text().splitlines()
+    record = json.loads(line)
+    assert record["epoch"] == 1 and 0 <= record["train_top1"] <= 100
+    # The split's 160 training images, 80 per rank, in batches of 20: 4 steps a rank, 160 images an epoch.
+    saved = torch.load(run0 / "last.pt", weights_only=False)
+    assert len(saved["train_idx"]) == 160
+
+
+def test_single_process_is_a_no_op(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert distributed.init_from_env("cpu") == (0, 1, 0)
+    assert distributed.is_main() and distributed.world_size() == 1
+    grads = {"w": torch.randn(3)}
+    assert distributed.all_reduce_mean_(grads) is grads
+
+
+def test_buckets_respect_the_cap_and_dtype():
+    ts = [torch.zeros(100), torch.zeros(100), torch.zeros(1000), torch.zeros(10, dtype=torch.float64),
+          torch.zeros(50)]
+    groups = distributed.buckets(ts, bucket_bytes=1000)
+    assert sorted(i for g in groups for i in g) == list(range(len(ts)))
+    for g in groups:
+        assert len({ts[i].dtype for i in g}) == 1
+        assert len(g) == 1 or sum(ts[i].numel() * ts[i].element_size() for i in g) <= 1000
+    assert [0, 1] in groups and [2] in groups  # 400 + 400 bytes share one; 4000 bytes go alone
+
+
+@pytest.mark.parametrize("n, world", [(100, 2), (101, 4), (7, 3)])
+def test_shards_are_disjoint_equal_and_seeded(n, world):
+    indices = torch.arange(1000, 1000 + n)
+    shards = [distributed.shard(indices, r, world, seed=5) for r in range(world)]
+    assert {len(s) for s in shards} == {n // world}
+    together = torch.cat(shards)
+    assert len(together.unique()) == len(together) and set(together.tolist()) <= set(indices.tolist())
+    assert torch.equal(distributed.shard(indices, 1, world, seed=5), shards[1])
+    assert not torch.equal(distributed.shard(indices, 0, world, seed=6), shards[0]) or n // world < 2
+    with pytest.raises(ValueError):
+        distributed.shard(indices, world, world)
+
+
+if __name__ == "__main__":
+    worker(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4]), sys.argv[5])
