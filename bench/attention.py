@@ -41,7 +41,7 @@ import triton  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 from bench.common import copy_gbs as copy_bandwidth_gbs  # noqa: E402
-from bench.common import device_slug, script_header, write_report  # noqa: E402
+from bench.common import publish, results_prefix, script_header  # noqa: E402
 from kernels.attention import (  # noqa: E402
     _attn_backward,
     _attn_forward,
@@ -351,13 +351,9 @@ def main(argv: list[str] | None = None) -> None:
         tune()
         return
     quick = "--quick" in argv
-    paths = [a for a in argv if not a.startswith("--")]
-    prefix = Path(paths[0]) if paths else Path("bench/results") / f"attention-{device_slug(torch.device('cuda'))}"
+    prefix = results_prefix(argv, "attention")
     result = measure("cuda", quick=quick)
-    header = script_header("attention.py", argv)
-    markdown = to_markdown(result, header)
-    write_report(prefix, result, header, markdown)
-    print(markdown)
+    publish(prefix, result, script_header("attention.py", argv), to_markdown)
 
 
 if __name__ == "__main__":

@@ -88,10 +88,18 @@ def header(device: torch.device, command: str | None = None) -> dict[str, str]:
     }
 
 
-def script_header(script: str, argv: list[str]) -> dict[str, str]:
+def script_header(script: str, argv: list[str], device: torch.device | None = None) -> dict[str, str]:
     """The header of a results file written by a standalone script (`python3 bench/<script> ...`)."""
-    return {**header(torch.device("cuda"), f"python3 bench/{script} " + " ".join(argv)),
-            "date": time.strftime("%Y-%m-%d %H:%M %Z")}
+    device = device or torch.device("cuda")
+    return {**header(device, f"python3 bench/{script} " + " ".join(argv)), "date": time.strftime("%Y-%m-%d %H:%M %Z")}
+
+
+def results_prefix(argv: list[str], name: str, device: torch.device | None = None):
+    """Where a standalone script writes: the first non-flag argument, else bench/results/<name>-<device>."""
+    from pathlib import Path
+
+    paths = [a for a in argv if not a.startswith("--")]
+    return Path(paths[0]) if paths else Path("bench/results") / f"{name}-{device_slug(device or torch.device('cuda'))}"
 
 
 def write_report(prefix, result: dict, head: dict, markdown: str) -> None:
@@ -102,6 +110,13 @@ def write_report(prefix, result: dict, head: dict, markdown: str) -> None:
     prefix.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{prefix}.json").write_text(json.dumps({**head, **result}, indent=1))
     Path(f"{prefix}.md").write_text(markdown)
+
+
+def publish(prefix, result: dict, head: dict, to_markdown) -> None:
+    """Write <prefix>.json and <prefix>.md (via the script's own `to_markdown(result, head)`) and print it."""
+    markdown = to_markdown(result, head)
+    write_report(prefix, result, head, markdown)
+    print(markdown)
 
 
 def _command_line() -> str:

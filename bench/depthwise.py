@@ -40,7 +40,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bench.common import copy_gbs as copy_bandwidth_gbs  # noqa: E402
-from bench.common import device_slug, script_header, write_report  # noqa: E402
+from bench.common import publish, results_prefix, script_header  # noqa: E402
 from kernels import depthwise as dw  # noqa: E402
 
 # Depthwise layers as (C, H, stride) at a 32x32 input: the input spatial size H follows the strides.
@@ -494,15 +494,11 @@ def main(argv: list[str] | None = None) -> None:
         tune()
         return
     quick = "--quick" in argv
-    paths = [a for a in argv if not a.startswith("--")]
-    prefix = Path(paths[0]) if paths else Path("bench/results") / f"depthwise-{device_slug(torch.device('cuda'))}"
+    prefix = results_prefix(argv, "depthwise")
     prefix.parent.mkdir(parents=True, exist_ok=True)
     result = measure("cuda", quick=quick, checkpoint=Path(f"{prefix}.partial.json"))
     Path(f"{prefix}.partial.json").unlink(missing_ok=True)
-    header = script_header("depthwise.py", argv)
-    markdown = to_markdown(result, header)
-    write_report(prefix, result, header, markdown)
-    print(markdown)
+    publish(prefix, result, script_header("depthwise.py", argv), to_markdown)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ after one warm-up epoch. "GB/s" counts the float32 batches written (12,288 bytes
 images read (3,072 bytes), against a device-to-device copy measured in the same run ("% copy").
 """
 
-import re
 import statistics
 import sys
 import time
@@ -22,7 +21,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import torch  # noqa: E402
 
-from bench.common import copy_gbs, device_name, write_report  # noqa: E402
+from bench.common import copy_gbs, device_name, publish, results_prefix, script_header  # noqa: E402
 from data import DeviceBatches  # noqa: E402
 
 N_IMAGES = 45_000  # CIFAR-10's 50,000 training images less a 10% validation split
@@ -102,18 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     device = "cpu" if "--cpu" in argv or not torch.cuda.is_available() else "cuda"
     result = measure(device, quick="--quick" in argv)
-    header = {
-        "device": device_name(torch.device(device)),
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-        "command": "python3 bench/loader.py " + " ".join(argv),
-    }
-    paths = [a for a in argv if not a.startswith("--")]
-    slug = re.sub(r"[^a-z0-9]+", "-", header["device"].lower()).strip("-")
-    prefix = Path(paths[0]) if paths else Path("bench/results") / f"loader-{slug}"
-    markdown = to_markdown(result, header)
-    write_report(prefix, result, header, markdown)
-    print(markdown)
+    device = torch.device(device)
+    publish(results_prefix(argv, "loader", device), result, script_header("loader.py", argv, device), to_markdown)
 
 
 if __name__ == "__main__":

@@ -328,9 +328,10 @@ def _train(cfg: Config, device: torch.device, rank: int, world: int, log) -> dic
         # Twice: the second call sees the step's own outputs, whose layouts (strides) a first call may not have
         # had; the eval step is then warmed on those outputs, the tensors it will see after every epoch.
         warm_ts, _ = step(step(ts, warm_batch, zero_lr)[0], warm_batch, zero_lr)
-        for batches in (val_batches, test_batches):
-            for x, y in batches:
-                eval_step(warm_ts.params, warm_ts.state, x, y)
+        # One call per distinct batch shape (a full batch and the last, partial one) compiles every graph.
+        shapes = {x.shape: (x, y) for batches in (val_batches, test_batches) for x, y in batches}
+        for x, y in shapes.values():
+            eval_step(warm_ts.params, warm_ts.state, x, y)
         del warm_ts
         _sync(device)
         compile_seconds = time.perf_counter() - t0
