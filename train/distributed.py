@@ -8,7 +8,8 @@ SGD update, so all ranks take the same step:
       = grad(mean loss over all world * B images)      # equal shards: the mean of means is the global mean
 
 which is exactly the step of one process with batch world * B, for nets without BatchNorm (BN normalises each
-rank's batch with that rank's statistics: per-rank BN, as DistributedDataParallel gives by default).
+rank's batch with that rank's statistics: per-rank BN, as DistributedDataParallel gives by default), and for
+nets with BatchNorm under sync_bn=true (train/sync_bn.py: the statistics of all ranks' images).
 
 Why a bucketed all-reduce after the gradient rather than DistributedDataParallel: DDP wraps an nn.Module and
 hooks into autograd as the module's backward runs, to start all-reducing a bucket as soon as its gradients are
