@@ -32,22 +32,31 @@ def main(argv: list[str]) -> int:
     sections, opts = parse(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     quick = opts.get("quick", "false").lower() == "true"
-    out = Path(opts.get("out", RESULTS))
-    path = out / f"{device_slug(device)}.json"
+    path = Path(opts.get("out", RESULTS)) / f"{device_slug(device)}.json"
     merged = json.loads(path.read_text()) if path.exists() else {}
     for name in sections:
         if device.type != "cuda" and name not in CPU_SECTIONS:
             print(f"skipping {name}: it measures the GPU and no CUDA device is visible")
             continue
         module = importlib.import_module(f"bench.{name}")
-        kwargs = {"names": opts["nets"].split(",")} if name == "step" and "nets" in opts else {}
+        kwargs = {}
+        if name == "step":
+            kwargs["parallel"] = opts.get("parallel", "false").lower() == "true"
+            kwargs["deadline_s"] = float(opts.get("deadline", 3600))
+            if "nets" in opts:
+                kwargs["names"] = opts["nets"].split(",")
         result = module.measure(device=device.type, quick=quick or device.type != "cuda", **kwargs)
         result["header"] = header(device)
         merged[name] = result
         print(to_markdown(result))
-    if not merged:
-        return 0
-    out.mkdir(parents=True, exist_ok=True)
+    if merged:
+        write(path, merged)
+    return 0
+
+
+def write(path: Path, merged: dict) -> None:
+    """The sections as <device>.json and, rendered, <device>.md beside it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(merged, indent=1, default=float) + "\n")
     md = [f"# Benchmarks on {next(iter(merged.values()))['header']['device']}", ""]
     for name in SECTIONS:
@@ -57,4 +66,3 @@ def main(argv: list[str]) -> int:
                    f"- command: `{h['command']}`", "", to_markdown(merged[name])]
     path.with_suffix(".md").write_text("\n".join(md))
     print(f"wrote {path} and {path.with_suffix('.md')}")
-    return 0

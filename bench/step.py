@@ -12,7 +12,15 @@ timed in alternation (common.alternating_medians) on fixed random batches alread
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +28,7 @@ import torch.nn.functional as F
 import nets
 from bench.common import alternating_medians, device_name, sync
 from train.config import Config
+from train.gpu_lock import exclusive_turn
 from train.optim import zeros_like_tree
 from train.step import (
     TrainState,
@@ -110,27 +119,48 @@ def warm(fn, device, calls=3) -> float:
     return time.perf_counter() - t0
 
 
-def measure_net(name, device, calls, rounds) -> list[dict]:
+BASELINE = "(1) eager module"
+KERNELS = "(4) compiled + kernels"
+
+
+def variants_of(name: str) -> list[str]:
+    return [BASELINE, "(2) functional", "(3) compiled"] + ([KERNELS] if "kernels" in nets.options(name)
+                                                                     else [])
+
+
+def prepare_net(name, device, variants=None, gpu_turn=None) -> tuple[dict, dict, dict]:
+    """The variants of `name` (default: all) built and warmed up (compiled): (train fns, inference fns,
+    warm-up seconds). `gpu_turn()`, if given, is held while the eager variants warm up (their first steps
+    need the most memory) so that processes compiling side by side do not run them all at once."""
     precision = precision_for(device, "auto")
-    has_kernels = "kernels" in nets.options(name)
     makers = {
-        "(1) eager module": lambda: eager_module_step(name, device, precision),
+        BASELINE: lambda: eager_module_step(name, device, precision),
         "(2) functional": lambda: functional_step(name, device, precision, compiled=False, kernels=False),
         "(3) compiled": lambda: functional_step(name, device, precision, compiled=True, kernels=False),
+        KERNELS: lambda: functional_step(name, device, precision, True, True),
     }
-    if has_kernels:
-        makers["(4) compiled + kernels"] = lambda: functional_step(name, device, precision, True, True)
     trains, infers, compile_s = {}, {}, {}
-    for variant, make in makers.items():
+    for variant in variants or variants_of(name):
         torch._dynamo.reset()
-        trains[variant], infers[variant] = make()
-        compile_s[variant] = warm(trains[variant], device) + warm(infers[variant], device)
+        trains[variant], infers[variant] = makers[variant]()
+        eager = "compiled" not in variant
+        with gpu_turn() if gpu_turn and eager else contextlib.nullcontext():
+            compile_s[variant] = warm(trains[variant], device) + warm(infers[variant], device)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()  # free the warm-up's activations for other processes
+    return trains, infers, compile_s
+
+
+def time_net(name, device, prepared, calls, rounds) -> list[dict]:
+    """The steady-state rows of one prepared net: variants timed in alternation, each against the eager
+    module (1) timed beside it."""
+    trains, infers, compile_s = prepared
     steady = alternating_medians(trains, device, calls, rounds)
-    inference = alternating_medians({v: infers[v] for v in ("(1) eager module", list(infers)[-1])}, device,
+    inference = alternating_medians({v: infers[v] for v in (BASELINE, list(infers)[-1])}, device,
                                     calls, rounds)
-    base = BATCH / steady["(1) eager module"]
+    base = BATCH / steady[BASELINE]
     rows = []
-    for variant in makers:
+    for variant in trains:
         ips = BATCH / steady[variant]
         rows.append({
             "net": name, "variant": variant, "train images/s": ips, "vs (1)": ips / base,
@@ -140,17 +170,128 @@ def measure_net(name, device, calls, rounds) -> list[dict]:
     return rows
 
 
-def measure(device: str = "cuda", quick: bool = False, names=None) -> dict:
+def measure_net(name, device, calls, rounds) -> list[dict]:
+    return time_net(name, device, prepare_net(name, device), calls, rounds)
+
+
+def parallel_jobs(names) -> list[tuple[str, list[str]]]:
+    """(net, variants) per process. A net with kernels compiles twice, (3) and (4): two processes, each with
+    its own eager baseline (1), so that neither waits for the other's compilation."""
+    jobs = []
+    for name in names:
+        variants = variants_of(name)
+        jobs.append((name, [v for v in variants if v != KERNELS]))
+        if KERNELS in variants:
+            jobs.append((name, [BASELINE, KERNELS]))
+    return jobs
+
+
+def compile_slots(jobs: int) -> tuple[int, int]:
+    """(processes compiling at once, Inductor compile threads each). One Inductor compile is mostly one busy
+    thread plus bursts of parallel Triton builds: 4 threads each, and as many processes as that fills the
+    cores. (All 11 jobs of the 8 families at once with 1 thread each did not finish compiling in 9 minutes on
+    16 cores, H100 machine, 2026-11-25; 6 jobs, 2 threads each, finished in under 3.)"""
+    cpus = os.cpu_count() or 2
+    slots = max(1, min(jobs, cpus // 4))
+    return slots, max(1, cpus // slots)
+
+
+def measure_in_parallel(names, device, calls, rounds, deadline_s: float) -> tuple[list[dict], list[str]]:
+    """One process per job (parallel_jobs), compiling a few at a time (compile_slots); each, once compiled,
+    waits until every job is ready, then they take turns on the GPU under a file lock, so that each is timed
+    alone on an otherwise idle machine. Jobs not done `deadline_s` after the start are stopped and named in
+    the returned notes, as are failures; the others' rows are kept."""
+    jobs = parallel_jobs(names)
+    rows, problems, start = [], [], time.monotonic()
+    slots, threads = compile_slots(len(jobs))
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": str(threads)}
+        procs = [subprocess.Popen([sys.executable, "-m", "bench.step", tmp, str(i), str(len(jobs)), str(slots),
+                                   name, ",".join(variants), str(calls), str(rounds)],
+                                  env=env, stderr=subprocess.PIPE, text=True)
+                 for i, (name, variants) in enumerate(jobs)]
+        for i, (proc, (name, variants)) in enumerate(zip(procs, jobs)):
+            try:
+                _, err = proc.communicate(timeout=max(1.0, deadline_s - (time.monotonic() - start)))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                problems.append(f"{name} {variants}: not measured within the {deadline_s:.0f} s deadline")
+                continue
+            result = Path(tmp) / f"{i}.json"
+            if proc.returncode or not result.exists():
+                problems.append(f"{name} {variants}: failed (exit {proc.returncode}): "
+                                f"{err.strip().splitlines()[-1] if err.strip() else '?'}")
+                continue
+            rows = merge_rows(rows, json.loads(result.read_text()))
+    order = {name: k for k, name in enumerate(names)}
+    rows.sort(key=lambda r: (order[r["net"]], r["variant"]))
+    return rows, problems
+
+
+def merge_rows(rows: list[dict], job_rows: list[dict]) -> list[dict]:
+    """rows + a job's rows, keeping one eager-baseline row per net: a second job's (1) only normalises its own
+    variant's "vs (1)"."""
+    seen = {r["net"] for r in rows if r["variant"] == BASELINE}
+    return rows + [r for r in job_rows if not (r["variant"] == BASELINE and r["net"] in seen)]
+
+
+@contextlib.contextmanager
+def compile_slot(tmp: Path, slots: int):
+    """Holds one of `slots` lock files (the first free one, polling) while the block runs."""
+    while True:
+        for k in range(slots):
+            f = open(tmp / f"compile-slot-{k}.lock", "a")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                continue
+            try:
+                yield
+            finally:
+                f.close()
+            return
+        time.sleep(0.5)
+
+
+def worker(tmp, index, count, slots, name, variants, calls, rounds) -> None:
+    """measure_in_parallel's process for one job: prepare in a compile slot, signal ready, wait for all, then
+    time under the GPU lock."""
+    device, tmp = torch.device("cuda"), Path(tmp)
+    gpu_turn = lambda: exclusive_turn(str(tmp / "gpu.lock"), log=lambda line: None)  # noqa: E731
+    try:
+        with compile_slot(tmp, slots):
+            prepared = prepare_net(name, device, variants, gpu_turn)
+    finally:
+        (tmp / f"{index}.ready").touch()  # also on failure, so the others do not wait for this one
+    while len(list(tmp.glob("*.ready"))) < count:
+        time.sleep(0.5)
+    with gpu_turn():
+        rows = time_net(name, device, prepared, calls, rounds)
+    (tmp / f"{index}.json").write_text(json.dumps(rows))
+
+
+def measure(device: str = "cuda", quick: bool = False, names=None, parallel: bool = False,
+            deadline_s: float = 3600) -> dict:
+    """parallel=True (CUDA): compile in parallel processes, time one at a time (measure_in_parallel)."""
     device = torch.device(device)
     names = names or FAMILIES
-    calls, rounds = (5, 3) if quick else (20, 5)
-    rows = [row for name in names for row in measure_net(name, device, calls, rounds)]
+    calls, rounds = (5, 3) if quick else (10, 5)
+    problems = []
+    if parallel and device.type == "cuda":
+        rows, problems = measure_in_parallel(names, device, calls, rounds, deadline_s)
+    else:
+        rows = [row for name in names for row in measure_net(name, device, calls, rounds)]
     summary = {}
     for name in names:
         per = {r["variant"]: r["vs (1)"] for r in rows if r["net"] == name}
-        summary[f"{name} (3)/(1)"] = per["(3) compiled"]
-        if "(4) compiled + kernels" in per:
-            summary[f"{name} (4)/(1)"] = per["(4) compiled + kernels"]
+        if "(3) compiled" in per:
+            summary[f"{name} (3)/(1)"] = per["(3) compiled"]
+        if KERNELS in per:
+            summary[f"{name} (4)/(1)"] = per[KERNELS]
+            if "(3) compiled" in per:  # the kernels' own effect on the whole compiled step
+                summary[f"{name} (4)/(3)"] = per[KERNELS] / per["(3) compiled"]
     return {
         "title": f"Training step, batch {BATCH}, bf16 autocast, channels_last, on {device_name(device)}",
         "columns": ["net", "variant", "train images/s", "vs (1)", "inference images/s", "warm-up s (compile)"],
@@ -160,5 +301,14 @@ def measure(device: str = "cuda", quick: bool = False, names=None) -> dict:
             f"Median of {rounds} alternating rounds of {calls} steps per variant, after 3 warm-up steps "
             "(whose time, compilation included, is the last column together with 3 warm-up inference calls).",
             "Inference: the eager module (no_grad) and the last variant's eval step, batch 512.",
-        ],
+        ] + ([
+            "parallel=true: one process per net compiled all at once, then each was timed alone; a net with "
+            "kernels had two, (1)-(3) and (1)+(4), each variant against the (1) timed in its own process, so "
+            "(4)/(3) is the ratio of those two ratios. Warm-up seconds overlap other processes' compiling.",
+        ] if parallel and device.type == "cuda" else []) + problems,
     }
+
+
+if __name__ == "__main__":  # measure_in_parallel's worker: dir index count slots net variants calls rounds
+    tmp, index, count, slots, name, variants, calls, rounds = sys.argv[1:9]
+    worker(tmp, index, int(count), int(slots), name, variants.split(","), int(calls), int(rounds))

@@ -1,0 +1,44 @@
+"""bench/step.py's bookkeeping for parallel=true: the jobs, the merged rows, the compile slots (the timing
+itself needs a GPU and runs there)."""
+
+import fcntl
+
+import pytest
+
+import bench.step as step
+
+
+def test_nets_with_kernels_get_a_second_job_with_its_own_baseline():
+    jobs = step.parallel_jobs(["resnet18", "vit"])
+    assert jobs == [
+        ("resnet18", [step.BASELINE, "(2) functional", "(3) compiled"]),
+        ("vit", [step.BASELINE, "(2) functional", "(3) compiled"]),
+        ("vit", [step.BASELINE, step.KERNELS]),
+    ]
+
+
+def test_merged_rows_keep_one_baseline_per_net():
+    row = lambda net, variant, ips: {"net": net, "variant": variant, "train images/s": ips}  # noqa: E731
+    first = [row("vit", step.BASELINE, 100.0), row("vit", "(3) compiled", 170.0)]
+    second = [row("vit", step.BASELINE, 104.0), row("vit", step.KERNELS, 250.0)]
+    merged = step.merge_rows(step.merge_rows([], first), second)
+    assert merged == first + [second[1]]
+    other = step.merge_rows(merged, [row("alexnet", step.BASELINE, 9.0)])
+    assert other[-1]["net"] == "alexnet"  # another net's baseline is kept
+
+
+@pytest.mark.parametrize("cpus,jobs,expected", [(16, 11, (4, 4)), (16, 2, (2, 8)), (2, 11, (1, 2)), (64, 3, (3, 21))])
+def test_compile_slots_fill_the_cores_with_four_threads_each(monkeypatch, cpus, jobs, expected):
+    monkeypatch.setattr(step.os, "cpu_count", lambda: cpus)
+    assert step.compile_slots(jobs) == expected
+
+
+def test_compile_slot_takes_a_free_slot_and_gives_it_back(tmp_path):
+    with step.compile_slot(tmp_path, 2):
+        with step.compile_slot(tmp_path, 2):  # the second slot: both now held
+            for k in range(2):
+                with open(tmp_path / f"compile-slot-{k}.lock", "a") as f, pytest.raises(BlockingIOError):
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    for k in range(2):  # both free again
+        with open(tmp_path / f"compile-slot-{k}.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
