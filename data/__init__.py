@@ -8,10 +8,10 @@
 
 from data.cifar import DATASETS, Cifar, load_cifar
 from data.errors import DataError
-from data.loader import DeviceBatches, normalise, random_crop_flip
+from data.loader import DeviceBatches, cutout, normalise, random_crop_flip
 from data.split import normalisation_stats, stratified_split
 
 __all__ = [
     "DATASETS", "Cifar", "DataError", "DeviceBatches", "load_cifar", "normalisation_stats", "normalise",
-    "random_crop_flip", "stratified_split",
+    "cutout", "random_crop_flip", "stratified_split",
 ]

@@ -11,6 +11,10 @@ mean-subtracted images. The crop and flip are one gather, with no loop over imag
         where r = i + dy[b],  s = (W - 1 - j if flip[b] else j) + dx[b]
 
 that is: crop the zero-padded normalised image at offset (pad + dy, pad + dx), then mirror the crop if flip.
+
+Cutout (DeVries & Taylor 2017, "Improved Regularization of Convolutional Neural Networks with Cutout"),
+optional: a `size` x `size` square centred on a uniformly drawn pixel is set to 0 (the mean, after
+normalisation), clipped where it leaves the image, as in the paper.
 Precision and memory format (bf16, channels_last) are the trainer's business: batches leave here float32 NCHW.
 """
 
@@ -58,19 +62,33 @@ def random_crop_flip(images_u8: torch.Tensor, mean, std, pad: int, generator: to
     return torch.where(inside.view(B, 1, H * W), x, 0.0).view(B, C, H, W)
 
 
+def cutout(x: torch.Tensor, size: int, generator: torch.Generator | None) -> torch.Tensor:
+    """x (B, C, H, W) with one `size` x `size` square per image set to 0; centres cy ~ U{0..H-1}, then
+    cx ~ U{0..W-1}, drawn from `generator` in that order. The square spans rows cy - size // 2 to
+    cy - size // 2 + size - 1 (and likewise columns), clipped to the image."""
+    B, _, H, W = x.shape
+    cy = torch.randint(0, H, (B, 1), generator=generator, device=x.device) - size // 2
+    cx = torch.randint(0, W, (B, 1), generator=generator, device=x.device) - size // 2
+    rows, cols = torch.arange(H, device=x.device), torch.arange(W, device=x.device)
+    in_rows = (rows >= cy) & (rows < cy + size)  # (B, H)
+    in_cols = (cols >= cx) & (cols < cx + size)  # (B, W)
+    hole = in_rows[:, :, None] & in_cols[:, None, :]  # (B, H, W)
+    return torch.where(hole[:, None], 0.0, x)
+
+
 class DeviceBatches:
     """Iterable of (x float32 (B, C, H, W), y int64 (B,)) batches of a split that lives on one device.
 
     train=True: each epoch (each iter()) visits the images in a new order from torch.randperm(generator) and
-    augments them with random_crop_flip, CHUNK_IMAGES at a time; drop_last defaults to True, so every step
-    sees a full batch.
+    augments them with random_crop_flip (then cutout, when `cutout` > 0), CHUNK_IMAGES at a time; drop_last
+    defaults to True, so every step sees a full batch.
     train=False: the stored order, normalise only, and the partial last batch is kept (drop_last False).
     `generator` must be on the images' device; the same seed gives the same batches.
     """
 
     def __init__(self, images_u8: torch.Tensor, labels: torch.Tensor, mean, std, batch_size: int,
                  train: bool, generator: torch.Generator | None = None, drop_last: bool | None = None,
-                 pad: int = CROP_PAD):
+                 pad: int = CROP_PAD, cutout: int = 0):
         if images_u8.dtype != torch.uint8 or images_u8.ndim != 4:
             raise DataError(f"DeviceBatches needs uint8 images (N, C, H, W), got {images_u8.dtype} "
                             f"{tuple(images_u8.shape)}")
@@ -82,14 +100,15 @@ class DeviceBatches:
             raise DataError(f"the generator is on {generator.device} but the images are on "
                             f"{images_u8.device}; make it with "
                             f"torch.Generator(device={str(images_u8.device)!r})")
-        if batch_size < 1 or pad < 0:
-            raise DataError(f"batch_size={batch_size} must be >= 1 and pad={pad} >= 0")
+        if batch_size < 1 or pad < 0 or cutout < 0:
+            raise DataError(f"batch_size={batch_size} must be >= 1, pad={pad} >= 0 and cutout={cutout} >= 0")
         self.images, self.labels = images_u8, labels.long()
         self.mean, self.std = _stats_like(mean, images_u8), _stats_like(std, images_u8)
         if self.mean.shape != images_u8.shape[1:] or self.std.shape != images_u8.shape[1:]:
             raise DataError(f"mean {tuple(self.mean.shape)} and std {tuple(self.std.shape)} must have "
                             f"the image shape {tuple(images_u8.shape[1:])}, as normalisation_stats gives")
         self.batch_size, self.train, self.generator, self.pad = batch_size, train, generator, pad
+        self.cutout = cutout
         self.drop_last = train if drop_last is None else drop_last
         # An empty evaluation set is allowed (val_fraction=0 holds none out); a training loader must give a batch.
         if len(self) == 0 and (train or len(images_u8)):
@@ -112,6 +131,8 @@ class DeviceBatches:
         for chunk_start in range(0, end, chunk):
             index = order[chunk_start:min(chunk_start + chunk, end)]
             x = random_crop_flip(self.images[index], self.mean, self.std, self.pad, self.generator)
+            if self.cutout:
+                x = cutout(x, self.cutout, self.generator)
             y = self.labels[index]
             for start in range(0, len(index), size):
                 yield x[start:start + size], y[start:start + size]

@@ -35,6 +35,7 @@ def test_overrides_and_types():
         (["epochs"], "expected key=value"),
         (["nesterov=perhaps"], "not a valid bool"),
         (["labels=coarse"], "only for dataset=cifar100"),
+        (["cutout=-2"], "cutout must not be negative"),
     ],
 )
 def test_bad_values_are_one_line_errors(argv, message):

@@ -117,6 +117,43 @@ def test_numpy_stats_are_accepted():
     torch.testing.assert_close(x, (images.float() - torch.from_numpy(mean)) / torch.from_numpy(std))
 
 
+def cutout_reference(x: torch.Tensor, size: int, cy: torch.Tensor, cx: torch.Tensor) -> torch.Tensor:
+    """Zero each image's square by slicing, from the drawn centres (loops: slow, obviously right)."""
+    out = x.clone()
+    H, W = x.shape[-2:]
+    for b in range(len(x)):
+        top, left = int(cy[b]) - size // 2, int(cx[b]) - size // 2
+        out[b, :, max(top, 0):max(top + size, 0), max(left, 0):max(left + size, 0)] = 0
+        assert 0 <= int(cy[b]) < H and 0 <= int(cx[b]) < W
+    return out
+
+
+@pytest.mark.parametrize("size", [1, 8, 16, 33])
+def test_cutout_zeroes_one_clipped_square_per_image(size):
+    x = torch.randn(200, 3, 32, 32) + 5  # never 0 by itself
+    out = data.cutout(x, size, torch.Generator().manual_seed(20))
+    replay = torch.Generator().manual_seed(20)
+    cy = torch.randint(0, 32, (200, 1), generator=replay)[:, 0]
+    cx = torch.randint(0, 32, (200, 1), generator=replay)[:, 0]
+    assert torch.equal(out, cutout_reference(x, size, cy, cx))
+    zeroed = (out == 0).all(1).flatten(1).sum(1)  # holes per image, every channel at once
+    assert zeroed.max() == min(size, 32) ** 2  # a square fully inside for some centre
+    if 1 < size < 32:
+        assert zeroed.min() < size * size  # and clipped at an edge for another
+    assert (out != 0).eq(out == x).all()  # outside the hole, untouched
+
+
+def test_cutout_in_device_batches_only_when_asked():
+    plain, holed = batches(train=True, pad=0), batches(train=True, pad=0, cutout=8)
+    (xp, yp), (xh, yh) = epoch(plain), epoch(holed)
+    assert torch.equal(torch.cat(yp), torch.cat(yh))  # cutout draws after the order, crops and flips
+    holes = torch.cat(xh) == 0
+    assert not (torch.cat(xp) == 0).any() and holes.all(1).flatten(1).sum(1).min() >= 16  # >= a 4x4 corner
+    torch.testing.assert_close(torch.cat(xh), torch.where(holes, 0.0, torch.cat(xp)))
+    with pytest.raises(DataError, match="cutout"):
+        batches(train=True, cutout=-1)
+
+
 # --- DeviceBatches ---
 
 N, BATCH = 100, 32

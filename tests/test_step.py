@@ -123,3 +123,26 @@ def test_step_does_not_change_its_inputs():
     copy = TrainState(*({k: v.clone() for k, v in tree.items()} for tree in ts))
     make_train_step(net, CFG, CPU)(ts, batches(1)[0], torch.tensor(0.1))
     assert_same_state(ts, copy, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_eval_step_against_a_float64_module(tta):
+    """Summed loss and top-k hits of the eval step equal a float64 nn.Module's; with tta=True, of the mean of
+    the softmax outputs for the images and their mirror images."""
+    net = small_net()
+    ts = fresh_state(net)
+    ts = ts._replace(state={k: v + 0.1 * torch.rand_like(v.float()).to(v.dtype) for k, v in ts.state.items()})
+    x, y = batches(1, 64)[0]
+    module = net.to_module(ts.params, ts.state).double()
+    with torch.no_grad():
+        expected = module(x.double())
+        if tta:
+            expected = ((expected.softmax(1) + module(x.double().flip(-1)).softmax(1)) / 2).log()
+    metrics, logits = make_eval_step(net, CPU, tta)(ts.params, ts.state, x, y)
+    torch.testing.assert_close(logits.double(), expected, rtol=1e-4, atol=1e-5)
+    loss = torch.nn.functional.cross_entropy(expected, y, reduction="sum")
+    torch.testing.assert_close(metrics["loss"].double(), loss, rtol=1e-4, atol=0)
+    ranks = (expected > expected[torch.arange(64), y][:, None]).sum(1)  # classes ranked above the label
+    assert metrics["top1"] == (ranks < 1).sum() and metrics["top5"] == (ranks < 5).sum()
+    plain, _ = make_eval_step(net, CPU)(ts.params, ts.state, x, y)
+    assert (plain["loss"] != metrics["loss"]) == tta  # the flipped view changes the numbers

@@ -64,6 +64,39 @@ def test_training_learns(learned_run):
     assert results["test_top1"] >= 50 and results["best_val_top1"] >= 50
 
 
+def test_fast_recipe_learns_with_cutout_and_flip_tta(cifar10_pickles, tmp_path):
+    """recipe=fast's augmentation (cutout) and evaluation (flip TTA) in the real loop; explicit keys win."""
+    cfg = parse(train_args(cifar10_pickles, tmp_path, "recipe=fast", "epochs=6", "batch_size=20", "lr=0.05",
+                           "val_fraction=0.2", "seed=3", "cutout=6"))
+    assert (cfg.schedule, cfg.nesterov, cfg.tta, cfg.label_smoothing, cfg.cutout) == ("onecycle", True, True,
+                                                                                      0.1, 6)
+    torch.set_num_threads(1)
+    try:
+        results = run(cfg, log=lambda line: None)
+    finally:
+        torch.set_num_threads(2)
+    assert results["recipe"] == "fast" and results["tta"] is True
+    assert results["test_top1"] >= 50 and results["best_val_top1"] >= 50
+
+
+def test_gpu_lock_is_held_from_compiling_to_the_end(tmp_path):
+    """exclusive_turn holds an flock another open file cannot take, and lets go at the end of the block."""
+    import fcntl
+
+    from train.gpu_lock import exclusive_turn
+
+    lock, lines = tmp_path / "gpu.lock", []
+    with exclusive_turn(str(lock), lines.append), open(lock) as other:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with open(lock) as other:
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free again
+    assert len(lines) == 1 and "waited" in lines[0]
+    with exclusive_turn("", lines.append):
+        pass
+    assert len(lines) == 1
+
+
 def cli(*args):
     """The real command, in a fresh interpreter, as a user types it."""
     return subprocess.run([sys.executable, "-m", "train", *args], cwd=REPO, capture_output=True, text=True,

@@ -47,6 +47,9 @@ class Config:
     warmup_fraction: float = 0.2  # onecycle: share of all steps spent rising from 0 to lr
     val_fraction: float = 0.1  # share of each class held out for validation: 45k/5k on the full set
     normalisation: str = "pixel"  # pixel: per-pixel mean/std of the training split | channel: per channel
+    cutout: int = 0  # side (pixels) of a random square zeroed in each training image after crop+flip; 0: off
+    tta: bool = False  # evaluate each image and its mirror image, averaging the two softmax outputs
+    sync_bn: bool = False  # several ranks: BatchNorm statistics over all ranks' images (default: per rank)
     seed: int = 0  # seeds the split, the init, the shuffling and the augmentation
     # Machinery (the trainer owns device, precision and memory format; nets never choose them).
     device: str = "auto"  # auto | cpu | cuda
@@ -55,6 +58,8 @@ class Config:
     eval_batch_size: int = 1024  # images per evaluation batch (no gradients, so larger)
     progress: bool = True  # a progress bar on a terminal (never in logs; one summary line per epoch always)
     resume: bool = False  # continue the run in `out` from its last.pt (the keys below RESUMABLE may change)
+    gpu_lock: str = ""  # a file: hold an exclusive lock on it from the end of compiling to the end of testing,
+    #                     so runs started together on one GPU compile in parallel but train and time one by one
 
     def run_dir(self) -> str:
         return self.out or f"runs/{self.model}-{self.dataset}"
@@ -64,7 +69,17 @@ class Config:
 
 
 # Presets applied by `recipe=`. "seed" is the design card's recipe, which the defaults above already are.
-RECIPES: dict[str, dict[str, Any]] = {"seed": {}}
+# "fast" trains in a fixed number of epochs (set epochs= per net; README's accuracy table gives each one's):
+#   one-cycle lr (linear up over the first 20% of steps, linear down to 0; Smith & Topin 2017), so no epochs
+#   are spent waiting for a plateau; batch 512 with lr 0.2 (the seed's 0.1 per 256, scaled linearly: Goyal et
+#   al. 2017); Nesterov momentum; no weight decay on biases and BN scales; label smoothing 0.1 (Szegedy et al.
+#   2016); cutout (DeVries & Taylor 2017); flip test-time augmentation. Chosen on the validation split only
+#   (results/fast-tuning/), never the test set.
+RECIPES: dict[str, dict[str, Any]] = {
+    "seed": {},
+    "fast": {"epochs": 40, "batch_size": 512, "lr": 0.2, "nesterov": True, "decay_all": False,
+             "label_smoothing": 0.1, "schedule": "onecycle", "cutout": 8, "tta": True},
+}
 
 CHOICES = {
     "dataset": ("cifar10", "cifar100"),
@@ -79,11 +94,13 @@ CHOICES = {
 #   epochs                   how far to train; with schedule=plateau only (onecycle's lr curve spans all epochs)
 #   data, download, out      where things are; the data's digest must still match the saved one
 #   progress, compile,       machinery that does not change what is computed (compile and the evaluation batch
-#   eval_batch_size, device  change float rounding only); device may be respelled (auto for cuda) but must
-#                            resolve to the same kind, as the loader's random stream lives on the device
-RESUMABLE = ("epochs", "progress", "device", "compile", "eval_batch_size", "data", "download", "out", "resume")
+#   eval_batch_size, device, change float rounding only; gpu_lock only orders runs); device may be respelled
+#   gpu_lock                 (auto for cuda) but must resolve to the same kind, as the loader's random stream
+#                            lives on the device
+RESUMABLE = ("epochs", "progress", "device", "compile", "eval_batch_size", "data", "download", "out", "resume",
+             "gpu_lock")
 POSITIVE = ("epochs", "batch_size", "eval_batch_size", "lr")
-NON_NEGATIVE = ("momentum", "weight_decay", "label_smoothing", "patience", "min_lr")
+NON_NEGATIVE = ("momentum", "weight_decay", "label_smoothing", "patience", "min_lr", "cutout")
 FRACTIONS = ("val_fraction", "warmup_fraction", "lr_factor", "label_smoothing")
 
 

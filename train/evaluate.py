@@ -2,7 +2,8 @@
 [device=auto|cpu|cuda] [batch_size=1024]`: top-1/top-5 accuracy of a run's checkpoint on its test set.
 
 The test split of the run's dataset is read from `data=` (default: the run's own data=, never downloaded), in
-eval mode and fp32. tta=flip averages, for each image, the logits of the image and of its mirror image.
+eval mode and fp32. tta=flip averages, for each image, the softmax outputs of the image and of its mirror
+image (train.step.flip_averaged: the rule of the trainer's tta=true).
 Prints one line; `evaluate_run` returns the numbers.
 """
 

@@ -28,6 +28,7 @@ the same params and metrics, bit for bit, as one never stopped (only timing fiel
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -44,8 +45,9 @@ from tqdm import tqdm
 import nets
 from data import DataError, DeviceBatches, load_cifar, normalisation_stats, normalise, stratified_split
 from data.cifar import NUM_CLASSES
-from train import checkpoint, distributed
+from train import checkpoint, distributed, sync_bn
 from train.config import RESUMABLE, Config, ConfigError, from_json, resume_differences
+from train.gpu_lock import exclusive_turn
 from train.optim import zeros_like_tree
 from train.schedule import load_schedule, make_schedule
 from train.step import (
@@ -229,12 +231,13 @@ def run(cfg: Config, log=print) -> dict:
     try:
         if world > 1 and device.type == "cuda":
             device = torch.device("cuda", local_rank)  # one GPU per process
-        return _train(cfg, device, rank, world, log if distributed.is_main() else lambda line: None)
+        with contextlib.ExitStack() as turn:  # _train takes the GPU lock (gpu_lock=) into it after compiling
+            return _train(cfg, device, rank, world, log if distributed.is_main() else lambda line: None, turn)
     finally:
         distributed.close()
 
 
-def _train(cfg: Config, device: torch.device, rank: int, world: int, log) -> dict:
+def _train(cfg: Config, device: torch.device, rank: int, world: int, log, turn: contextlib.ExitStack) -> dict:
     main = rank == 0  # the one rank that writes the run directory
     precision = precision_for(device, cfg.precision)
     use_compile = cfg.compile == "true" or (cfg.compile == "auto" and device.type == "cuda")
@@ -242,6 +245,8 @@ def _train(cfg: Config, device: torch.device, rank: int, world: int, log) -> dic
 
     # The net first: a wrong model name or option fails before any data is read; then the checkpoint to resume.
     net = nets.build(cfg.model, num_classes=NUM_CLASSES[(cfg.dataset, cfg.labels)], **cfg.net)
+    if world > 1 and cfg.sync_bn:  # BatchNorm statistics over all ranks' images (1 rank: it has them all)
+        sync_bn.synchronise_batchnorm(net)
     saved = resume_point(cfg, out, device) if cfg.resume else None
 
     # Data: split and statistics from the training images only; everything then lives on the device.
@@ -269,7 +274,8 @@ def _train(cfg: Config, device: torch.device, rank: int, world: int, log) -> dic
     # The same seed on every rank: each shuffles and augments its own shard with the same random stream, so the
     # one generator state rank 0 saves resumes every rank.
     train_x, train_y = _device_tensors(data.train_images[rank_idx], data.train_labels[rank_idx], device)
-    train_batches = DeviceBatches(train_x, train_y, mean, std, cfg.batch_size, train=True, generator=generator)
+    train_batches = DeviceBatches(train_x, train_y, mean, std, cfg.batch_size, train=True, generator=generator,
+                                  cutout=cfg.cutout)
     val_batches = DeviceBatches(*_device_tensors(data.train_images[val_idx], data.train_labels[val_idx], device),
                                 mean, std, cfg.eval_batch_size, train=False)
     test_batches = DeviceBatches(*_device_tensors(data.test_images, data.test_labels, device),
@@ -300,13 +306,17 @@ def _train(cfg: Config, device: torch.device, rank: int, world: int, log) -> dic
         kept = f"the last good checkpoint, {where} ({position}), is kept"
     params, momentum = to_memory_format(params, precision), to_memory_format(momentum, precision)
     ts = TrainState(params, state, momentum)
-    gradients = "autograd" if uses_custom_kernels(net, device) else "func"
+    # The "autograd" form where torch.func.grad cannot be compiled around: Triton kernels with custom backwards,
+    # and sync BN's collectives (a graph break inside func.grad leaves the whole gradient eager; with autograd
+    # the pieces between BatchNorm layers still compile: train/sync_bn.py).
+    synced = world > 1 and cfg.sync_bn
+    gradients = "autograd" if uses_custom_kernels(net, device) or synced else "func"
     grad_hook = distributed.all_reduce_mean_ if world > 1 else None  # every rank takes the same averaged step
     train_step = maybe_compile(make_train_step(net, cfg, precision, gradients, grad_hook), use_compile, gradients)
     step = train_step
     if gradients == "autograd":
         step, ts = leaf_step(train_step), as_leaves(ts)
-    eval_step = maybe_compile(make_eval_step(net, precision), use_compile)
+    eval_step = maybe_compile(make_eval_step(net, precision, cfg.tta), use_compile)
 
     metrics_path = out / "metrics.jsonl"
     if main:
@@ -336,6 +346,9 @@ def _train(cfg: Config, device: torch.device, rank: int, world: int, log) -> dic
         _sync(device)
         compile_seconds = time.perf_counter() - t0
         log(f"compiled in {compile_seconds:.1f} s")
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the warm-up's activations: free for other runs while this one waits
+    turn.enter_context(exclusive_turn(cfg.gpu_lock, log))
 
     def payload(epoch: int, step_: int, epoch_generator, losses, correct, seconds: float) -> dict:
         """Everything needed to continue after `step_` steps of epoch index `epoch` (see the module doc)."""
@@ -464,7 +477,7 @@ def _train(cfg: Config, device: torch.device, rank: int, world: int, log) -> dic
         "model": cfg.model, "dataset": cfg.dataset, "test_top1": test["top1"], "test_top5": test["top5"],
         "test_loss": test["loss"], "best_val_top1": best["val_top1"] if val_idx.size else None,
         "best_epoch": best["epoch"], "epochs_run": cfg.epochs, "train_seconds": train_seconds,
-        "compile_seconds": compile_seconds, "params": net.param_count(), "recipe": cfg.recipe,
+        "compile_seconds": compile_seconds, "params": net.param_count(), "recipe": cfg.recipe, "tta": cfg.tta,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "data_source": data.source,
     }

@@ -28,6 +28,7 @@ from data.cifar import NUM_CLASSES
 from nets import Net
 from train import checkpoint as ckpt
 from train.config import Config, from_json
+from train.step import flip_averaged
 
 TTA = ("none", "flip")  # flip: average the logits of the image and its mirror image (left-right)
 
@@ -51,17 +52,17 @@ class LoadedRun:
     device: torch.device
 
     def logits(self, images_u8: torch.Tensor, tta: str = "none", batch_size: int = 1024) -> torch.Tensor:
-        """float32 (N, K) eval-mode logits of uint8 images (N, 3, 32, 32), `batch_size` at a time."""
+        """float32 (N, K) eval-mode logits of uint8 images (N, 3, 32, 32), `batch_size` at a time; tta="flip":
+        the log of the flip-averaged probabilities instead (train.step.flip_averaged)."""
         if tta not in TTA:
             raise ToolError(f"tta={tta!r} is not one of: {', '.join(TTA)}")
         out = []
         with torch.no_grad():
             for start in range(0, len(images_u8), batch_size):
                 x = normalise(images_u8[start:start + batch_size].to(self.device), self.mean, self.std)
-                logits = self.net.apply(self.params, self.state, x, train=False)[0].float()
-                if tta == "flip":  # mirrored after normalising, as the training augmentation does
-                    logits = (logits + self.net.apply(self.params, self.state, x.flip(-1), train=False)[0]) / 2
-                out.append(logits.cpu())
+                forward = lambda v: self.net.apply(self.params, self.state, v, train=False)[0].float()
+                # Mirrored after normalising, as the training augmentation does; the trainer's rule (tta=true).
+                out.append((flip_averaged(forward, x) if tta == "flip" else forward(x)).cpu())
         return torch.cat(out) if out else torch.zeros(0, len(self.classes))
 
     def module(self) -> nn.Module:

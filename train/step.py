@@ -15,6 +15,7 @@ Gradients come from one of two places:
 
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -136,13 +137,27 @@ def uses_custom_kernels(net, device: torch.device) -> bool:
     return device.type == "cuda" and any(getattr(m, "kernels", "reference") != "reference" for m in modules)
 
 
-def make_eval_step(net, precision: Precision):
-    """(params, state, x, y) -> summed loss, top-1 and top-5 hits, and logits, for a batch in eval mode."""
+def flip_averaged(forward, x: torch.Tensor) -> torch.Tensor:
+    """Flip test-time augmentation: log of the mean of the softmax outputs for x and for x mirrored left-right
+    (the flip the training augmentation uses, so the net has learnt both views). Log-probabilities, usable
+    wherever logits are (softmax of them gives the averaged probabilities). One rule for trainer and tools."""
+    return torch.logaddexp(forward(x).log_softmax(1), forward(x.flip(-1)).log_softmax(1)) - math.log(2)
 
-    def evaluate(params, bn_state, x, y):
+
+def make_eval_step(net, precision: Precision, tta: bool = False):
+    """(params, state, x, y) -> summed loss, top-1 and top-5 hits, and logits, for a batch in eval mode;
+    tta=True: of the flip-averaged probabilities (flip_averaged; the loss is of their mean)."""
+
+    def forward(params, bn_state, x):
         with torch.no_grad(), precision.context():
             logits, _ = net.apply(params, bn_state, precision.prepare(x), train=False)
-        logits = logits.float()
+        return logits.float()
+
+    def evaluate(params, bn_state, x, y):
+        if tta:
+            logits = flip_averaged(lambda v: forward(params, bn_state, v), x)
+        else:
+            logits = forward(params, bn_state, x)
         loss = F.cross_entropy(logits, y, reduction="sum")
         return {"loss": loss, "top1": topk_correct(logits, y, 1), "top5": topk_correct(logits, y, 5)}, logits
 
