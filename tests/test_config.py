@@ -36,6 +36,10 @@ def test_overrides_and_types():
         (["nesterov=perhaps"], "not a valid bool"),
         (["labels=coarse"], "only for dataset=cifar100"),
         (["cutout=-2"], "cutout must not be negative"),
+        (["optimizer=adam"], "optimizer='adam' is not one of: sgd, adamw"),
+        (["optimizer=adamw", "nesterov=true"], "optimizer=adamw takes no nesterov"),
+        (["optimizer=adamw", "momentum=1"], "beta1"),
+        (["beta2=1"], r"beta2 must be in \[0, 1\)"),
     ],
 )
 def test_bad_values_are_one_line_errors(argv, message):

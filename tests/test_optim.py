@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from train.optim import decay_rule, sgd, zeros_like_tree
+from train.optim import adamw, decay_rule, init_state, sgd, zeros_like_tree
 from train.schedule import OneCycle, Plateau
 
 
@@ -33,6 +33,35 @@ def test_sgd_equals_torch_optim(nesterov, decay_all):
         params, buf = sgd(params, grads, buf, torch.tensor(lr, dtype=torch.float64), 0.9, 5e-4, nesterov, decays)
     for k in params:
         torch.testing.assert_close(params[k], ref[k].detach(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("decay_all", (True, False))
+def test_adamw_equals_torch_optim(decay_all):
+    """Several steps with changing lr and fresh gradients of mixed scales match torch.optim.AdamW."""
+    shapes = {"conv.weight": (8, 3, 3, 3), "bn.weight": (8,), "fc.weight": (10, 8), "fc.bias": (10,)}
+    params = {k: torch.randn(s, dtype=torch.float64) for k, s in shapes.items()}
+    ref = {k: v.clone().requires_grad_() for k, v in params.items()}
+    decays = decay_rule(decay_all)
+    groups = [
+        {"params": [ref[k] for k in shapes if decays(k, params[k])], "weight_decay": 0.05},
+        {"params": [ref[k] for k in shapes if not decays(k, params[k])], "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=1e-3, betas=(0.9, 0.95), eps=1e-8)
+    state = init_state("adamw", params)
+    assert set(state) == {f"exp_avg.{k}" for k in shapes} | {f"exp_avg_sq.{k}" for k in shapes} | {"step"}
+    for lr, scale in ((1e-3, 1.0), (3e-3, 1e-4), (2e-3, 10.0), (1e-4, 1.0), (5e-3, 0.1)):
+        grads = {k: scale * torch.randn_like(v) for k, v in params.items()}
+        for g in opt.param_groups:
+            g["lr"] = lr
+        for k, p in ref.items():
+            p.grad = grads[k].clone()
+        opt.step()
+        params, state = adamw(params, grads, state, torch.tensor(lr, dtype=torch.float64), 0.9, 0.95, 0.05,
+                              decays)
+    assert state["step"] == 5
+    for k in params:
+        torch.testing.assert_close(params[k], ref[k].detach(), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(state[f"exp_avg_sq.{k}"], opt.state[ref[k]]["exp_avg_sq"], rtol=1e-12, atol=0)
 
 
 def test_sgd_is_pure():

@@ -7,7 +7,7 @@ from torch._dynamo.testing import CompileCounter
 
 from nets.core import Net
 from train.config import Config
-from train.optim import zeros_like_tree
+from train.optim import init_state, zeros_like_tree
 from train.step import (
     TrainState,
     as_leaves,
@@ -64,14 +64,16 @@ def test_autograd_form_equals_func_form():
     torch.testing.assert_close(ma["loss"], mb["loss"])
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 @pytest.mark.parametrize("gradients", ["func", "autograd"])
-def test_step_is_one_graph(gradients):
-    """torch._dynamo.explain finds no graph break in the whole step (forward, backward, SGD, BN stats)."""
+def test_step_is_one_graph(gradients, optimizer):
+    """torch._dynamo.explain finds no graph break in the whole step (forward, backward, optimizer, BN stats)."""
     net = small_net()
-    ts = fresh_state(net)
+    cfg = CFG if optimizer == "sgd" else Config(optimizer="adamw", lr=1e-3, weight_decay=0.05)
+    ts = fresh_state(net)._replace(momentum=init_state(optimizer, net.init(torch.Generator())[0]))
     if gradients == "autograd":
         ts = as_leaves(ts)
-    step = make_train_step(net, CFG, CPU, gradients)
+    step = make_train_step(net, cfg, CPU, gradients)
     with torch._dynamo.config.patch(trace_autograd_ops=gradients == "autograd"):
         explained = torch._dynamo.explain(step)(ts, batches(1)[0], torch.tensor(0.1))
     assert explained.graph_break_count == 0, explained.break_reasons

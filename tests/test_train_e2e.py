@@ -79,6 +79,38 @@ def test_fast_recipe_learns_with_cutout_and_flip_tta(cifar10_pickles, tmp_path):
     assert results["test_top1"] >= 50 and results["best_val_top1"] >= 50
 
 
+def test_adamw_learns(cifar10_pickles, tmp_path):
+    """optimizer=adamw in the real loop learns, and last.pt holds its moments and its step count."""
+    cfg = parse(train_args(cifar10_pickles, tmp_path, "optimizer=adamw", "lr=0.003", "weight_decay=0.05",
+                           "epochs=6", "batch_size=20", "val_fraction=0.2", "seed=3", "schedule=onecycle"))
+    torch.set_num_threads(1)
+    try:
+        results = run(cfg, log=lambda line: None)
+    finally:
+        torch.set_num_threads(2)
+    assert results["test_top1"] >= 50 and results["best_val_top1"] >= 50
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert saved["momentum"]["step"] == 6 * (160 // 20)  # 6 epochs of 160 training images (200 - 20%), batch 20
+    moments = {f"{kind}.{k}" for kind in ("exp_avg", "exp_avg_sq") for k in saved["params"]}
+    assert set(saved["momentum"]) == moments | {"step"}
+
+
+def test_adamw_resumes_exactly(cifar10_pickles, tmp_path):
+    """2 epochs, then resume=true epochs=3, ends bit for bit where 3 epochs in one go end (its state saved)."""
+    from runs import assert_same_run
+
+    args = lambda out, epochs: train_args(cifar10_pickles, out, "optimizer=adamw", "lr=0.002", "epochs=" + epochs,
+                                          "batch_size=40", "val_fraction=0.2", "seed=5")  # noqa: E731
+    torch.set_num_threads(1)
+    try:
+        run(parse(args(tmp_path / "whole", "3")), log=lambda line: None)
+        run(parse(args(tmp_path / "resumed", "2")), log=lambda line: None)
+        run(parse([*args(tmp_path / "resumed", "3"), "resume=true"]), log=lambda line: None)
+    finally:
+        torch.set_num_threads(2)
+    assert_same_run(tmp_path / "whole", tmp_path / "resumed")
+
+
 def test_gpu_lock_is_held_from_compiling_to_the_end(tmp_path):
     """exclusive_turn holds an flock another open file cannot take, and lets go at the end of the block."""
     import fcntl

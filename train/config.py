@@ -15,6 +15,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from train.optim import OPTIMIZERS
+
 
 class ConfigError(ValueError):
     """A bad key or value on the command line."""
@@ -35,9 +37,11 @@ class Config:
     epochs: int = 200
     batch_size: int = 256  # images per SGD step
     lr: float = 0.1  # peak learning rate, per step of `batch_size` images
+    optimizer: str = "sgd"  # sgd | adamw (then momentum is beta1, and weight decay is decoupled, as AdamW's)
     momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4  # L2 coefficient added to the gradient, as torch.optim.SGD does
+    nesterov: bool = False  # sgd only
+    beta2: float = 0.999  # adamw: decay of the second-moment average
+    weight_decay: float = 5e-4  # sgd: L2 coefficient added to the gradient, as torch.optim.SGD does; adamw: decoupled
     decay_all: bool = True  # true: every tensor decays (torch.optim.SGD); false: only weights with ndim >= 2
     label_smoothing: float = 0.0
     schedule: str = "plateau"  # plateau: lr / 10 when val error stalls | onecycle: linear warm-up, linear decay
@@ -83,6 +87,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 CHOICES = {
     "dataset": ("cifar10", "cifar100"),
+    "optimizer": OPTIMIZERS,
     "labels": ("fine", "coarse"),
     "schedule": ("plateau", "onecycle"),
     "normalisation": ("pixel", "channel"),
@@ -101,7 +106,7 @@ RESUMABLE = ("epochs", "progress", "device", "compile", "eval_batch_size", "data
              "gpu_lock")
 POSITIVE = ("epochs", "batch_size", "eval_batch_size", "lr")
 NON_NEGATIVE = ("momentum", "weight_decay", "label_smoothing", "patience", "min_lr", "cutout")
-FRACTIONS = ("val_fraction", "warmup_fraction", "lr_factor", "label_smoothing")
+FRACTIONS = ("val_fraction", "warmup_fraction", "lr_factor", "label_smoothing", "beta2")
 
 
 def _coerce(key: str, text: str, kind: type) -> Any:
@@ -192,5 +197,9 @@ def check(cfg: Config) -> None:
     for key in FRACTIONS:
         if not 0 <= getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be in [0, 1), got {getattr(cfg, key)}")
+    if cfg.optimizer == "adamw" and (cfg.nesterov or not cfg.momentum < 1):
+        raise ConfigError("optimizer=adamw takes no nesterov and needs momentum (its beta1) below 1, got "
+                          f"nesterov={cfg.nesterov} momentum={cfg.momentum} (recipe=fast sets nesterov=true: "
+                          "add nesterov=false)")
     if cfg.labels == "coarse" and cfg.dataset != "cifar100":
         raise ConfigError("labels=coarse exists only for dataset=cifar100")

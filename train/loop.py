@@ -10,7 +10,7 @@ The run directory gets:
     tensorboard/     the per-epoch scalars again, when the tensorboard package is installed
 
 A checkpoint (train/checkpoint.py adds "format" and "sha256") holds:
-    params, state, momentum       the TrainState (params, BatchNorm statistics, SGD momentum buffers)
+    params, state, momentum       the TrainState (params, BatchNorm statistics, optimizer state)
     epoch, step                   epochs completed, and steps completed of the next epoch (0 at a boundary)
     generator                     the loader's generator state at the start of that next epoch
     torch_rng, cuda_rng           torch's global generators (anything random outside the loader)
@@ -48,7 +48,7 @@ from data.cifar import NUM_CLASSES
 from train import checkpoint, distributed, sync_bn
 from train.config import RESUMABLE, Config, ConfigError, from_json, resume_differences
 from train.gpu_lock import exclusive_turn
-from train.optim import zeros_like_tree
+from train.optim import init_state
 from train.schedule import load_schedule, make_schedule
 from train.step import (
     TrainState,
@@ -288,10 +288,10 @@ def _train(cfg: Config, device: torch.device, rank: int, world: int, log, turn: 
     kept = "no checkpoint was written yet"
     torch.manual_seed(cfg.seed)  # torch's global generators: anything random outside the loader's generator
     if saved is None:
-        momentum = zeros_like_tree(params)  # momentum buffers in the params' layout
+        momentum = init_state(cfg.optimizer, params)  # the optimizer's state, in the params' layout
     else:
         where = out / "last.pt"
-        for key, expected in (("params", params), ("state", state), ("momentum", params)):
+        for key, expected in (("params", params), ("state", state), ("momentum", init_state(cfg.optimizer, params))):
             checkpoint.check_fits(where, saved[key], expected)
         params, state, momentum = ({k: v.to(device) for k, v in saved[key].items()}
                                    for key in ("params", "state", "momentum"))

@@ -1,10 +1,18 @@
-"""SGD with momentum and weight decay as pure maps over parameter pytrees (foreach ops, no in-place writes).
+"""The optimizers as pure maps over parameter pytrees (foreach ops, no in-place writes).
 
-Matches torch.optim.SGD (dampening 0) step for step:
+SGD matches torch.optim.SGD (dampening 0) step for step:
     g = grad + wd * p                  # L2 decay folded into the gradient
     buf = momentum * buf + g           # buf starts at 0, so the first step gives buf = g, as torch's does
     d = g + momentum * buf if nesterov else buf
     p = p - lr * d
+
+AdamW (Loshchilov & Hutter 2019) matches torch.optim.AdamW (amsgrad off) step for step, t = 1, 2, ...:
+    p = p * (1 - lr * wd)              # decoupled decay, not part of the gradient
+    m = b1 * m + (1 - b1) * grad,   v = b2 * v + (1 - b2) * grad^2
+    p = p - (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+
+The optimizer state is one flat tree: SGD's momentum buffers under the params' own names; AdamW's moments
+under "exp_avg.<name>" and "exp_avg_sq.<name>" (torch's names) and the step count t under "step".
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ from collections.abc import Callable
 import torch
 
 Tree = dict[str, torch.Tensor]
+OPTIMIZERS = ("sgd", "adamw")
+ADAM_EPS = 1e-8  # torch.optim.AdamW's default
 
 
 def decay_rule(decay_all: bool) -> Callable[[str, torch.Tensor], bool]:
@@ -49,3 +59,53 @@ def sgd(
     d = torch._foreach_add(g, b, alpha=momentum) if nesterov else b
     p = torch._foreach_sub(p, torch._foreach_mul(d, lr))
     return dict(zip(keys, p)), dict(zip(keys, b))
+
+
+def adamw(
+    params: Tree,
+    grads: Tree,
+    opt_state: Tree,
+    lr: torch.Tensor,
+    beta1: float,
+    beta2: float,
+    weight_decay: float,
+    decays: Callable[[str, torch.Tensor], bool],
+) -> tuple[Tree, Tree]:
+    """One AdamW step (the module doc); returns (new params, new optimizer state)."""
+    keys = list(params)
+    p = [params[k] for k in keys]
+    g = [grads[k] for k in keys]
+    m = [opt_state[f"exp_avg.{k}"] for k in keys]
+    v = [opt_state[f"exp_avg_sq.{k}"] for k in keys]
+    t = opt_state["step"] + 1
+    if weight_decay:  # lr is a tensor, so the decayed tensors are shrunk as one list by one tensor factor
+        decayed = [i for i, k in enumerate(keys) if decays(k, params[k])]
+        for i, x in zip(decayed, torch._foreach_mul([p[i] for i in decayed], 1 - lr * weight_decay)):
+            p[i] = x
+    m = torch._foreach_add(torch._foreach_mul(m, beta1), g, alpha=1 - beta1)
+    v = torch._foreach_add(torch._foreach_mul(v, beta2), torch._foreach_mul(g, g), alpha=1 - beta2)
+    step_size = lr / (1 - beta1**t)
+    denom = torch._foreach_add(torch._foreach_div(torch._foreach_sqrt(v), torch.sqrt(1 - beta2**t)), ADAM_EPS)
+    p = torch._foreach_sub(p, torch._foreach_mul(torch._foreach_div(m, denom), step_size))
+    state = {**{f"exp_avg.{k}": x for k, x in zip(keys, m)}, **{f"exp_avg_sq.{k}": x for k, x in zip(keys, v)},
+             "step": t}
+    return dict(zip(keys, p)), state
+
+
+def init_state(optimizer: str, params: Tree) -> Tree:
+    """The optimizer state before the first step, on the params' devices (and in their layouts)."""
+    if optimizer == "sgd":
+        return zeros_like_tree(params)
+    first = next(iter(params.values()))
+    return {**{f"exp_avg.{k}": torch.zeros_like(x) for k, x in params.items()},
+            **{f"exp_avg_sq.{k}": torch.zeros_like(x) for k, x in params.items()},
+            "step": torch.zeros((), dtype=first.dtype, device=first.device)}  # a float: t enters powers
+
+
+def make_update(cfg) -> Callable[[Tree, Tree, Tree, torch.Tensor], tuple[Tree, Tree]]:
+    """(params, grads, optimizer state, lr) -> (params, optimizer state) for the configured optimizer; AdamW's
+    beta1 is `momentum` (0.9 by default, as torch's), its beta2 `beta2`."""
+    decays = decay_rule(cfg.decay_all)
+    if cfg.optimizer == "sgd":
+        return lambda p, g, s, lr: sgd(p, g, s, lr, cfg.momentum, cfg.weight_decay, cfg.nesterov, decays)
+    return lambda p, g, s, lr: adamw(p, g, s, lr, cfg.momentum, cfg.beta2, cfg.weight_decay, decays)

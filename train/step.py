@@ -2,8 +2,9 @@
 
     step(train_state, (x, y), lr) -> (train_state, metrics)
 
-`train_state` bundles params, BatchNorm state and momentum buffers; nothing is changed in place, so the step
-can be compiled once with torch.compile and re-run, and a warm-up call changes nothing.
+`train_state` bundles params, BatchNorm state and the optimizer's state (SGD's momentum buffers or AdamW's
+moments); nothing is changed in place, so the step can be compiled once with torch.compile and re-run, and a
+warm-up call changes nothing.
 
 Gradients come from one of two places:
   "func":     torch.func.grad_and_value over the net's pure forward (the default);
@@ -23,7 +24,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from train.optim import Tree, decay_rule, sgd
+from train.optim import Tree, make_update
 
 AUX_LOSS_WEIGHT = 0.3  # weight of each auxiliary classifier's loss (GoogLeNet paper, sec. 5)
 
@@ -31,7 +32,7 @@ AUX_LOSS_WEIGHT = 0.3  # weight of each auxiliary classifier's loss (GoogLeNet p
 class TrainState(NamedTuple):
     params: Tree
     state: Tree  # BatchNorm running statistics
-    momentum: Tree  # SGD momentum buffers, one per parameter
+    momentum: Tree  # the optimizer's state: SGD's momentum buffers, or AdamW's moments and step (train/optim.py)
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
 def make_train_step(net, cfg, precision: Precision, gradients: str = "func", grad_hook=None):
     """The pure step for `net`; `grad_hook(grads) -> grads`, when given, transforms the gradient pytree before
     the SGD update (train/distributed.py's all_reduce_mean_ averages it across ranks)."""
-    decays = decay_rule(cfg.decay_all)
+    update = make_update(cfg)
 
     def loss_fn(params, bn_state, x, y):
         with precision.context():
@@ -104,9 +105,7 @@ def make_train_step(net, cfg, precision: Precision, gradients: str = "func", gra
         if grad_hook is not None:
             grads = grad_hook(grads)
         with torch.no_grad():
-            params, momentum = sgd(
-                ts.params, grads, ts.momentum, lr, cfg.momentum, cfg.weight_decay, cfg.nesterov, decays
-            )
+            params, momentum = update(ts.params, grads, ts.momentum, lr)
         metrics = {"loss": loss.detach(), "correct": topk_correct(logits, y, 1)}
         return TrainState(params, new_state, momentum), metrics
 
