@@ -108,7 +108,7 @@ def worker(rank: int, world: int, port: int, out: Path, data_root: str, sync_bn:
         assert_same_on_every_rank(ts.params, rank)  # every rank must hold the same params
         if distributed.is_main():
             torch.save({k: v.detach() for k, v in ts.params.items()}, out / "params.pt")
-        # A net with BatchNorm, per rank or synchronised (in the gradient form the loop uses, "func").
+        # A net with BatchNorm, per rank or synchronised ("func" gradients here; the loop below takes "autograd").
         net, ts, data = fixed_problem(bn_net)
         if sync_bn:
             synchronise_batchnorm(net)

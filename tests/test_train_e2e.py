@@ -129,6 +129,16 @@ def test_gpu_lock_is_held_from_compiling_to_the_end(tmp_path):
     assert len(lines) == 1
 
 
+def test_gpu_lock_is_refused_on_several_ranks(cifar10_pickles, tmp_path, monkeypatch):
+    """Each rank would queue for the one lock while the others wait for it in a collective: a one-line error."""
+    import train.loop
+    from train.config import ConfigError
+
+    monkeypatch.setattr(train.loop.distributed, "init_from_env", lambda device_type: (0, 2, 0))
+    with pytest.raises(ConfigError, match="gpu_lock= orders single-GPU runs"):
+        run(parse(train_args(cifar10_pickles, tmp_path, f"gpu_lock={tmp_path / 'lock'}")), log=lambda line: None)
+
+
 def cli(*args):
     """The real command, in a fresh interpreter, as a user types it."""
     return subprocess.run([sys.executable, "-m", "train", *args], cwd=REPO, capture_output=True, text=True,

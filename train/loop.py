@@ -245,6 +245,8 @@ def _train(cfg: Config, device: torch.device, rank: int, world: int, log, turn: 
 
     # The net first: a wrong model name or option fails before any data is read; then the checkpoint to resume.
     net = nets.build(cfg.model, num_classes=NUM_CLASSES[(cfg.dataset, cfg.labels)], **cfg.net)
+    if world > 1 and cfg.gpu_lock:  # every rank would queue for the one lock while the others wait on it
+        raise ConfigError("gpu_lock= orders single-GPU runs that share a GPU; drop it for a run on several GPUs")
     if world > 1 and cfg.sync_bn:  # BatchNorm statistics over all ranks' images (1 rank: it has them all)
         sync_bn.synchronise_batchnorm(net)
     saved = resume_point(cfg, out, device) if cfg.resume else None
