@@ -217,3 +217,25 @@ def test_every_registered_net_trains_through_the_command_line(name, ten_images, 
     assert main(args) == 0, capsys.readouterr().err
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["model"] == name and 0 <= results["test_top1"] <= 100
+
+
+def test_compiled_loop_compiles_only_in_its_warm_up(cifar10_pickles, tmp_path, monkeypatch):
+    """compile=true: every graph the run needs (the train step, the eval step at each batch shape of val and
+    test) is compiled before the timed epochs, and none after (dynamo's aot_eager backend, to stay quick)."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    counter = CompileCounterWithBackend("aot_eager")
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=counter, dynamic=False))
+    at_warm_up = []
+    log = lambda line: at_warm_up.append(counter.frame_count) if line.startswith("compiled in") else None  # noqa: E731
+    torch._dynamo.reset()
+    cfg = parse(train_args(cifar10_pickles, tmp_path, "compile=true", "epochs=2", "batch_size=30",
+                           "eval_batch_size=7", "val_fraction=0.2", "recipe=fast", "lr=0.05"))
+    torch.set_num_threads(1)
+    try:
+        run(cfg, log=log)
+    finally:
+        torch.set_num_threads(2)
+    # The train step once; the eval step at 7 images and at the last partial batches: 40 val -> 5, 100 test -> 2.
+    assert at_warm_up == [4] and counter.frame_count == 4
