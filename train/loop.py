@@ -36,6 +36,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -213,6 +214,74 @@ def _keep_metrics_until(path: Path, epoch: int) -> None:
     checkpoint.write_atomically(path, lambda f: f.write("".join(kept).encode()))
 
 
+@dataclass
+class DeviceSplit:
+    """The run's split on the device: indices into the training images (numpy), the normalisation (on the
+    device, 0..255 pixel units), the loader's generator and the (train, val, test) DeviceBatches, and the
+    digest of the data the indices point into (data_digest)."""
+
+    digest: str
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    mean: torch.Tensor
+    std: torch.Tensor
+    generator: torch.Generator
+    batches: tuple[DeviceBatches, DeviceBatches, DeviceBatches]
+
+
+def device_split(cfg: Config, data, saved: dict | None, out: Path, device, rank: int, world: int) -> DeviceSplit:
+    """Split and statistics from the training images only (or the saved run's), then everything on the device;
+    with several ranks, this rank's shard of the training split."""
+    digest = data_digest(data)
+    if saved is None:
+        train_idx, val_idx = stratified_split(data.train_labels, cfg.val_fraction, cfg.seed)
+        mean, std = (torch.from_numpy(a) for a in normalisation_stats(data.train_images[train_idx],
+                                                                      per=cfg.normalisation))
+    else:
+        if saved["data_sha256"] != digest:
+            raise DataError(f"the data at {cfg.data} ({data.source}) differs from the data the run in {out} "
+                            "trained on; point data=<path> at that copy to resume")
+        train_idx, val_idx, mean, std = (saved[k] for k in ("train_idx", "val_idx", "mean", "std"))
+        train_idx, val_idx = train_idx.numpy(), val_idx.numpy()
+    # Several ranks: each trains on its own equal, disjoint share of the split (batch_size is per rank).
+    rank_idx = train_idx if world == 1 else distributed.shard(train_idx, rank, world, cfg.seed).numpy()
+    if cfg.batch_size > len(rank_idx):
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} is larger than the training split ({len(train_idx)} images"
+            + (f", {len(rank_idx)} per rank" if world > 1 else "") + ")"
+        )
+    mean, std = mean.to(device), std.to(device)
+    # The same seed on every rank: each shuffles and augments its own shard with the same random stream, so the
+    # one generator state rank 0 saves resumes every rank.
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    train = DeviceBatches(*_device_tensors(data.train_images[rank_idx], data.train_labels[rank_idx], device),
+                          mean, std, cfg.batch_size, train=True, generator=generator, cutout=cfg.cutout)
+    val = DeviceBatches(*_device_tensors(data.train_images[val_idx], data.train_labels[val_idx], device),
+                        mean, std, cfg.eval_batch_size, train=False)
+    test = DeviceBatches(*_device_tensors(data.test_images, data.test_labels, device),
+                         mean, std, cfg.eval_batch_size, train=False)
+    return DeviceSplit(digest, train_idx, val_idx, mean, std, generator, (train, val, test))
+
+
+def warm_up(step, eval_step, ts: TrainState, train: DeviceBatches, evaluation: tuple[DeviceBatches, ...]) -> float:
+    """Seconds to compile every graph the run will call: the train step, and the eval step at each batch
+    shape of the evaluation sets. Calls on the first training images (not augmented), at lr 0; the steps are
+    pure, so nothing of the run changes."""
+    device = train.images.device
+    t0 = time.perf_counter()
+    batch = (normalise(train.images[: train.batch_size], train.mean, train.std), train.labels[: train.batch_size])
+    zero_lr = torch.zeros(1, device=device)[0]  # a 0-dim view, as the epochs pass lrs[i]
+    # Twice: the second call sees the step's own outputs, whose layouts (strides) a first call may not have had;
+    # the eval step is then warmed on those outputs, the tensors it will see after every epoch.
+    warm_ts, _ = step(step(ts, batch, zero_lr)[0], batch, zero_lr)
+    # One call per distinct batch shape (a full batch and the last, partial one) compiles every graph.
+    shapes = {x.shape: (x, y) for batches in evaluation for x, y in batches}
+    for x, y in shapes.values():
+        eval_step(warm_ts.params, warm_ts.state, x, y)
+    _sync(device)
+    return time.perf_counter() - t0
+
+
 def tensorboard_writer(log_dir: Path, purge_step: int | None, log):
     """A SummaryWriter into `log_dir`, or None (with one log line) when tensorboard is not installed."""
     try:
@@ -253,35 +322,9 @@ def _train(cfg: Config, device: torch.device, rank: int, world: int, log, turn: 
 
     # Data: split and statistics from the training images only; everything then lives on the device.
     data = load_data(cfg)
-    digest = data_digest(data)
-    if saved is None:
-        train_idx, val_idx = stratified_split(data.train_labels, cfg.val_fraction, cfg.seed)
-        mean, std = (torch.from_numpy(a) for a in normalisation_stats(data.train_images[train_idx],
-                                                                      per=cfg.normalisation))
-    else:
-        if saved["data_sha256"] != digest:
-            raise DataError(f"the data at {cfg.data} ({data.source}) differs from the data the run in {out} "
-                            "trained on; point data=<path> at that copy to resume")
-        train_idx, val_idx, mean, std = (saved[k] for k in ("train_idx", "val_idx", "mean", "std"))
-        train_idx, val_idx = train_idx.numpy(), val_idx.numpy()
-    # Several ranks: each trains on its own equal, disjoint share of the split (batch_size is per rank).
-    rank_idx = train_idx if world == 1 else distributed.shard(train_idx, rank, world, cfg.seed).numpy()
-    if cfg.batch_size > len(rank_idx):
-        raise ConfigError(
-            f"batch_size={cfg.batch_size} is larger than the training split ({len(train_idx)} images"
-            + (f", {len(rank_idx)} per rank" if world > 1 else "") + ")"
-        )
-    mean, std = mean.to(device), std.to(device)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    # The same seed on every rank: each shuffles and augments its own shard with the same random stream, so the
-    # one generator state rank 0 saves resumes every rank.
-    train_x, train_y = _device_tensors(data.train_images[rank_idx], data.train_labels[rank_idx], device)
-    train_batches = DeviceBatches(train_x, train_y, mean, std, cfg.batch_size, train=True, generator=generator,
-                                  cutout=cfg.cutout)
-    val_batches = DeviceBatches(*_device_tensors(data.train_images[val_idx], data.train_labels[val_idx], device),
-                                mean, std, cfg.eval_batch_size, train=False)
-    test_batches = DeviceBatches(*_device_tensors(data.test_images, data.test_labels, device),
-                                 mean, std, cfg.eval_batch_size, train=False)
+    split = device_split(cfg, data, saved, out, device, rank, world)
+    train_batches, val_batches, test_batches = split.batches
+    generator, train_idx, val_idx, mean, std = split.generator, split.train_idx, split.val_idx, split.mean, split.std
 
     params, state = net.init(torch.Generator().manual_seed(cfg.seed), device)
     schedule = make_schedule(cfg)
@@ -327,26 +370,14 @@ def _train(cfg: Config, device: torch.device, rank: int, world: int, log, turn: 
         _keep_metrics_until(metrics_path, start_epoch)  # a fresh run: empty
     log(f"{net.name}: {net.param_count():,} params | {cfg.dataset} ({data.source}): {len(train_idx)} train, "
         f"{len(val_idx)} val, {len(data.test_labels)} test | {device.type}"
-        f"{f' x {world} ranks ({len(rank_idx)} train each)' if world > 1 else ''}, "
+        f"{f' x {world} ranks ({len(train_batches.images)} train each)' if world > 1 else ''}, "
         f"{'bf16' if precision.autocast else 'fp32'}, compile={use_compile}, gradients={gradients} | run dir {out}")
     if saved is not None:
         log(f"resuming from {out / 'last.pt'} at epoch {start_epoch + 1}, step {start_step + 1}")
 
     compile_seconds = 0.0
     if use_compile:  # compile outside the timed epochs; the step is pure, so warming up changes nothing
-        t0 = time.perf_counter()
-        warm_batch = (normalise(train_x[: cfg.batch_size], mean, std), train_y[: cfg.batch_size])
-        zero_lr = torch.zeros(1, device=device)[0]  # a 0-dim view, as the epochs pass lrs[i]
-        # Twice: the second call sees the step's own outputs, whose layouts (strides) a first call may not have
-        # had; the eval step is then warmed on those outputs, the tensors it will see after every epoch.
-        warm_ts, _ = step(step(ts, warm_batch, zero_lr)[0], warm_batch, zero_lr)
-        # One call per distinct batch shape (a full batch and the last, partial one) compiles every graph.
-        shapes = {x.shape: (x, y) for batches in (val_batches, test_batches) for x, y in batches}
-        for x, y in shapes.values():
-            eval_step(warm_ts.params, warm_ts.state, x, y)
-        del warm_ts
-        _sync(device)
-        compile_seconds = time.perf_counter() - t0
+        compile_seconds = warm_up(step, eval_step, ts, train_batches, (val_batches, test_batches))
         log(f"compiled in {compile_seconds:.1f} s")
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the warm-up's activations: free for other runs while this one waits
@@ -362,7 +393,7 @@ def _train(cfg: Config, device: torch.device, rank: int, world: int, log, turn: 
             "epoch_seconds": seconds, "schedule": schedule.state_dict(), "best": dict(best),
             "config": cfg.to_json(), "model": cfg.model, "device_type": device.type,
             "classes": list(data.classes), "mean": mean, "std": std, "train_idx": torch.from_numpy(train_idx),
-            "val_idx": torch.from_numpy(val_idx), "data_sha256": digest, "train_seconds": train_seconds,
+            "val_idx": torch.from_numpy(val_idx), "data_sha256": split.digest, "train_seconds": train_seconds,
         }
 
     def diverged(what: str) -> TrainingDiverged:
