@@ -41,7 +41,7 @@ import triton  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 from bench.common import copy_gbs as copy_bandwidth_gbs  # noqa: E402
-from bench.common import publish, results_prefix, script_header  # noqa: E402
+from bench.common import fine_cell, run_script, table  # noqa: E402
 from kernels.attention import (  # noqa: E402
     _attn_backward,
     _attn_forward,
@@ -327,33 +327,20 @@ def to_markdown(result: dict, header: dict) -> str:
              "speedup fwd+bwd", "triton graph fwd+bwd us", "best graph fwd+bwd", "speedup graph fwd+bwd",
              "triton fwd GB/s", "triton fwd+bwd GB/s", "triton fwd+bwd % copy", "out rel err"]
 
-    def cell(v):
-        if v is None:
-            return "n/a"
-        if isinstance(v, float):
-            return f"{v:.2e}" if v < 0.01 else f"{v:.2f}" if v < 10 else f"{v:.0f}"
-        return str(v)
-
+    cell = fine_cell
     lines = [f"# {result['title']}", ""]
     lines += [f"- {k}: {v}" for k, v in header.items()]
     lines += ["", "Summary (" + ", ".join(f"{k}={v}" for k, v in SUMMARY.items()) + "):", ""]
     lines += [f"- {k}: {cell(v) if isinstance(v, float) else v}" for k, v in result["summary"].items()]
-    lines += ["", "| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in shown) + " |" for r in result["rows"]]
+    lines += [""] + table(shown, result["rows"], cell)
     lines += ["", "Forward-only times of every backend are in the JSON file. Bytes counted: see the "
               "docstring of bench/attention.py.", ""]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if "--tune" in argv:
-        tune()
-        return
-    quick = "--quick" in argv
-    prefix = results_prefix(argv, "attention")
-    result = measure("cuda", quick=quick)
-    publish(prefix, result, script_header("attention.py", argv), to_markdown)
+    run_script("attention", sys.argv[1:] if argv is None else argv,
+               lambda quick, prefix: measure("cuda", quick=quick), tune, to_markdown)
 
 
 if __name__ == "__main__":

@@ -128,16 +128,38 @@ def _command_line() -> str:
 
 
 def cell(v) -> str:
+    """A table cell for throughputs: thousands separated, two decimals below 100."""
     if isinstance(v, float):
         return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.2f}"
     return "n/a" if v is None else str(v)
 
 
+def fine_cell(v) -> str:
+    """A table cell for times, errors and ratios: small values in scientific notation."""
+    if isinstance(v, float):
+        return f"{v:.2e}" if v < 0.01 else f"{v:.2f}" if v < 10 else f"{v:.0f}"
+    return "n/a" if v is None else str(v)
+
+
+def table(columns: list[str], rows: list[dict], fmt=cell) -> list[str]:
+    """The lines of a markdown table of `rows` (dicts) in `columns`; a missing key is n/a."""
+    return (["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+            + ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows])
+
+
+def run_script(name: str, argv: list[str], measure, tune, to_markdown) -> None:
+    """A standalone GPU benchmark `python3 bench/<name>.py [--quick] [--tune] [prefix]`: `--tune` runs the
+    launch-configuration sweep; otherwise `measure(quick, prefix)` -> result, published at prefix."""
+    if "--tune" in argv:
+        tune()
+        return
+    prefix = results_prefix(argv, name)
+    result = measure("--quick" in argv, prefix)
+    publish(prefix, result, script_header(f"{name}.py", argv), to_markdown)
+
+
 def to_markdown(result: dict) -> str:
-    cols = result["columns"]
-    lines = [f"### {result['title']}", ""]
-    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in result["rows"]]
+    lines = [f"### {result['title']}", ""] + table(result["columns"], result["rows"])
     if result.get("summary"):
         lines += ["", "Summary: " + "; ".join(f"{k} {cell(v)}" for k, v in result["summary"].items())]
     notes = result.get("notes")

@@ -40,7 +40,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bench.common import copy_gbs as copy_bandwidth_gbs  # noqa: E402
-from bench.common import publish, results_prefix, script_header  # noqa: E402
+from bench.common import fine_cell, run_script, table  # noqa: E402
 from kernels import depthwise as dw  # noqa: E402
 
 # Depthwise layers as (C, H, stride) at a 32x32 input: the input spatial size H follows the strides.
@@ -70,8 +70,8 @@ TARGETS = {"geomean fwd+bwd speedup bf16": 3.0, "min speedup": 1.0, "largest lay
 def layer_table() -> list[tuple[str, int, int, int]]:
     """(nets, C, H, stride), identical shapes merged."""
     nets: dict[tuple[int, int, int], list[str]] = {}
-    for name, table in (("mobilenet_v1", MOBILENET_V1), ("xception", XCEPTION)):
-        for shape in table:
+    for name, layers in (("mobilenet_v1", MOBILENET_V1), ("xception", XCEPTION)):
+        for shape in layers:
             nets.setdefault(shape, []).append(name)
     return [("+".join(v), *shape) for shape, v in nets.items()]
 
@@ -463,42 +463,34 @@ def tune(device: str = "cuda") -> list[dict]:
 # Output
 
 def to_markdown(result: dict, header: dict) -> str:
-    def cell(v):
-        if isinstance(v, float):
-            return f"{v:.2e}" if v < 0.01 else f"{v:.2f}" if v < 10 else f"{v:.0f}"
-        return str(v)
-
+    cell = fine_cell
     lines = [f"# {result['title']}", ""]
     lines += [f"- {k}: {v}" for k, v in header.items()]
     lines += ["", "Summary (speedups from CUDA-graph times; 'best' = fastest PyTorch over both memory formats "
               "and both cudnn.benchmark settings; 'default' = cudnn.benchmark off):", ""]
     lines += [f"- {k}: {cell(v)}" for k, v in result["summary"].items()]
-    cols = result["columns"]
-    lines += ["", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(cell(r[c]) for c in cols) + " |" for r in result["rows"]]
+    lines += [""] + table(result["columns"], result["rows"], cell)
     ep = result.get("epilogue_rows") or []
     if ep:
         lines += ["", "Fused epilogue: y = relu(conv(x) * scale + shift), bf16 channels_last, forward+backward "
                   "(graph), vs PyTorch conv + elementwise ops:", ""]
-        ep_cols = list(ep[0])
-        lines += ["| " + " | ".join(ep_cols) + " |", "|" + "---|" * len(ep_cols)]
-        lines += ["| " + " | ".join(cell(r[c]) for c in ep_cols) + " |" for r in ep]
+        lines += table(list(ep[0]), ep, cell)
     lines += ["", "Times in µs per call (median); see the docstring of bench/depthwise.py for what is timed "
               "and the bytes counted.", ""]
     return "\n".join(lines)
 
 
+def measure_to(quick: bool, prefix: Path) -> dict:
+    """measure on CUDA, keeping partial results in <prefix>.partial.json until it is done."""
+    partial = Path(f"{prefix}.partial.json")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    result = measure("cuda", quick=quick, checkpoint=partial)
+    partial.unlink(missing_ok=True)
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if "--tune" in argv:
-        tune()
-        return
-    quick = "--quick" in argv
-    prefix = results_prefix(argv, "depthwise")
-    prefix.parent.mkdir(parents=True, exist_ok=True)
-    result = measure("cuda", quick=quick, checkpoint=Path(f"{prefix}.partial.json"))
-    Path(f"{prefix}.partial.json").unlink(missing_ok=True)
-    publish(prefix, result, script_header("depthwise.py", argv), to_markdown)
+    run_script("depthwise", sys.argv[1:] if argv is None else argv, measure_to, tune, to_markdown)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import torch  # noqa: E402
 
-from bench.common import copy_gbs, device_name, publish, results_prefix, script_header  # noqa: E402
+from bench.common import cell, copy_gbs, device_name, publish, results_prefix, script_header, table  # noqa: E402
 from data import DeviceBatches  # noqa: E402
 
 N_IMAGES = 45_000  # CIFAR-10's 50,000 training images less a 10% validation split
@@ -84,15 +84,9 @@ def measure(device: str = "cuda", quick: bool = False) -> dict:
 
 
 def to_markdown(result: dict, header: dict) -> str:
-    def cell(v):
-        if not isinstance(v, float):
-            return str(v)
-        return f"{v:,.0f}" if v >= 100 else f"{v:.2f}"
-
     lines = [f"# {result['title']}", ""]
     lines += [f"- {k}: {v}" for k, v in header.items()]
-    lines += ["", "| " + " | ".join(result["columns"]) + " |", "|" + "---|" * len(result["columns"])]
-    lines += ["| " + " | ".join(cell(r[c]) for c in result["columns"]) + " |" for r in result["rows"]]
+    lines += [""] + table(result["columns"], result["rows"])
     lines += ["", "Summary: " + ", ".join(f"{k} {cell(v)}" for k, v in result["summary"].items()), ""]
     return "\n".join(lines)
 

@@ -189,8 +189,9 @@ def parallel_jobs(names) -> list[tuple[str, list[str]]]:
 def compile_slots(jobs: int) -> tuple[int, int]:
     """(processes compiling at once, Inductor compile threads each). One Inductor compile is mostly one busy
     thread plus bursts of parallel Triton builds: 4 threads each, and as many processes as that fills the
-    cores. (All 11 jobs of the 8 families at once with 1 thread each did not finish compiling in 9 minutes on
-    16 cores, H100 machine, 2026-11-25; 6 jobs, 2 threads each, finished in under 3.)"""
+    cores. (`python3 -m bench step parallel=true` before this limit, H100 machine with 16 cores, 2026-11-25:
+    all 11 jobs of the 8 families at once, 1 thread each, did not finish compiling within 545 s; with
+    nets=vit,mobilenetv1,alexnet,vgg16, 6 jobs of 2 threads, the whole run took 205 s.)"""
     cpus = os.cpu_count() or 2
     slots = max(1, min(jobs, cpus // 4))
     return slots, max(1, cpus // slots)

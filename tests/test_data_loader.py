@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from runs import one_thread
 from synthetic import synthetic_cifar
 
 import data.loader
@@ -253,36 +254,28 @@ def test_device_batches_on_cuda():
         DeviceBatches(images, labels, mean, std, BATCH, True, torch.Generator().manual_seed(0))
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny ops run faster on one thread, and far faster than on two when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_synthetic_images_are_learnable(one_thread):
+def test_synthetic_images_are_learnable():
     """A small conv net beats chance (10%) by far within 40 SGD steps on augmented synthetic batches."""
-    torch.manual_seed(0)
-    train_x, train_y, test_x, test_y = synthetic_cifar(10, 50, 20, seed=3)
-    mean, std = normalisation_stats(train_x)
-    train = DeviceBatches(torch.from_numpy(train_x), torch.from_numpy(train_y), mean, std, 64, True,
-                          torch.Generator().manual_seed(0))
-    net = torch.nn.Sequential(  # pooled to 8x8 first: cheap on a busy 2-core CPU
-        torch.nn.AvgPool2d(4), torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 10),
-    )
-    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-    steps = 0
-    while steps < 40:
-        for x, y in train:
-            loss = F.cross_entropy(net(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            steps += 1
-    with torch.no_grad():
-        logits = net(normalise(torch.from_numpy(test_x), mean, std))
-    accuracy = (logits.argmax(1) == torch.from_numpy(test_y)).float().mean().item()
-    assert accuracy > 0.5, accuracy
+    with one_thread():  # tiny ops: far faster on one thread than on two when the CPU is shared
+        torch.manual_seed(0)
+        train_x, train_y, test_x, test_y = synthetic_cifar(10, 50, 20, seed=3)
+        mean, std = normalisation_stats(train_x)
+        train = DeviceBatches(torch.from_numpy(train_x), torch.from_numpy(train_y), mean, std, 64, True,
+                              torch.Generator().manual_seed(0))
+        net = torch.nn.Sequential(  # pooled to 8x8 first: cheap on a busy 2-core CPU
+            torch.nn.AvgPool2d(4), torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 10),
+        )
+        opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+        steps = 0
+        while steps < 40:
+            for x, y in train:
+                loss = F.cross_entropy(net(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                steps += 1
+        with torch.no_grad():
+            logits = net(normalise(torch.from_numpy(test_x), mean, std))
+        accuracy = (logits.argmax(1) == torch.from_numpy(test_y)).float().mean().item()
+        assert accuracy > 0.5, accuracy

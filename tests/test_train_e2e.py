@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from runs import assert_same_run, one_thread
 
 import nets
 from train.cli import main
@@ -28,11 +29,8 @@ def learned_run(tmp_path_factory, cifar10_pickles):
     out = tmp_path_factory.mktemp("run")
     cfg = parse(train_args(cifar10_pickles, out, "epochs=6", "batch_size=20", "lr=0.05", "val_fraction=0.2",
                            "schedule=onecycle", "seed=3"))
-    torch.set_num_threads(1)  # small ops on 2 busy cores run faster on one thread
-    try:
+    with one_thread():  # small ops on 2 busy cores run faster on one thread
         results = run(cfg, log=lambda line: None)
-    finally:
-        torch.set_num_threads(2)
     return out, results
 
 
@@ -70,11 +68,8 @@ def test_fast_recipe_learns_with_cutout_and_flip_tta(cifar10_pickles, tmp_path):
                            "val_fraction=0.2", "seed=3", "cutout=6"))
     assert (cfg.schedule, cfg.nesterov, cfg.tta, cfg.label_smoothing, cfg.cutout) == ("onecycle", True, True,
                                                                                       0.1, 6)
-    torch.set_num_threads(1)
-    try:
+    with one_thread():  # small ops on 2 busy cores run faster on one thread
         results = run(cfg, log=lambda line: None)
-    finally:
-        torch.set_num_threads(2)
     assert results["recipe"] == "fast" and results["tta"] is True
     assert results["test_top1"] >= 50 and results["best_val_top1"] >= 50
 
@@ -83,11 +78,8 @@ def test_adamw_learns(cifar10_pickles, tmp_path):
     """optimizer=adamw in the real loop learns, and last.pt holds its moments and its step count."""
     cfg = parse(train_args(cifar10_pickles, tmp_path, "optimizer=adamw", "lr=0.003", "weight_decay=0.05",
                            "epochs=6", "batch_size=20", "val_fraction=0.2", "seed=3", "schedule=onecycle"))
-    torch.set_num_threads(1)
-    try:
+    with one_thread():  # small ops on 2 busy cores run faster on one thread
         results = run(cfg, log=lambda line: None)
-    finally:
-        torch.set_num_threads(2)
     assert results["test_top1"] >= 50 and results["best_val_top1"] >= 50
     saved = torch.load(tmp_path / "last.pt", weights_only=True)
     assert saved["momentum"]["step"] == 6 * (160 // 20)  # 6 epochs of 160 training images (200 - 20%), batch 20
@@ -97,17 +89,12 @@ def test_adamw_learns(cifar10_pickles, tmp_path):
 
 def test_adamw_resumes_exactly(cifar10_pickles, tmp_path):
     """2 epochs, then resume=true epochs=3, ends bit for bit where 3 epochs in one go end (its state saved)."""
-    from runs import assert_same_run
-
     args = lambda out, epochs: train_args(cifar10_pickles, out, "optimizer=adamw", "lr=0.002", "epochs=" + epochs,
                                           "batch_size=40", "val_fraction=0.2", "seed=5")  # noqa: E731
-    torch.set_num_threads(1)
-    try:
+    with one_thread():  # small ops on 2 busy cores run faster on one thread
         run(parse(args(tmp_path / "whole", "3")), log=lambda line: None)
         run(parse(args(tmp_path / "resumed", "2")), log=lambda line: None)
         run(parse([*args(tmp_path / "resumed", "3"), "resume=true"]), log=lambda line: None)
-    finally:
-        torch.set_num_threads(2)
     assert_same_run(tmp_path / "whole", tmp_path / "resumed")
 
 
@@ -232,10 +219,7 @@ def test_compiled_loop_compiles_only_in_its_warm_up(cifar10_pickles, tmp_path, m
     torch._dynamo.reset()
     cfg = parse(train_args(cifar10_pickles, tmp_path, "compile=true", "epochs=2", "batch_size=30",
                            "eval_batch_size=7", "val_fraction=0.2", "recipe=fast", "lr=0.05"))
-    torch.set_num_threads(1)
-    try:
+    with one_thread():  # small ops on 2 busy cores run faster on one thread
         run(cfg, log=log)
-    finally:
-        torch.set_num_threads(2)
     # The train step once; the eval step at 7 images and at the last partial batches: 40 val -> 5, 100 test -> 2.
     assert at_warm_up == [4] and counter.frame_count == 4

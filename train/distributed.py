@@ -110,13 +110,34 @@ def broadcast_tree_(tree: Tree) -> Tree:
     return tree
 
 
+class AllReduceSum(torch.autograd.Function):
+    """The sum of a tensor over ranks, differentiable: the gradient is the sum of the ranks' gradients. Written
+    with setup_context (nothing to save) so that it runs under torch.func transforms as well as autograd."""
+
+    @staticmethod
+    def forward(t: torch.Tensor) -> torch.Tensor:
+        t = t.clone(memory_format=torch.contiguous_format)  # the collective writes in place
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+@torch.compiler.disable  # as all_reduce_mean_ (below): sync BN calls it inside the step
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """The sum of `t` over ranks (a new tensor); `t` itself in a single process."""
+    """The sum of `t` over ranks (a new tensor), differentiable (AllReduceSum: sync BN's statistics need the
+    gradient); `t` itself in a single process."""
     if not dist.is_initialized():
         return t
-    t = t.clone()
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t
+    return AllReduceSum.apply(t)
 
 
 def buckets(tensors: list[torch.Tensor], bucket_bytes: int = BUCKET_BYTES) -> list[list[int]]:

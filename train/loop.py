@@ -332,11 +332,10 @@ def _train(cfg: Config, device: torch.device, rank: int, world: int, log, turn: 
     train_seconds, start_epoch, start_step = 0.0, 0, 0
     kept = "no checkpoint was written yet"
     torch.manual_seed(cfg.seed)  # torch's global generators: anything random outside the loader's generator
-    if saved is None:
-        momentum = init_state(cfg.optimizer, params)  # the optimizer's state, in the params' layout
-    else:
+    momentum = init_state(cfg.optimizer, params)  # the optimizer's state, in the params' layout
+    if saved is not None:
         where = out / "last.pt"
-        for key, expected in (("params", params), ("state", state), ("momentum", init_state(cfg.optimizer, params))):
+        for key, expected in (("params", params), ("state", state), ("momentum", momentum)):
             checkpoint.check_fits(where, saved[key], expected)
         params, state, momentum = ({k: v.to(device) for k, v in saved[key].items()}
                                    for key in ("params", "state", "momentum"))

@@ -15,7 +15,7 @@ nn.BatchNorm's, unchanged. The statistics, and therefore the running buffers, ar
 The gradient: autograd differentiates the lines above; the all-reduce is the one step it cannot see through. Its
 output, `total`, feeds the loss of every rank, so the gradient of the summed loss with respect to rank r's
 `local` is the sum over ranks of each rank's gradient with respect to `total`: the backward of an all-reduce-sum
-is an all-reduce-sum of the incoming gradients (AllReduceSum below). Each rank's parameter gradient then holds
+is an all-reduce-sum of the incoming gradients (distributed.AllReduceSum). Each rank's parameter gradient then holds
 its own images' share of the cross-rank terms, and the gradient average that follows (distributed.py) completes
 the large-batch gradient. Cost: one all-reduce of 2C + 1 numbers per BN layer per step in the forward pass and
 one in the backward pass, each waited for (latency, not bandwidth: a ResNet-18 has 20 BN layers).
@@ -34,45 +34,17 @@ torch.func.grad_and_value refuses. torch.distributed.nn.functional.all_reduce ha
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from nets.core import Net
+from train.distributed import all_reduce_sum
 
-
-class AllReduceSum(torch.autograd.Function):
-    """The sum of a tensor over ranks, differentiable: the gradient is the sum of the ranks' gradients. Written
-    with setup_context (nothing to save) so that it runs under torch.func transforms as well as autograd."""
-
-    @staticmethod
-    def forward(t: torch.Tensor) -> torch.Tensor:
-        t = t.clone(memory_format=torch.contiguous_format)  # the collective writes in place
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return t
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        pass
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad
-
-
-# Kept out of torch.compile's graphs as distributed.all_reduce_mean_ is: the compiled step breaks around each
-# BN layer's collective and the collectives run eagerly. Checked on the CPU (2 gloo ranks, inductor): compiled
-# steps equal eager ones in both gradient forms, but with gradients="func" dynamo cannot break a graph inside
-# torch.func.grad_and_value, so the gradient is then computed eagerly (one graph was compiled, the SGD update's);
-# with "autograd" (which the trainer picks with sync_bn) the pieces between BN layers compile. Not yet timed
-# on several GPUs.
-@torch.compiler.disable
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """AllReduceSum over the default group; `t` itself in a single process (1 rank holds all the images)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return t
-    return AllReduceSum.apply(t)
+# distributed.all_reduce_sum is kept out of torch.compile's graphs, as all_reduce_mean_ is: the compiled step
+# breaks around each BN layer's collective and the collectives run eagerly. Checked on the CPU (2 gloo ranks,
+# inductor): compiled steps equal eager ones in both gradient forms, but with gradients="func" dynamo cannot
+# break a graph inside torch.func.grad_and_value, so the gradient is then computed eagerly (one graph was
+# compiled, the SGD update's); with "autograd" (which the trainer picks with sync_bn) the pieces between BN
+# layers compile. Not yet timed on several GPUs.
 
 
 class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
