@@ -3,15 +3,15 @@
     load_cifar(dataset, root, download, labels) -> Cifar     find, decode once (cached), check
     stratified_split(labels, val_fraction, seed)             train/validation indices
     normalisation_stats(train_images, per)                   mean, std from the training split
-    DeviceBatches(images, labels, mean, std, batch_size, train, generator)   shuffled, augmented batches
+    DeviceBatches(images, labels, mean, std, batch_size, train, generator)   shuffled, augmented (mixed) batches
 """
 
 from data.cifar import DATASETS, Cifar, load_cifar
 from data.errors import DataError
-from data.loader import DeviceBatches, cutout, normalise, random_crop_flip
+from data.loader import MIXES, DeviceBatches, cutout, mix_batch, normalise, random_crop_flip
 from data.split import normalisation_stats, stratified_split
 
 __all__ = [
-    "DATASETS", "Cifar", "DataError", "DeviceBatches", "load_cifar", "normalisation_stats", "normalise",
-    "cutout", "random_crop_flip", "stratified_split",
+    "DATASETS", "MIXES", "Cifar", "DataError", "DeviceBatches", "load_cifar", "normalisation_stats", "normalise",
+    "cutout", "mix_batch", "random_crop_flip", "stratified_split",
 ]

@@ -15,10 +15,17 @@ that is: crop the zero-padded normalised image at offset (pad + dy, pad + dx), t
 Cutout (DeVries & Taylor 2017, "Improved Regularization of Convolutional Neural Networks with Cutout"),
 optional: a `size` x `size` square centred on a uniformly drawn pixel is set to 0 (the mean, after
 normalisation), clipped where it leaves the image, as in the paper.
+
+Mixing, optional, per batch, last: each image is mixed with its partner in a random permutation of the batch,
+and the labels become soft targets (B, K) in the same proportion. mixup (Zhang et al. 2018, "mixup: Beyond
+Empirical Risk Minimization"): lam * x + (1 - lam) * partner. cutmix (Yun et al. 2019, "CutMix"): a box of
+about (1 - lam) of the image, centred on a uniform pixel and clipped, comes from the partner; lam is then the
+share of pixels kept. lam ~ Beta(1, 1) = U(0, 1), one per batch: both papers' value on CIFAR.
 Precision and memory format (bf16, channels_last) are the trainer's business: batches leave here float32 NCHW.
 """
 
 import torch
+import torch.nn.functional as F
 
 from data.errors import DataError
 
@@ -28,6 +35,7 @@ CROP_PAD = 4  # pixels of padding on each side before the random crop (He et al.
 # one launch sequence per chunk instead of per batch. Temporaries peak near 4 float32 copies of the chunk,
 # 4 x 4096 x 12 KB = 200 MB.
 CHUNK_IMAGES = 4096
+MIXES = ("none", "mixup", "cutmix")
 
 
 def _stats_like(stat, images: torch.Tensor) -> torch.Tensor:
@@ -76,19 +84,49 @@ def cutout(x: torch.Tensor, size: int, generator: torch.Generator | None) -> tor
     return torch.where(hole[:, None], 0.0, x)
 
 
+def mix_batch(x: torch.Tensor, y: torch.Tensor, kind: str, num_classes: int,
+              generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x mixed with x[perm], soft targets (B, num_classes) float32) for `kind` "mixup" or "cutmix".
+
+    Draws from `generator`, in this order: perm (randperm(B)), lam (U(0, 1), 0-dim), and for cutmix the box
+    centre cy ~ U{0..H-1}, then cx ~ U{0..W-1}. The cutmix box has sides h = int(H * sqrt(1 - lam)) and
+    w = int(W * sqrt(1 - lam)) and spans rows cy - h // 2 to cy + h // 2 - 1 (likewise columns), clipped to
+    the image, as CutMix's reference code. Everything stays on the device (no host synchronisation)."""
+    B, _, H, W = x.shape
+    perm = torch.randperm(B, generator=generator, device=x.device)
+    lam = torch.rand((), generator=generator, device=x.device)
+    if kind == "mixup":
+        x = lam * x + (1 - lam) * x[perm]
+    elif kind == "cutmix":
+        cy = torch.randint(0, H, (), generator=generator, device=x.device)
+        cx = torch.randint(0, W, (), generator=generator, device=x.device)
+        h, w = (H * (1 - lam).sqrt()).long(), (W * (1 - lam).sqrt()).long()
+        rows, cols = torch.arange(H, device=x.device), torch.arange(W, device=x.device)
+        in_rows = (rows >= cy - h // 2) & (rows < cy + h // 2)
+        in_cols = (cols >= cx - w // 2) & (cols < cx + w // 2)
+        box = in_rows[:, None] & in_cols[None, :]  # (H, W)
+        x = torch.where(box, x[perm], x)
+        lam = 1 - box.sum() / (H * W)
+    else:
+        raise DataError(f"mix={kind!r} is not one of: mixup, cutmix")
+    one_hot = F.one_hot(y, num_classes).float()
+    return x, lam * one_hot + (1 - lam) * one_hot[perm]
+
+
 class DeviceBatches:
     """Iterable of (x float32 (B, C, H, W), y int64 (B,)) batches of a split that lives on one device.
 
     train=True: each epoch (each iter()) visits the images in a new order from torch.randperm(generator) and
     augments them with random_crop_flip (then cutout, when `cutout` > 0), CHUNK_IMAGES at a time; drop_last
-    defaults to True, so every step sees a full batch.
+    defaults to True, so every step sees a full batch. With `mix` "mixup" or "cutmix", each batch is then
+    mixed (mix_batch) and y is soft targets, float32 (B, num_classes).
     train=False: the stored order, normalise only, and the partial last batch is kept (drop_last False).
     `generator` must be on the images' device; the same seed gives the same batches.
     """
 
     def __init__(self, images_u8: torch.Tensor, labels: torch.Tensor, mean, std, batch_size: int,
                  train: bool, generator: torch.Generator | None = None, drop_last: bool | None = None,
-                 pad: int = CROP_PAD, cutout: int = 0):
+                 pad: int = CROP_PAD, cutout: int = 0, mix: str = "none", num_classes: int = 0):
         if images_u8.dtype != torch.uint8 or images_u8.ndim != 4:
             raise DataError(f"DeviceBatches needs uint8 images (N, C, H, W), got {images_u8.dtype} "
                             f"{tuple(images_u8.shape)}")
@@ -102,13 +140,18 @@ class DeviceBatches:
                             f"torch.Generator(device={str(images_u8.device)!r})")
         if batch_size < 1 or pad < 0 or cutout < 0:
             raise DataError(f"batch_size={batch_size} must be >= 1, pad={pad} >= 0 and cutout={cutout} >= 0")
+        if mix not in MIXES:
+            raise DataError(f"mix={mix!r} is not one of: {', '.join(MIXES)}")
+        if mix != "none" and len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < num_classes:
+            raise DataError(f"mix={mix} needs num_classes above every label, got num_classes={num_classes} "
+                            f"for labels {int(labels.min())}..{int(labels.max())}")
         self.images, self.labels = images_u8, labels.long()
         self.mean, self.std = _stats_like(mean, images_u8), _stats_like(std, images_u8)
         if self.mean.shape != images_u8.shape[1:] or self.std.shape != images_u8.shape[1:]:
             raise DataError(f"mean {tuple(self.mean.shape)} and std {tuple(self.std.shape)} must have "
                             f"the image shape {tuple(images_u8.shape[1:])}, as normalisation_stats gives")
         self.batch_size, self.train, self.generator, self.pad = batch_size, train, generator, pad
-        self.cutout = cutout
+        self.cutout, self.mix, self.num_classes = cutout, mix, num_classes
         self.drop_last = train if drop_last is None else drop_last
         # An empty evaluation set is allowed (val_fraction=0 holds none out); a training loader must give a batch.
         if len(self) == 0 and (train or len(images_u8)):
@@ -135,4 +178,16 @@ class DeviceBatches:
                 x = cutout(x, self.cutout, self.generator)
             y = self.labels[index]
             for start in range(0, len(index), size):
-                yield x[start:start + size], y[start:start + size]
+                yield self._mixed(x[start:start + size], y[start:start + size])
+
+    def _mixed(self, x: torch.Tensor, y: torch.Tensor):
+        if self.mix == "none":
+            return x, y
+        return mix_batch(x, y, self.mix, self.num_classes, self.generator)
+
+    def example(self):
+        """A batch of the kind iter() gives (shape, dtype, hard or soft labels), from the first images, not
+        augmented and drawing nothing from the generator: for compiling the step before the first epoch."""
+        x = normalise(self.images[: self.batch_size], self.mean, self.std)
+        y = self.labels[: self.batch_size]
+        return (x, y) if self.mix == "none" else (x, F.one_hot(y, self.num_classes).float())

@@ -74,6 +74,18 @@ def test_fast_recipe_learns_with_cutout_and_flip_tta(cifar10_pickles, tmp_path):
     assert results["test_top1"] >= 50 and results["best_val_top1"] >= 50
 
 
+@pytest.mark.parametrize("mix", ["mixup", "cutmix"])
+def test_mixed_batches_learn(mix, cifar10_pickles, tmp_path):
+    """mix= in the real loop: soft targets train the net well above chance (10%) on held-out images."""
+    cfg = parse(train_args(cifar10_pickles, tmp_path, f"mix={mix}", "epochs=8", "batch_size=20", "lr=0.05",
+                           "val_fraction=0.2", "seed=3", "schedule=onecycle"))
+    with one_thread():  # small ops on 2 busy cores run faster on one thread
+        results = run(cfg, log=lambda line: None)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["train_loss"] < 0.8 * lines[0]["train_loss"]
+    assert results["test_top1"] >= 40 and results["best_val_top1"] >= 40
+
+
 def test_adamw_learns(cifar10_pickles, tmp_path):
     """optimizer=adamw in the real loop learns, and last.pt holds its moments and its step count."""
     cfg = parse(train_args(cifar10_pickles, tmp_path, "optimizer=adamw", "lr=0.003", "weight_decay=0.05",
@@ -206,9 +218,11 @@ def test_every_registered_net_trains_through_the_command_line(name, ten_images, 
     assert results["model"] == name and 0 <= results["test_top1"] <= 100
 
 
-def test_compiled_loop_compiles_only_in_its_warm_up(cifar10_pickles, tmp_path, monkeypatch):
+@pytest.mark.parametrize("mix", ["none", "cutmix"])
+def test_compiled_loop_compiles_only_in_its_warm_up(mix, cifar10_pickles, tmp_path, monkeypatch):
     """compile=true: every graph the run needs (the train step, the eval step at each batch shape of val and
-    test) is compiled before the timed epochs, and none after (dynamo's aot_eager backend, to stay quick)."""
+    test) is compiled before the timed epochs, and none after (dynamo's aot_eager backend, to stay quick);
+    with mix=cutmix too, whose batches carry soft targets."""
     from torch._dynamo.testing import CompileCounterWithBackend
 
     counter = CompileCounterWithBackend("aot_eager")
@@ -218,7 +232,7 @@ def test_compiled_loop_compiles_only_in_its_warm_up(cifar10_pickles, tmp_path, m
     log = lambda line: at_warm_up.append(counter.frame_count) if line.startswith("compiled in") else None  # noqa: E731
     torch._dynamo.reset()
     cfg = parse(train_args(cifar10_pickles, tmp_path, "compile=true", "epochs=2", "batch_size=30",
-                           "eval_batch_size=7", "val_fraction=0.2", "recipe=fast", "lr=0.05"))
+                           "eval_batch_size=7", "val_fraction=0.2", "recipe=fast", "lr=0.05", f"mix={mix}"))
     with one_thread():  # small ops on 2 busy cores run faster on one thread
         run(cfg, log=log)
     # The train step once; the eval step at 7 images and at the last partial batches: 40 val -> 5, 100 test -> 2.

@@ -44,7 +44,7 @@ import torch
 from tqdm import tqdm
 
 import nets
-from data import DataError, DeviceBatches, load_cifar, normalisation_stats, normalise, stratified_split
+from data import DataError, DeviceBatches, load_cifar, normalisation_stats, stratified_split
 from data.cifar import NUM_CLASSES
 from train import checkpoint, distributed, sync_bn
 from train.config import RESUMABLE, Config, ConfigError, from_json, resume_differences
@@ -255,7 +255,8 @@ def device_split(cfg: Config, data, saved: dict | None, out: Path, device, rank:
     # one generator state rank 0 saves resumes every rank.
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     train = DeviceBatches(*_device_tensors(data.train_images[rank_idx], data.train_labels[rank_idx], device),
-                          mean, std, cfg.batch_size, train=True, generator=generator, cutout=cfg.cutout)
+                          mean, std, cfg.batch_size, train=True, generator=generator, cutout=cfg.cutout,
+                          mix=cfg.mix, num_classes=NUM_CLASSES[(cfg.dataset, cfg.labels)])
     val = DeviceBatches(*_device_tensors(data.train_images[val_idx], data.train_labels[val_idx], device),
                         mean, std, cfg.eval_batch_size, train=False)
     test = DeviceBatches(*_device_tensors(data.test_images, data.test_labels, device),
@@ -269,7 +270,7 @@ def warm_up(step, eval_step, ts: TrainState, train: DeviceBatches, evaluation: t
     pure, so nothing of the run changes."""
     device = train.images.device
     t0 = time.perf_counter()
-    batch = (normalise(train.images[: train.batch_size], train.mean, train.std), train.labels[: train.batch_size])
+    batch = train.example()
     zero_lr = torch.zeros(1, device=device)[0]  # a 0-dim view, as the epochs pass lrs[i]
     # Twice: the second call sees the step's own outputs, whose layouts (strides) a first call may not have had;
     # the eval step is then warmed on those outputs, the tensors it will see after every epoch.

@@ -83,6 +83,7 @@ def make_train_step(net, cfg, precision: Precision, gradients: str = "func", gra
         # A net with auxiliary classifiers (GoogLeNet's, when enabled) returns (logits, *aux) in train mode;
         # each auxiliary loss is weighted 0.3, as in Szegedy et al. 2015, sec. 5.
         logits, *aux = out if isinstance(out, tuple) else (out,)
+        # y: class indices (B,), or soft targets (B, K) from mixup/cutmix, which cross_entropy takes as well.
         loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
         for a in aux:
             loss = loss + AUX_LOSS_WEIGHT * F.cross_entropy(a.float(), y, label_smoothing=cfg.label_smoothing)
@@ -106,7 +107,9 @@ def make_train_step(net, cfg, precision: Precision, gradients: str = "func", gra
             grads = grad_hook(grads)
         with torch.no_grad():
             params, momentum = update(ts.params, grads, ts.momentum, lr)
-        metrics = {"loss": loss.detach(), "correct": topk_correct(logits, y, 1)}
+        # With soft targets, a hit is the largest share's class (the image that covers most of the mixed one).
+        hard = y.argmax(1) if y.ndim == 2 else y
+        metrics = {"loss": loss.detach(), "correct": topk_correct(logits, hard, 1)}
         return TrainState(params, new_state, momentum), metrics
 
     return step
