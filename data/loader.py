@@ -25,7 +25,6 @@ Precision and memory format (bf16, channels_last) are the trainer's business: ba
 """
 
 import torch
-import torch.nn.functional as F
 
 from data.errors import DataError
 
@@ -109,8 +108,14 @@ def mix_batch(x: torch.Tensor, y: torch.Tensor, kind: str, num_classes: int,
         lam = 1 - box.sum() / (H * W)
     else:
         raise DataError(f"mix={kind!r} is not one of: mixup, cutmix")
-    one_hot = F.one_hot(y, num_classes).float()
+    one_hot = _one_hot(y, num_classes)
     return x, lam * one_hot + (1 - lam) * one_hot[perm]
+
+
+def _one_hot(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """float32 (B, num_classes) one-hot rows; a scatter, as F.one_hot checks the labels' range on the host
+    (a device synchronisation on CUDA)."""
+    return torch.zeros(len(y), num_classes, device=y.device).scatter_(1, y[:, None], 1.0)
 
 
 class DeviceBatches:
@@ -190,4 +195,4 @@ class DeviceBatches:
         augmented and drawing nothing from the generator: for compiling the step before the first epoch."""
         x = normalise(self.images[: self.batch_size], self.mean, self.std)
         y = self.labels[: self.batch_size]
-        return (x, y) if self.mix == "none" else (x, F.one_hot(y, self.num_classes).float())
+        return (x, y) if self.mix == "none" else (x, _one_hot(y, self.num_classes))

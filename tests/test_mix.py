@@ -109,3 +109,25 @@ def test_soft_targets_in_the_step():
     expected = -(smoothed * logits.double().log_softmax(1)).sum(1).mean()
     torch.testing.assert_close(m["loss"].double(), expected, rtol=1e-5, atol=1e-6)
     assert m["correct"] == (logits.argmax(1) == t.argmax(1)).sum()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["mixup", "cutmix"])
+def test_mixing_on_cuda_never_waits_for_the_host(kind):
+    """On CUDA the mixed batches stay on the device with no host synchronisation (lam, the box and the
+    targets are tensors), as every other part of the loader."""
+    images = torch.randint(0, 256, (100, 3, 32, 32), dtype=torch.uint8, device="cuda")
+    labels = torch.arange(100, device="cuda") % 10
+    mean, std = torch.full((3, 32, 32), 128.0, device="cuda"), torch.full((3, 32, 32), 64.0, device="cuda")
+    from data import DeviceBatches
+
+    loader = DeviceBatches(images, labels, mean, std, 32, True, torch.Generator("cuda").manual_seed(0),
+                           cutout=8, mix=kind, num_classes=10)
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising call raises
+    try:
+        out = list(loader)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for x, t in out:
+        assert x.is_cuda and t.is_cuda and t.shape == (32, 10)
+        torch.testing.assert_close(t.sum(1), torch.ones(32, device="cuda"))
