@@ -13,6 +13,7 @@ from synthetic import python2_pickle_bytes, write_cifar10_pickles
 import train.loop
 from train import checkpoint
 from train.cli import main
+from train.config import parse
 from train.evaluate import main as evaluate_main
 
 
@@ -39,6 +40,14 @@ def test_huge_lr_stops_with_the_epoch_and_step(cifar10_pickles, tmp_path, capsys
     err = one_line_error(capsys, "at epoch 1, step", "no checkpoint was written yet; try a lower lr")
     assert "loss became nan" in err or "loss became inf" in err
     assert not (out / "last.pt").exists() and not (out / "results.json").exists()
+
+
+def test_divergence_hint_names_adamw_for_a_vit_on_sgd():
+    from train.loop import divergence_hint
+
+    assert divergence_hint(parse(["model=vit"])) == "try a lower lr, or recipe=fast (AdamW for the ViTs)"
+    assert divergence_hint(parse(["model=vit_tiny", "recipe=fast"])) == "try a lower lr"  # already AdamW
+    assert divergence_hint(parse(["model=resnet18"])) == "try a lower lr"
 
 
 @pytest.mark.parametrize("poison", ["loss", "params"])

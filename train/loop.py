@@ -283,6 +283,14 @@ def warm_up(step, eval_step, ts: TrainState, train: DeviceBatches, evaluation: t
     return time.perf_counter() - t0
 
 
+def divergence_hint(cfg: Config) -> str:
+    """What to try after a NaN: a lower lr; for a ViT on SGD (lr 0.2 at batch 512 diverged on the H100, see
+    README), recipe=fast, which gives the ViTs AdamW."""
+    if cfg.model.startswith("vit") and cfg.optimizer == "sgd":
+        return "try a lower lr, or recipe=fast (AdamW for the ViTs)"
+    return "try a lower lr"
+
+
 def tensorboard_writer(log_dir: Path, purge_step: int | None, log):
     """A SummaryWriter into `log_dir`, or None (with one log line) when tensorboard is not installed."""
     try:
@@ -397,7 +405,7 @@ def _train(cfg: Config, device: torch.device, rank: int, world: int, log, turn: 
         }
 
     def diverged(what: str) -> TrainingDiverged:
-        return TrainingDiverged(f"{what}; stopped: {kept}; try a lower lr")
+        return TrainingDiverged(f"{what}; stopped: {kept}; {divergence_hint(cfg)}")
 
     steps = len(train_batches)
     # purge_step: TensorBoard hides events at epochs >= it written earlier into the folder (a stopped run's
