@@ -3,8 +3,8 @@ them into bench/results/<device>.json and .md (each section keeps the header of 
 
 Sections: step (every family's training step, bench/step.py), loader (bench/loader.py), depthwise
 (bench/depthwise.py), attention (bench/attention.py). Without a GPU, the GPU sections are skipped with the
-reason and the loader is measured on the CPU. parallel=true (step): one process per net compiles at once,
-then each is timed alone in turn (bench/step.py, measure_in_parallel): minutes instead of a quarter hour.
+reason and the loader is measured on the CPU. parallel=true (step): one process per net, compiling a few at a
+time, then each is timed alone in turn (bench/step.py, measure_in_parallel): minutes instead of a quarter hour.
 """
 
 import sys

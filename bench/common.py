@@ -14,6 +14,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -96,16 +97,12 @@ def script_header(script: str, argv: list[str], device: torch.device | None = No
 
 def results_prefix(argv: list[str], name: str, device: torch.device | None = None):
     """Where a standalone script writes: the first non-flag argument, else bench/results/<name>-<device>."""
-    from pathlib import Path
-
     paths = [a for a in argv if not a.startswith("--")]
     return Path(paths[0]) if paths else Path("bench/results") / f"{name}-{device_slug(device or torch.device('cuda'))}"
 
 
 def write_report(prefix, result: dict, head: dict, markdown: str) -> None:
     """<prefix>.json (header and result) and <prefix>.md, side by side."""
-    from pathlib import Path
-
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{prefix}.json").write_text(json.dumps({**head, **result}, indent=1))

@@ -303,9 +303,10 @@ def measure(device: str = "cuda", quick: bool = False, names=None, parallel: boo
             "(whose time, compilation included, is the last column together with 3 warm-up inference calls).",
             "Inference: the eager module (no_grad) and the last variant's eval step, batch 512.",
         ] + ([
-            "parallel=true: one process per net compiled all at once, then each was timed alone; a net with "
-            "kernels had two, (1)-(3) and (1)+(4), each variant against the (1) timed in its own process, so "
-            "(4)/(3) is the ratio of those two ratios. Warm-up seconds overlap other processes' compiling.",
+            "parallel=true: one process per net, compiled a few at a time (compile slots), then each was timed "
+            "alone; a net with kernels had two, (1)-(3) and (1)+(4), each variant against the (1) timed in its "
+            "own process, so (4)/(3) is the ratio of those two ratios. Warm-up seconds overlap other processes' "
+            "compiling.",
         ] if parallel and device.type == "cuda" else []) + problems,
     }
 

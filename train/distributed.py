@@ -70,11 +70,6 @@ def is_main() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
 def host_group():
     """A gloo group over all ranks for host-side flags (a stop request), so that agreeing on one needs no GPU
     sync; the default group when it is gloo already, None in a single process. Every rank must call it."""
@@ -84,7 +79,8 @@ def host_group():
 
 
 def any_rank(flag: bool, group=None) -> bool:
-    """Whether `flag` is true on any rank (one tiny CPU all-reduce over `group`, host_group()'s)."""
+    """Whether `flag` is true on any rank (one tiny CPU all-reduce over `group`, host_group()'s); `flag` itself
+    in a single process."""
     if not dist.is_initialized():
         return flag
     t = torch.tensor([int(flag)])

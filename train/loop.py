@@ -216,20 +216,18 @@ def _keep_metrics_until(path: Path, epoch: int) -> None:
 
 @dataclass
 class DeviceSplit:
-    """The run's split on the device: indices into the training images (numpy), the normalisation (on the
-    device, 0..255 pixel units), the loader's generator and the (train, val, test) DeviceBatches, and the
-    digest of the data the indices point into (data_digest)."""
+    """The run's split on the device: indices into the training images (numpy), the (train, val, test)
+    DeviceBatches (the training one holds the normalisation, 0..255 pixel units, and the loader's generator),
+    and the digest of the data the indices point into (data_digest)."""
 
     digest: str
     train_idx: np.ndarray
     val_idx: np.ndarray
-    mean: torch.Tensor
-    std: torch.Tensor
-    generator: torch.Generator
     batches: tuple[DeviceBatches, DeviceBatches, DeviceBatches]
 
 
-def device_split(cfg: Config, data, saved: dict | None, out: Path, device, rank: int, world: int) -> DeviceSplit:
+def device_split(cfg: Config, data, saved: dict | None, out: Path, device, rank: int, world: int,
+                 num_classes: int) -> DeviceSplit:
     """Split and statistics from the training images only (or the saved run's), then everything on the device;
     with several ranks, this rank's shard of the training split."""
     digest = data_digest(data)
@@ -256,12 +254,12 @@ def device_split(cfg: Config, data, saved: dict | None, out: Path, device, rank:
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     train = DeviceBatches(*_device_tensors(data.train_images[rank_idx], data.train_labels[rank_idx], device),
                           mean, std, cfg.batch_size, train=True, generator=generator, cutout=cfg.cutout,
-                          mix=cfg.mix, num_classes=NUM_CLASSES[(cfg.dataset, cfg.labels)])
+                          mix=cfg.mix, num_classes=num_classes)
     val = DeviceBatches(*_device_tensors(data.train_images[val_idx], data.train_labels[val_idx], device),
                         mean, std, cfg.eval_batch_size, train=False)
     test = DeviceBatches(*_device_tensors(data.test_images, data.test_labels, device),
                          mean, std, cfg.eval_batch_size, train=False)
-    return DeviceSplit(digest, train_idx, val_idx, mean, std, generator, (train, val, test))
+    return DeviceSplit(digest, train_idx, val_idx, (train, val, test))
 
 
 def warm_up(step, eval_step, ts: TrainState, train: DeviceBatches, evaluation: tuple[DeviceBatches, ...]) -> float:
@@ -331,9 +329,10 @@ def _train(cfg: Config, device: torch.device, rank: int, world: int, log, turn: 
 
     # Data: split and statistics from the training images only; everything then lives on the device.
     data = load_data(cfg)
-    split = device_split(cfg, data, saved, out, device, rank, world)
+    split = device_split(cfg, data, saved, out, device, rank, world, net.num_classes)
     train_batches, val_batches, test_batches = split.batches
-    generator, train_idx, val_idx, mean, std = split.generator, split.train_idx, split.val_idx, split.mean, split.std
+    train_idx, val_idx = split.train_idx, split.val_idx
+    generator, mean, std = train_batches.generator, train_batches.mean, train_batches.std
 
     params, state = net.init(torch.Generator().manual_seed(cfg.seed), device)
     schedule = make_schedule(cfg)
@@ -430,8 +429,7 @@ def _train(cfg: Config, device: torch.device, rank: int, world: int, log, turn: 
                     if i < first:
                         continue  # drawn and dropped: the loader's random stream reaches step `first`
                     # A safe point: after a step, before the next; every rank stops at the same one.
-                    if (stop.signum is not None if world == 1 else distributed.any_rank(stop.signum is not None,
-                                                                                        host)):
+                    if distributed.any_rank(stop.signum is not None, host):
                         _sync(device)
                         elapsed = time.perf_counter() - t0
                         seconds, train_seconds = seconds + elapsed, train_seconds + elapsed

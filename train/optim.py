@@ -97,9 +97,8 @@ def init_state(optimizer: str, params: Tree) -> Tree:
     if optimizer == "sgd":
         return zeros_like_tree(params)
     first = next(iter(params.values()))
-    return {**{f"exp_avg.{k}": torch.zeros_like(x) for k, x in params.items()},
-            **{f"exp_avg_sq.{k}": torch.zeros_like(x) for k, x in params.items()},
-            "step": torch.zeros((), dtype=first.dtype, device=first.device)}  # a float: t enters powers
+    moments = {f"{moment}.{k}": torch.zeros_like(x) for moment in ("exp_avg", "exp_avg_sq") for k, x in params.items()}
+    return {**moments, "step": torch.zeros((), dtype=first.dtype, device=first.device)}  # a float: t enters powers
 
 
 def make_update(cfg) -> Callable[[Tree, Tree, Tree, torch.Tensor], tuple[Tree, Tree]]:

@@ -30,7 +30,7 @@ from train import checkpoint as ckpt
 from train.config import Config, from_json
 from train.step import flip_averaged
 
-TTA = ("none", "flip")  # flip: average the logits of the image and its mirror image (left-right)
+TTA = ("none", "flip")  # flip: average the softmax outputs of the image and its mirror image (flip_averaged)
 
 
 class ToolError(ValueError):
@@ -57,10 +57,10 @@ class LoadedRun:
         if tta not in TTA:
             raise ToolError(f"tta={tta!r} is not one of: {', '.join(TTA)}")
         out = []
+        forward = lambda v: self.net.apply(self.params, self.state, v, train=False)[0].float()  # noqa: E731
         with torch.no_grad():
             for start in range(0, len(images_u8), batch_size):
                 x = normalise(images_u8[start:start + batch_size].to(self.device), self.mean, self.std)
-                forward = lambda v: self.net.apply(self.params, self.state, v, train=False)[0].float()
                 # Mirrored after normalising, as the training augmentation does; the trainer's rule (tta=true).
                 out.append((flip_averaged(forward, x) if tta == "flip" else forward(x)).cpu())
         return torch.cat(out) if out else torch.zeros(0, len(self.classes))

@@ -74,7 +74,7 @@ def topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
 
 def make_train_step(net, cfg, precision: Precision, gradients: str = "func", grad_hook=None):
     """The pure step for `net`; `grad_hook(grads) -> grads`, when given, transforms the gradient pytree before
-    the SGD update (train/distributed.py's all_reduce_mean_ averages it across ranks)."""
+    the optimizer's update (train/distributed.py's all_reduce_mean_ averages it across ranks)."""
     update = make_update(cfg)
 
     def loss_fn(params, bn_state, x, y):
