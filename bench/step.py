@@ -13,7 +13,6 @@ timed in alternation (common.alternating_medians) on fixed random batches alread
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import subprocess
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 import nets
 from bench.common import alternating_medians, device_name, sync
 from train.config import Config
-from train.gpu_lock import exclusive_turn
+from train.gpu_lock import gpu_turn, one_of
 from train.optim import zeros_like_tree
 from train.step import (
     TrainState,
@@ -237,38 +236,24 @@ def merge_rows(rows: list[dict], job_rows: list[dict]) -> list[dict]:
     return rows + [r for r in job_rows if not (r["variant"] == BASELINE and r["net"] in seen)]
 
 
-@contextlib.contextmanager
 def compile_slot(tmp: Path, slots: int):
     """Holds one of `slots` lock files (the first free one, polling) while the block runs."""
-    while True:
-        for k in range(slots):
-            f = open(tmp / f"compile-slot-{k}.lock", "a")
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.close()
-                continue
-            try:
-                yield
-            finally:
-                f.close()
-            return
-        time.sleep(0.5)
+    return one_of([str(tmp / f"compile-slot-{k}.lock") for k in range(slots)])
 
 
 def worker(tmp, index, count, slots, name, variants, calls, rounds) -> None:
     """measure_in_parallel's process for one job: prepare in a compile slot, signal ready, wait for all, then
     time under the GPU lock."""
     device, tmp = torch.device("cuda"), Path(tmp)
-    gpu_turn = lambda: exclusive_turn(str(tmp / "gpu.lock"), log=lambda line: None)  # noqa: E731
+    turn = lambda: gpu_turn(str(tmp / "gpu.lock"), log=lambda line: None)  # noqa: E731
     try:
         with compile_slot(tmp, slots):
-            prepared = prepare_net(name, device, variants, gpu_turn)
+            prepared = prepare_net(name, device, variants, turn)
     finally:
         (tmp / f"{index}.ready").touch()  # also on failure, so the others do not wait for this one
     while len(list(tmp.glob("*.ready"))) < count:
         time.sleep(0.5)
-    with gpu_turn():
+    with turn():
         rows = time_net(name, device, prepared, calls, rounds)
     (tmp / f"{index}.json").write_text(json.dumps(rows))
 

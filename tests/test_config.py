@@ -40,6 +40,8 @@ def test_overrides_and_types():
         (["optimizer=adamw", "nesterov=true"], "optimizer=adamw takes no nesterov"),
         (["optimizer=adamw", "momentum=1"], "beta1"),
         (["beta2=1"], r"beta2 must be in \[0, 1\)"),
+        (["gpu_slots=2"], "gpu_slots=2 shares out the turns of a gpu_lock"),
+        (["gpu_lock=/tmp/l", "gpu_slots=0"], "gpu_slots must be positive"),
     ],
 )
 def test_bad_values_are_one_line_errors(argv, message):

@@ -13,7 +13,8 @@ from train.config import from_json, parse
 REPO = Path(__file__).resolve().parents[1]
 LINKED = re.compile(r"\[(\d+)\]\((results/[^)]+)\)")
 # Keys that say where and how a run was started, not what it trained.
-MACHINERY = {"data", "download", "out", "progress", "resume", "gpu_lock", "device", "compile", "eval_batch_size"}
+MACHINERY = {"data", "download", "out", "progress", "resume", "gpu_lock", "gpu_slots", "device", "compile",
+             "eval_batch_size"}
 
 
 def table_rows() -> list[list[str]]:

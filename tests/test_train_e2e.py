@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -111,21 +112,48 @@ def test_adamw_resumes_exactly(cifar10_pickles, tmp_path):
 
 
 def test_gpu_lock_is_held_from_compiling_to_the_end(tmp_path):
-    """exclusive_turn holds an flock another open file cannot take, and lets go at the end of the block."""
+    """gpu_turn holds an flock another open file cannot take, and lets go at the end of the block."""
     import fcntl
 
-    from train.gpu_lock import exclusive_turn
+    from train.gpu_lock import gpu_turn
 
     lock, lines = tmp_path / "gpu.lock", []
-    with exclusive_turn(str(lock), lines.append), open(lock) as other:
+    with gpu_turn(str(lock), lines.append), open(lock) as other:
         with pytest.raises(BlockingIOError):
             fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
     with open(lock) as other:
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free again
     assert len(lines) == 1 and "waited" in lines[0]
-    with exclusive_turn("", lines.append):
+    with gpu_turn("", lines.append):
         pass
     assert len(lines) == 1
+
+
+def test_gpu_slots_let_that_many_runs_train_at_once_and_the_next_one_waits(tmp_path):
+    """With slots=2, two turns are held together (gpu.lock and gpu.lock.1); a third run waits until one ends."""
+    import threading
+
+    from train.gpu_lock import gpu_turn
+
+    lock, lines, events = str(tmp_path / "gpu.lock"), [], []
+    third_started = threading.Event()
+
+    def third():
+        third_started.set()
+        with gpu_turn(lock, lines.append, slots=2):
+            events.append("third")
+
+    with gpu_turn(lock, lines.append, slots=2), gpu_turn(lock, lines.append, slots=2):
+        assert sorted(line.split()[-5] for line in lines) == [lock, lock + ".1"]  # both slots, one each
+        waiter = threading.Thread(target=third)
+        waiter.start()
+        third_started.wait()
+        time.sleep(1.5)  # three polls: it must still be waiting
+        assert events == []
+        events.append("released")
+    waiter.join(timeout=10)
+    assert events == ["released", "third"]
+    assert all("(one of 2 turns)" in line for line in lines)
 
 
 def test_gpu_lock_is_refused_on_several_ranks(cifar10_pickles, tmp_path, monkeypatch):

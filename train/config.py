@@ -67,6 +67,7 @@ class Config:
     resume: bool = False  # continue the run in `out` from its last.pt (the keys below RESUMABLE may change)
     gpu_lock: str = ""  # a file: hold an exclusive lock on it from the end of compiling to the end of testing,
     #                     so runs started together on one GPU compile in parallel but train and time one by one
+    gpu_slots: int = 1  # with gpu_lock: how many of those runs may train at once (lock files gpu_lock, .1, .2, ...)
 
     def run_dir(self) -> str:
         return self.out or f"runs/{self.model}-{self.dataset}"
@@ -120,12 +121,12 @@ CHOICES = {
 #   epochs                   how far to train; with schedule=plateau only (onecycle's lr curve spans all epochs)
 #   data, download, out      where things are; the data's digest must still match the saved one
 #   progress, compile,       machinery that does not change what is computed (compile and the evaluation batch
-#   eval_batch_size, device, change float rounding only; gpu_lock only orders runs); device may be respelled
-#   gpu_lock                 (auto for cuda) but must resolve to the same kind, as the loader's random stream
+#   eval_batch_size, device, change float rounding only; gpu_lock and gpu_slots only order runs); device may be
+#   gpu_lock, gpu_slots      respelled (auto for cuda) but must resolve to the same kind, as the loader's random stream
 #                            lives on the device
 RESUMABLE = ("epochs", "progress", "device", "compile", "eval_batch_size", "data", "download", "out", "resume",
-             "gpu_lock")
-POSITIVE = ("epochs", "batch_size", "eval_batch_size", "lr")
+             "gpu_lock", "gpu_slots")
+POSITIVE = ("epochs", "batch_size", "eval_batch_size", "lr", "gpu_slots")
 NON_NEGATIVE = ("momentum", "weight_decay", "label_smoothing", "patience", "min_lr", "cutout")
 FRACTIONS = ("val_fraction", "warmup_fraction", "lr_factor", "label_smoothing", "beta2")
 
@@ -224,5 +225,8 @@ def check(cfg: Config) -> None:
         raise ConfigError("optimizer=adamw takes no nesterov and needs momentum (its beta1) below 1, got "
                           f"nesterov={cfg.nesterov} momentum={cfg.momentum} (recipe=fast sets nesterov=true for "
                           "every model but the ViT: add nesterov=false)")
+    if cfg.gpu_slots > 1 and not cfg.gpu_lock:
+        raise ConfigError(f"gpu_slots={cfg.gpu_slots} shares out the turns of a gpu_lock=<file>; give one, or "
+                          "drop gpu_slots")
     if cfg.labels == "coarse" and cfg.dataset != "cifar100":
         raise ConfigError("labels=coarse exists only for dataset=cifar100")

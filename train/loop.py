@@ -48,7 +48,7 @@ from data import DataError, DeviceBatches, load_cifar, normalisation_stats, stra
 from data.cifar import NUM_CLASSES
 from train import checkpoint, distributed, sync_bn
 from train.config import RESUMABLE, Config, ConfigError, from_json, resume_differences
-from train.gpu_lock import exclusive_turn
+from train.gpu_lock import gpu_turn
 from train.optim import init_state
 from train.schedule import load_schedule, make_schedule
 from train.step import (
@@ -388,7 +388,7 @@ def _train(cfg: Config, device: torch.device, rank: int, world: int, log, turn: 
         log(f"compiled in {compile_seconds:.1f} s")
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the warm-up's activations: free for other runs while this one waits
-    turn.enter_context(exclusive_turn(cfg.gpu_lock, log))
+    turn.enter_context(gpu_turn(cfg.gpu_lock, log, cfg.gpu_slots))
 
     def payload(epoch: int, step_: int, epoch_generator, losses, correct, seconds: float) -> dict:
         """Everything needed to continue after `step_` steps of epoch index `epoch` (see the module doc)."""
