@@ -51,17 +51,19 @@ def test_bad_values_are_one_line_errors(argv, message):
 
 
 def test_fast_recipe_settings_per_model_and_explicit_keys_win():
-    base = parse(["recipe=fast", "model=googlenet"])  # a family with no settings of its own
+    base = parse(["recipe=fast", "model=resnet50"])  # a family with no settings of its own
     assert (base.epochs, base.optimizer, base.lr, base.nesterov, base.batch_size) == (40, "sgd", 0.2, True, 512)
+    assert (base.cutout, base.mix) == (8, "none")
     vit = parse(["recipe=fast", "model=vit"])
-    assert (vit.epochs, vit.optimizer, vit.lr, vit.nesterov, vit.weight_decay) == (150, "adamw", 1e-3, False, 0.05)
-    assert (vit.batch_size, vit.cutout, vit.schedule) == (512, 8, "onecycle")  # the recipe's shared keys stay
+    assert (vit.epochs, vit.optimizer, vit.lr, vit.nesterov, vit.weight_decay) == (200, "adamw", 1e-3, False, 0.05)
+    assert (vit.batch_size, vit.cutout, vit.schedule, vit.mix) == (512, 8, "onecycle", "cutmix")  # shared keys stay
     assert parse(["model=vgg16", "recipe=fast"]).epochs == 200  # order of the words does not matter
-    assert parse(["recipe=fast"]).epochs == 150  # the default model, resnet18
-    mine = parse(["recipe=fast", "model=vit", "lr=5e-4", "epochs=3", "optimizer=sgd", "nesterov=true"])
-    assert (mine.lr, mine.epochs, mine.optimizer, mine.nesterov) == (5e-4, 3, "sgd", True)
+    default = parse(["recipe=fast"])  # the default model, resnet18: cutmix in place of cutout
+    assert (default.epochs, default.mix, default.cutout) == (200, "cutmix", 0)
+    mine = parse(["recipe=fast", "model=vit", "lr=5e-4", "epochs=3", "optimizer=sgd", "nesterov=true", "mix=none"])
+    assert (mine.lr, mine.epochs, mine.optimizer, mine.nesterov, mine.mix) == (5e-4, 3, "sgd", True, "none")
     seed = parse(["model=vit"])  # the seed recipe has no per-model settings: the design card's SGD
-    assert (seed.optimizer, seed.lr, seed.epochs) == ("sgd", 0.1, 200)
+    assert (seed.optimizer, seed.lr, seed.epochs, seed.mix) == ("sgd", 0.1, 200, "none")
 
 
 def test_recipe_settings_name_real_models_and_keys():
