@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The fast-recipe runs of 2026-12-01 on one H200 (results/fast/*-h200/): every run compiles at once on the
-# CPU, then two at a time train on the GPU (SLOTS=2: one run alone leaves the GPU idle between launches, and
-# a second fills those gaps), so each training time includes the other run's share of the GPU. Started on
-# the device machine as
+# CPU, then two at a time train on the GPU (SLOTS=2: more work done per device-second where one run alone
+# leaves the GPU idle part of the time), so each training time includes the other run's share of the GPU.
+# Started on the device machine as
 #   results/background.sh start /tmp/s results/h200-2026-12-01.sh /tmp/s/runs
 # and collected with `results/background.sh wait /tmp/s SECONDS $OUT` in each call.
 set -u

@@ -40,7 +40,7 @@ def gpu_turn(path: str, log, slots: int = 1):
     """Holds one of `slots` turns on the GPU (slot_files(path, slots)) while the block runs; "" holds nothing.
     Runs started together on one GPU with the same `gpu_lock=` file compile in parallel on the CPU, then at
     most `slots` of them train at once: with 1, one at a time, so each one's timings are its own; with more,
-    runs that leave the GPU idle part of the time (launch gaps) fill each other's gaps, and each one's
+    they share the GPU (which pays where one run alone leaves it idle part of the time), and each one's
     timings include the others' share."""
     if not path:
         yield
