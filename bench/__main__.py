@@ -5,6 +5,8 @@ Sections: step (every family's training step, bench/step.py), loader (bench/load
 (bench/depthwise.py), attention (bench/attention.py). Without a GPU, the GPU sections are skipped with the
 reason and the loader is measured on the CPU. parallel=true (step): one process per net, compiling a few at a
 time, then each is timed alone in turn (bench/step.py, measure_in_parallel): minutes instead of a quarter hour.
+gpu_lock=FILE (step): the timing waits until FILE's lock (flock) is free: trainings started with the same
+gpu_lock=, or a script, keep the GPU to themselves while the benchmark compiles beside them.
 """
 
 import sys

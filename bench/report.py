@@ -43,6 +43,7 @@ def main(argv: list[str]) -> int:
         if name == "step":
             kwargs["parallel"] = opts.get("parallel", "false").lower() == "true"
             kwargs["deadline_s"] = float(opts.get("deadline", 3600))
+            kwargs["gpu_lock"] = opts.get("gpu_lock", "")
             if "nets" in opts:
                 kwargs["names"] = opts["nets"].split(",")
         result = module.measure(device=device.type, quick=quick or device.type != "cuda", **kwargs)

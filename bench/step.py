@@ -7,7 +7,11 @@ For each net, at batch 512, bf16 autocast, channels_last, SGD (lr 0.1, momentum 
     (4) + kernels        (3) with the Triton kernels, for nets that have them (MobileNetV1, Xception, ViT)
 (1)-(3) use PyTorch's own convolution and attention. Also inference (eval step) images/s, eager module and
 compiled, and each compiled variant's compile time, apart from its steady-state throughput. Variants are
-timed in alternation (common.alternating_medians) on fixed random batches already on the device.
+timed in alternation (common.alternating_medians) on fixed random batches already on the device. On CUDA
+every variant is timed twice, with cudnn.benchmark off (PyTorch's default: cuDNN's heuristics choose each
+convolution's algorithm) and on (cuDNN times its algorithms at each new shape's first call, as many CIFAR
+training scripts ask for), each against the (1) of the same setting; compiled graphs call cuDNN for their
+convolutions too, and read the flag at run time.
 """
 
 from __future__ import annotations
@@ -150,22 +154,35 @@ def prepare_net(name, device, variants=None, gpu_turn=None) -> tuple[dict, dict,
     return trains, infers, compile_s
 
 
+def cudnn_settings(device) -> tuple[bool, ...]:
+    """The cudnn.benchmark values each variant is timed with: both on CUDA, the one that exists elsewhere."""
+    return (False, True) if device.type == "cuda" else (False,)
+
+
 def time_net(name, device, prepared, calls, rounds) -> list[dict]:
-    """The steady-state rows of one prepared net: variants timed in alternation, each against the eager
-    module (1) timed beside it."""
+    """The steady-state rows of one prepared net, per cudnn.benchmark setting: variants timed in alternation,
+    each against the eager module (1) timed beside it with the same setting."""
     trains, infers, compile_s = prepared
-    steady = alternating_medians(trains, device, calls, rounds)
-    inference = alternating_medians({v: infers[v] for v in (BASELINE, list(infers)[-1])}, device,
-                                    calls, rounds)
-    base = BATCH / steady[BASELINE]
+    shown = {v: infers[v] for v in (BASELINE, list(infers)[-1])}
     rows = []
-    for variant in trains:
-        ips = BATCH / steady[variant]
-        rows.append({
-            "net": name, "variant": variant, "train images/s": ips, "vs (1)": ips / base,
-            "inference images/s": BATCH / inference[variant] if variant in inference else None,
-            "warm-up s (compile)": compile_s[variant],
-        })
+    try:
+        for bench in cudnn_settings(device):
+            torch.backends.cudnn.benchmark = bench
+            for fn in (*trains.values(), *shown.values()):  # with it on, cuDNN times algorithms at first calls
+                warm(fn, device, calls=2)
+            steady = alternating_medians(trains, device, calls, rounds)
+            inference = alternating_medians(shown, device, calls, rounds)
+            base = BATCH / steady[BASELINE]
+            for variant in trains:
+                ips = BATCH / steady[variant]
+                rows.append({
+                    "net": name, "variant": variant, "cudnn.benchmark": "on" if bench else "off",
+                    "train images/s": ips, "vs (1)": ips / base,
+                    "inference images/s": BATCH / inference[variant] if variant in inference else None,
+                    "warm-up s (compile)": compile_s[variant],
+                })
+    finally:
+        torch.backends.cudnn.benchmark = False
     return rows
 
 
@@ -196,18 +213,21 @@ def compile_slots(jobs: int) -> tuple[int, int]:
     return slots, max(1, cpus // slots)
 
 
-def measure_in_parallel(names, device, calls, rounds, deadline_s: float) -> tuple[list[dict], list[str]]:
+def measure_in_parallel(names, device, calls, rounds, deadline_s: float,
+                        gpu_lock: str = "") -> tuple[list[dict], list[str]]:
     """One process per job (parallel_jobs), compiling a few at a time (compile_slots); each, once compiled,
     waits until every job is ready, then they take turns on the GPU under a file lock, so that each is timed
-    alone on an otherwise idle machine. Jobs not done `deadline_s` after the start are stopped and named in
-    the returned notes, as are failures; the others' rows are kept."""
+    alone on an otherwise idle machine; with `gpu_lock` (a file that trainings or a script sharing the GPU
+    hold while they use it), each turn also waits for that lock, so the compiling overlaps their work. Jobs
+    not done `deadline_s` after the start are stopped and named in the returned notes, as are failures; the
+    others' rows are kept."""
     jobs = parallel_jobs(names)
     rows, problems, start = [], [], time.monotonic()
     slots, threads = compile_slots(len(jobs))
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": str(threads)}
         procs = [subprocess.Popen([sys.executable, "-m", "bench.step", tmp, str(i), str(len(jobs)), str(slots),
-                                   name, ",".join(variants), str(calls), str(rounds)],
+                                   name, ",".join(variants), str(calls), str(rounds), gpu_lock],
                                   env=env, stderr=subprocess.PIPE, text=True)
                  for i, (name, variants) in enumerate(jobs)]
         for i, (proc, (name, variants)) in enumerate(zip(procs, jobs)):
@@ -225,15 +245,16 @@ def measure_in_parallel(names, device, calls, rounds, deadline_s: float) -> tupl
                 continue
             rows = merge_rows(rows, json.loads(result.read_text()))
     order = {name: k for k, name in enumerate(names)}
-    rows.sort(key=lambda r: (order[r["net"]], r["variant"]))
+    rows.sort(key=lambda r: (order[r["net"]], r.get("cudnn.benchmark", ""), r["variant"]))
     return rows, problems
 
 
 def merge_rows(rows: list[dict], job_rows: list[dict]) -> list[dict]:
     """rows + a job's rows, keeping one eager-baseline row per net: a second job's (1) only normalises its own
     variant's "vs (1)"."""
-    seen = {r["net"] for r in rows if r["variant"] == BASELINE}
-    return rows + [r for r in job_rows if not (r["variant"] == BASELINE and r["net"] in seen)]
+    key = lambda r: (r["net"], r.get("cudnn.benchmark"))  # noqa: E731
+    seen = {key(r) for r in rows if r["variant"] == BASELINE}
+    return rows + [r for r in job_rows if not (r["variant"] == BASELINE and key(r) in seen)]
 
 
 def compile_slot(tmp: Path, slots: int):
@@ -241,9 +262,9 @@ def compile_slot(tmp: Path, slots: int):
     return one_of([str(tmp / f"compile-slot-{k}.lock") for k in range(slots)])
 
 
-def worker(tmp, index, count, slots, name, variants, calls, rounds) -> None:
+def worker(tmp, index, count, slots, name, variants, calls, rounds, gpu_lock="") -> None:
     """measure_in_parallel's process for one job: prepare in a compile slot, signal ready, wait for all, then
-    time under the GPU lock."""
+    time under the GPU lock (and `gpu_lock`, if given)."""
     device, tmp = torch.device("cuda"), Path(tmp)
     turn = lambda: gpu_turn(str(tmp / "gpu.lock"), log=lambda line: None)  # noqa: E731
     try:
@@ -253,34 +274,40 @@ def worker(tmp, index, count, slots, name, variants, calls, rounds) -> None:
         (tmp / f"{index}.ready").touch()  # also on failure, so the others do not wait for this one
     while len(list(tmp.glob("*.ready"))) < count:
         time.sleep(0.5)
-    with turn():
+    with turn(), gpu_turn(gpu_lock, log=lambda line: None):
         rows = time_net(name, device, prepared, calls, rounds)
     (tmp / f"{index}.json").write_text(json.dumps(rows))
 
 
 def measure(device: str = "cuda", quick: bool = False, names=None, parallel: bool = False,
-            deadline_s: float = 3600) -> dict:
-    """parallel=True (CUDA): compile in parallel processes, time one at a time (measure_in_parallel)."""
+            deadline_s: float = 3600, gpu_lock: str = "") -> dict:
+    """parallel=True (CUDA): compile in parallel processes, time one at a time (measure_in_parallel).
+    gpu_lock: a lock file held by others using the GPU; the timing waits until it is free."""
     device = torch.device(device)
     names = names or FAMILIES
     calls, rounds = (5, 3) if quick else (10, 5)
     problems = []
     if parallel and device.type == "cuda":
-        rows, problems = measure_in_parallel(names, device, calls, rounds, deadline_s)
+        rows, problems = measure_in_parallel(names, device, calls, rounds, deadline_s, gpu_lock)
     else:
-        rows = [row for name in names for row in measure_net(name, device, calls, rounds)]
+        with gpu_turn(gpu_lock, log=print):
+            rows = [row for name in names for row in measure_net(name, device, calls, rounds)]
     summary = {}
     for name in names:
-        per = {r["variant"]: r["vs (1)"] for r in rows if r["net"] == name}
-        if "(3) compiled" in per:
-            summary[f"{name} (3)/(1)"] = per["(3) compiled"]
-        if KERNELS in per:
-            summary[f"{name} (4)/(1)"] = per[KERNELS]
-            if "(3) compiled" in per:  # the kernels' own effect on the whole compiled step
-                summary[f"{name} (4)/(3)"] = per[KERNELS] / per["(3) compiled"]
+        for setting in ("off", "on"):
+            per = {r["variant"]: r["vs (1)"] for r in rows
+                   if r["net"] == name and r.get("cudnn.benchmark") == setting}
+            tag = "" if setting == "off" else " cudnn.benchmark"
+            if "(3) compiled" in per:
+                summary[f"{name} (3)/(1){tag}"] = per["(3) compiled"]
+            if KERNELS in per:
+                summary[f"{name} (4)/(1){tag}"] = per[KERNELS]
+                if "(3) compiled" in per:  # the kernels' own effect on the whole compiled step
+                    summary[f"{name} (4)/(3){tag}"] = per[KERNELS] / per["(3) compiled"]
     return {
         "title": f"Training step, batch {BATCH}, bf16 autocast, channels_last, on {device_name(device)}",
-        "columns": ["net", "variant", "train images/s", "vs (1)", "inference images/s", "warm-up s (compile)"],
+        "columns": ["net", "variant", "cudnn.benchmark", "train images/s", "vs (1)", "inference images/s",
+                    "warm-up s (compile)"],
         "rows": rows,
         "summary": summary,
         "notes": [
@@ -296,6 +323,6 @@ def measure(device: str = "cuda", quick: bool = False, names=None, parallel: boo
     }
 
 
-if __name__ == "__main__":  # measure_in_parallel's worker: dir index count slots net variants calls rounds
-    tmp, index, count, slots, name, variants, calls, rounds = sys.argv[1:9]
-    worker(tmp, index, int(count), int(slots), name, variants.split(","), int(calls), int(rounds))
+if __name__ == "__main__":  # measure_in_parallel's worker: dir index count slots net variants calls rounds lock
+    tmp, index, count, slots, name, variants, calls, rounds, gpu_lock = sys.argv[1:10]
+    worker(tmp, index, int(count), int(slots), name, variants.split(","), int(calls), int(rounds), gpu_lock)

@@ -27,6 +27,22 @@ def test_merged_rows_keep_one_baseline_per_net():
     assert other[-1]["net"] == "alexnet"  # another net's baseline is kept
 
 
+def test_merged_rows_keep_one_baseline_per_net_and_cudnn_setting():
+    row = lambda variant, bench, ips: {"net": "vit", "variant": variant, "cudnn.benchmark": bench,  # noqa: E731
+                                       "train images/s": ips}
+    first = [row(step.BASELINE, "off", 100.0), row(step.BASELINE, "on", 120.0), row("(3) compiled", "on", 170.0)]
+    second = [row(step.BASELINE, "off", 104.0), row(step.BASELINE, "on", 118.0), row(step.KERNELS, "on", 250.0)]
+    assert step.merge_rows(first, second) == first + [second[2]]
+    assert step.merge_rows([first[0]], [second[1]]) == [first[0], second[1]]  # "on" has no baseline yet
+
+
+def test_cudnn_settings_are_both_on_cuda_and_the_one_that_exists_elsewhere():
+    import torch
+
+    assert step.cudnn_settings(torch.device("cuda")) == (False, True)
+    assert step.cudnn_settings(torch.device("cpu")) == (False,)
+
+
 @pytest.mark.parametrize("cpus,jobs,expected", [(16, 11, (4, 4)), (16, 2, (2, 8)), (2, 11, (1, 2)), (64, 3, (3, 21))])
 def test_compile_slots_fill_the_cores_with_four_threads_each(monkeypatch, cpus, jobs, expected):
     monkeypatch.setattr(step.os, "cpu_count", lambda: cpus)

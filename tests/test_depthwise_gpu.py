@@ -6,7 +6,8 @@ import torch
 from kernels import depthwise as depthwise_module
 from kernels.depthwise import Layer, depthwise_conv2d, precompile, reference_depthwise_conv2d
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+# gpu: selected by `pytest -m gpu`, the command that runs the GPU tests on the device machine.
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 # ||out - ref|| / ||ref|| against a float64 reference (see tests/test_depthwise.py).
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}

@@ -265,3 +265,17 @@ def test_compiled_loop_compiles_only_in_its_warm_up(mix, cifar10_pickles, tmp_pa
         run(cfg, log=log)
     # The train step once; the eval step at 7 images and at the last partial batches: 40 val -> 5, 100 test -> 2.
     assert at_warm_up == [4] and counter.frame_count == 4
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("flag", [False, True])
+def test_cudnn_benchmark_key_sets_the_flag_the_convolutions_read(flag, ten_images, tmp_path):
+    torch.backends.cudnn.benchmark = not flag
+    cfg = parse(["model=resnet18", "net.width=4", "device=cuda", "compile=false", "download=false",
+                 "progress=false", f"data={ten_images}", f"out={tmp_path}", "epochs=1", "batch_size=10",
+                 "val_fraction=0", f"cudnn_benchmark={str(flag).lower()}"])
+    try:
+        run(cfg, log=lambda line: None)
+        assert torch.backends.cudnn.benchmark is flag
+    finally:
+        torch.backends.cudnn.benchmark = False

@@ -316,6 +316,8 @@ def run(cfg: Config, log=print) -> dict:
 def _train(cfg: Config, device: torch.device, rank: int, world: int, log, turn: contextlib.ExitStack) -> dict:
     main = rank == 0  # the one rank that writes the run directory
     precision = precision_for(device, cfg.precision)
+    if device.type == "cuda":  # read at each convolution call, compiled graphs' too
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     use_compile = cfg.compile == "true" or (cfg.compile == "auto" and device.type == "cuda")
     out = Path(cfg.run_dir())
 
