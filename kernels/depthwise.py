@@ -34,6 +34,9 @@ contiguous dimension is the vectorised one:
                             Each program loops over a chunk of rows (of images, in NCHW) and writes one
                             float32 partial sum per (chunk, tap, channel); a second small kernel adds the
                             chunks in a fixed order: deterministic, no atomics.
+    weight pass, "taps" (experimental, launch_bwd_weight(variant="taps"), channels_last 3x3 only): the same
+                            sums from nine shifted (rows, cols) x tiles, as in the forward, and nine
+                            (rows, cols) accumulators, reduced over rows once at the end; no padded tap lanes.
 
 Autograd: `_DepthwiseConv2dFn`, a torch.autograd.Function with a separate setup_context. In plain eager mode
 it calls the launchers directly (a custom op's dispatch costs tens of microseconds per call); under
@@ -199,6 +202,21 @@ def wgrad_config(channels_last: bool, C: int, H: int, W: int, stride: int, K: in
     return LaunchConfig(max(1, 2048 // (kkp * block_k)), block_k, 4)
 
 
+WGRAD_VARIANTS = ("gather", "taps")  # launch_bwd_weight(variant=...): the 3-D tap gather, or 9 shifted 2-D loads
+_TAPS_TILE = 1024  # elements of each (BLOCK_R, BLOCK_K) tile: 9 float32 accumulators + 9 x tiles in registers
+
+
+def wgrad_taps_config(C: int, H: int, W: int, stride: int, cpu: bool = False) -> LaunchConfig:
+    """Tiles (BLOCK_R, BLOCK_K) of the experimental "taps" weight gradient (channels_last, 3x3): 32 x 32 with
+    4 warps, the fastest of bench/wgrad.py's candidates at 56 of the 60 (layer, batch, dtype) cases on an H200
+    (bench/results/wgrad-h200.md, 2026-12-01; its "default" summary lines are the (16, 64, 4) this replaced):
+    8 elements per thread and tile keep the 9 accumulators and the 9 x tiles in registers."""
+    if cpu:  # the interpreter: few large tiles, as in pointwise_config
+        return LaunchConfig(128, 64, 1)
+    block_k = min(_next_pow2(C), 32)
+    return LaunchConfig(max(1, _TAPS_TILE // block_k), block_k, 4)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Kernels. Tensors are dense in the kernel's layout: channels_last offsets are ((n*H + h)*W + w)*C + c, NCHW
 # offsets ((n*C + c)*H + h)*W + w; the weight is read as (C, K*K). Index arithmetic is int32.
@@ -308,6 +326,33 @@ def _dwconv_bwd_input_kernel(
     tl.store(dx_ptr + dx_off, acc.to(dx_ptr.dtype.element_ty), mask=valid)
 
 
+@triton.jit
+def _weight_pass_epilogue(g, z, sc, sh, acc_scale, acc_shift, gz_ptr, g_off, valid,
+                          HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, RELU: tl.constexpr,
+                          NEED_Z: tl.constexpr, STORE_GZ: tl.constexpr):
+    """One step of the weight passes' epilogue backward, for y = relu(z * sc + sh) (each step optional) and
+    g = dL/dy: returns (gz = dL/dz, acc_scale + g' * z, acc_shift + g'), g' = dL/d(z * sc + sh) (g where
+    y > 0), and stores gz when STORE_GZ. z is read only when NEED_Z."""
+    gz = g
+    if NEED_Z:
+        y = z
+        if HAS_SCALE:
+            y = y * sc
+        if HAS_SHIFT:
+            y = y + sh
+        if RELU:
+            g = tl.where(y > 0.0, g, 0.0)
+        gz = g
+        if HAS_SCALE:
+            acc_scale += g * z
+            gz = g * sc
+        if STORE_GZ:
+            tl.store(gz_ptr + g_off, gz.to(gz_ptr.dtype.element_ty), mask=valid)
+    if HAS_SHIFT:
+        acc_shift += g
+    return gz, acc_scale, acc_shift
+
+
 @triton.jit(do_not_specialize=["N", "STEPS"])
 def _dwconv_bwd_weight_kernel(
     # pointers: gz_ptr receives the gradient w.r.t. z when STORE_GZ; part_ptr the float32 partial sums
@@ -339,6 +384,7 @@ def _dwconv_bwd_weight_kernel(
     c_ok = c < C
     if NEED_Z:
         w3 = tl.load(w_ptr + c * (K * K) + tap, mask=c_ok & tap_ok, other=0.0).to(tl.float32)
+    sc, sh = 1.0, 0.0  # the identity where the epilogue has no scale or shift
     if HAS_SCALE:
         sc = tl.load(scale_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
     if HAS_SHIFT:
@@ -371,24 +417,11 @@ def _dwconv_bwd_weight_kernel(
             x_off = ((n * C + c) * H + ih) * W + iw
         x3 = tl.load(x_ptr + x_off, mask=x_ok, other=0.0).to(tl.float32)
         g = tl.load(g_ptr + g_off, mask=valid, other=0.0).to(tl.float32)  # (BLOCK_R, 1, BLOCK_K)
-        gz = g
+        z = 0.0
         if NEED_Z:
             z = tl.sum(x3 * w3, axis=1, keep_dims=True)  # (BLOCK_R, 1, BLOCK_K): the conv output
-            y = z
-            if HAS_SCALE:
-                y = y * sc
-            if HAS_SHIFT:
-                y = y + sh
-            if RELU:
-                g = tl.where(y > 0.0, g, 0.0)
-            gz = g
-            if HAS_SCALE:
-                acc_scale += g * z
-                gz = g * sc
-            if STORE_GZ:
-                tl.store(gz_ptr + g_off, gz.to(gz_ptr.dtype.element_ty), mask=valid)
-        if HAS_SHIFT:
-            acc_shift += g
+        gz, acc_scale, acc_shift = _weight_pass_epilogue(g, z, sc, sh, acc_scale, acc_shift, gz_ptr, g_off, valid,
+                                                         HAS_SCALE, HAS_SHIFT, RELU, NEED_Z, STORE_GZ)
         acc += gz * x3
     part_base = part_ptr + tl.program_id(0) * ((K * K + 2) * C)
     if CHANNELS_LAST:  # reduce over pixels
@@ -407,6 +440,126 @@ def _dwconv_bwd_weight_kernel(
             tl.store(part_base + (K * K) * C + c2, tl.sum(acc_scale, axis=2), mask=c2 < C)
         if HAS_SHIFT:
             tl.store(part_base + (K * K + 1) * C + c2, tl.sum(acc_shift, axis=2), mask=c2 < C)
+
+
+@triton.jit
+def _x_tap(x_ptr, n, oh, ow, c, valid, KH: tl.constexpr, KW: tl.constexpr,
+           C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, STRIDE: tl.constexpr):
+    """x under tap (KH, KW) of each output pixel's 3x3 window (padding 1), channels_last: a float32 tile of
+    the shape of n/oh/ow x c, 0 in the padding."""
+    ih = oh * STRIDE - 1 + KH
+    iw = ow * STRIDE - 1 + KW
+    ok = valid & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    return tl.load(x_ptr + ((n * H + ih) * W + iw) * C + c, mask=ok, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _tap_weight(w_ptr, c, c_ok, T: tl.constexpr):
+    """weight[c, tap T] of a 3x3 kernel read as (C, 9), in float32."""
+    return tl.load(w_ptr + c * 9 + T, mask=c_ok, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _store_part_row(part_ptr, ROW: tl.constexpr, acc, c, C: tl.constexpr):
+    """part[program, ROW, c] = the column sums of acc (BLOCK_R, BLOCK_K); part_ptr points at the program's."""
+    tl.store(part_ptr + ROW * C + c, tl.sum(acc, axis=0), mask=c < C)
+
+
+@triton.jit(do_not_specialize=["N", "STEPS"])
+def _dwconv_bwd_weight_taps_kernel(
+    # pointers: as _dwconv_bwd_weight_kernel (gz_ptr receives grad_z when STORE_GZ; part_ptr the partial sums)
+    x_ptr, g_ptr, w_ptr, scale_ptr, shift_ptr, gz_ptr, part_ptr,
+    # sizes; STEPS: loop steps per program, each BLOCK_R output pixels of the whole batch
+    N, STEPS,
+    # compile-time: geometry (of x), epilogue, tile; channels_last and a 3x3 kernel only
+    C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, STRIDE: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, RELU: tl.constexpr, NEED_Z: tl.constexpr,
+    STORE_GZ: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # The experimental alternative to _dwconv_bwd_weight_kernel's (BLOCK_R, 16, BLOCK_K) gather, shaped like
+    # the forward kernel: per step one (BLOCK_R, BLOCK_K) tile of grad_y and nine shifted x tiles, one
+    # float32 accumulator per tap (written out: a jit function cannot index a list of tensors in a loop),
+    # reduced over rows once, at the end. part is (G, 9 + 2, C) as there, for the same finishing kernel.
+    OH: tl.constexpr = (H - 1) // STRIDE + 1
+    OW: tl.constexpr = (W - 1) // STRIDE + 1
+    ar = tl.arange(0, BLOCK_R)[:, None]  # (BLOCK_R, 1)
+    c1 = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)  # (BLOCK_K,): channels, fixed per program
+    c = c1[None, :]  # (1, BLOCK_K)
+    c_ok = c < C
+    if NEED_Z:  # (1, BLOCK_K) each: the weight per tap (kh, kw)
+        w00 = _tap_weight(w_ptr, c, c_ok, 0)
+        w01 = _tap_weight(w_ptr, c, c_ok, 1)
+        w02 = _tap_weight(w_ptr, c, c_ok, 2)
+        w10 = _tap_weight(w_ptr, c, c_ok, 3)
+        w11 = _tap_weight(w_ptr, c, c_ok, 4)
+        w12 = _tap_weight(w_ptr, c, c_ok, 5)
+        w20 = _tap_weight(w_ptr, c, c_ok, 6)
+        w21 = _tap_weight(w_ptr, c, c_ok, 7)
+        w22 = _tap_weight(w_ptr, c, c_ok, 8)
+    sc, sh = 1.0, 0.0  # the identity where the epilogue has no scale or shift
+    if HAS_SCALE:
+        sc = tl.load(scale_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    if HAS_SHIFT:
+        sh = tl.load(shift_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    # (BLOCK_R, BLOCK_K) each: sum of gz * x under tap (kh, kw); then of g' * z and of g'
+    acc00 = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
+    acc01 = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
+    acc02 = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
+    acc10 = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
+    acc11 = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
+    acc12 = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
+    acc20 = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
+    acc21 = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
+    acc22 = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
+    acc_scale = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
+    acc_shift = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
+    for i in range(STEPS):
+        r = (tl.program_id(0) * STEPS + i) * BLOCK_R + ar  # output pixels of the whole batch
+        ow = r % OW
+        oh = (r // OW) % OH
+        n = r // (OW * OH)
+        valid = (r < N * (OH * OW)) & c_ok
+        g_off = r * C + c
+        # all nine x tiles first: with NEED_Z the mask on g depends on z, which needs every one of them
+        x00 = _x_tap(x_ptr, n, oh, ow, c, valid, 0, 0, C, H, W, STRIDE)
+        x01 = _x_tap(x_ptr, n, oh, ow, c, valid, 0, 1, C, H, W, STRIDE)
+        x02 = _x_tap(x_ptr, n, oh, ow, c, valid, 0, 2, C, H, W, STRIDE)
+        x10 = _x_tap(x_ptr, n, oh, ow, c, valid, 1, 0, C, H, W, STRIDE)
+        x11 = _x_tap(x_ptr, n, oh, ow, c, valid, 1, 1, C, H, W, STRIDE)
+        x12 = _x_tap(x_ptr, n, oh, ow, c, valid, 1, 2, C, H, W, STRIDE)
+        x20 = _x_tap(x_ptr, n, oh, ow, c, valid, 2, 0, C, H, W, STRIDE)
+        x21 = _x_tap(x_ptr, n, oh, ow, c, valid, 2, 1, C, H, W, STRIDE)
+        x22 = _x_tap(x_ptr, n, oh, ow, c, valid, 2, 2, C, H, W, STRIDE)
+        g = tl.load(g_ptr + g_off, mask=valid, other=0.0).to(tl.float32)  # (BLOCK_R, BLOCK_K)
+        z = 0.0
+        if NEED_Z:
+            z = (x00 * w00 + x01 * w01 + x02 * w02 + x10 * w10 + x11 * w11 + x12 * w12
+                 + x20 * w20 + x21 * w21 + x22 * w22)  # the conv output
+        gz, acc_scale, acc_shift = _weight_pass_epilogue(g, z, sc, sh, acc_scale, acc_shift, gz_ptr, g_off, valid,
+                                                         HAS_SCALE, HAS_SHIFT, RELU, NEED_Z, STORE_GZ)
+        acc00 += gz * x00
+        acc01 += gz * x01
+        acc02 += gz * x02
+        acc10 += gz * x10
+        acc11 += gz * x11
+        acc12 += gz * x12
+        acc20 += gz * x20
+        acc21 += gz * x21
+        acc22 += gz * x22
+    part_base = part_ptr + tl.program_id(0) * ((9 + 2) * C)
+    _store_part_row(part_base, 0, acc00, c1, C)
+    _store_part_row(part_base, 1, acc01, c1, C)
+    _store_part_row(part_base, 2, acc02, c1, C)
+    _store_part_row(part_base, 3, acc10, c1, C)
+    _store_part_row(part_base, 4, acc11, c1, C)
+    _store_part_row(part_base, 5, acc12, c1, C)
+    _store_part_row(part_base, 6, acc20, c1, C)
+    _store_part_row(part_base, 7, acc21, c1, C)
+    _store_part_row(part_base, 8, acc22, c1, C)
+    if HAS_SCALE:
+        _store_part_row(part_base, 9, acc_scale, c1, C)
+    if HAS_SHIFT:
+        _store_part_row(part_base, 10, acc_shift, c1, C)
 
 
 @triton.jit(do_not_specialize=["G"])
@@ -530,25 +683,45 @@ def wgrad_steps(channels_last: bool, N: int, C: int, H: int, W: int, stride: int
 
 
 def launch_bwd_weight(grad_y, x, weight, scale, shift, stride: int, relu: bool, store_grad_z: bool,
-                      wrap: bool = False, config=None, programs: int = _WGRAD_TARGET_PROGRAMS):
-    """(grad_weight, grad_scale, grad_shift, grad_z); see the triton_op dwconv_bwd_weight."""
+                      wrap: bool = False, config=None, programs: int = _WGRAD_TARGET_PROGRAMS,
+                      variant: str = "gather"):
+    """(grad_weight, grad_scale, grad_shift, grad_z); see the triton_op dwconv_bwd_weight.
+
+    variant: "gather" (the (rows, taps, cols) kernel, every layout and kernel size) or "taps" (experimental:
+    nine shifted 2-D loads, channels_last 3x3 only, `wgrad_taps_config`); both fill the same partial sums."""
+    if variant not in WGRAD_VARIANTS:
+        raise ValueError(f"variant must be one of {WGRAD_VARIANTS}, got {variant!r}")
     N, C, H, W = x.shape
     K = weight.shape[-1]
     OH, OW = _output_hw(H, W, stride)
     cl = _is_channels_last(x)
+    if variant == "taps" and not (cl and K == 3):
+        raise ValueError(f"variant='taps' takes channels_last x and a 3x3 kernel, got "
+                         f"{'channels_last' if cl else 'NCHW'} x and a {K}x{K} kernel")
     x, grad_y = _dense(x, cl), _dense(grad_y, cl)
-    cfg = config or wgrad_config(cl, C, H, W, stride, K, cpu=not x.is_cuda)
+    if variant == "taps":
+        cfg = config or wgrad_taps_config(C, H, W, stride, cpu=not x.is_cuda)
+    else:
+        cfg = config or wgrad_config(cl, C, H, W, stride, K, cpu=not x.is_cuda)
     steps, groups, col_programs = wgrad_steps(cl, N, C, H, W, stride, cfg, programs)
     gz = _empty((N, C, OH, OW), x, cl) if store_grad_z else x.new_empty((0, 0, 0, 0))
     part = torch.empty((groups, K * K + 2, C), device=x.device, dtype=torch.float32)
-    _launch(
-        _dwconv_bwd_weight_kernel, (groups, col_programs), wrap, cfg.num_warps, x.device,
-        x, grad_y, weight.contiguous(), scale if scale is not None else x, shift if shift is not None else x,
-        gz if store_grad_z else x, part, N, steps,
-        C=C, H=H, W=W, STRIDE=stride, K=K, KKP=_next_pow2(K * K), CHANNELS_LAST=cl,
-        HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, RELU=relu,
-        NEED_Z=relu or scale is not None, STORE_GZ=store_grad_z, BLOCK_R=cfg.block_r, BLOCK_K=cfg.block_k,
-    )  # fmt: skip
+    pointers = (x, grad_y, weight.contiguous(), scale if scale is not None else x,
+                shift if shift is not None else x, gz if store_grad_z else x, part)
+    epilogue = dict(HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, RELU=relu,
+                    NEED_Z=relu or scale is not None, STORE_GZ=store_grad_z)
+    if variant == "taps":
+        _launch(
+            _dwconv_bwd_weight_taps_kernel, (groups, col_programs), wrap, cfg.num_warps, x.device,
+            *pointers, N, steps, C=C, H=H, W=W, STRIDE=stride, **epilogue,
+            BLOCK_R=cfg.block_r, BLOCK_K=cfg.block_k,
+        )  # fmt: skip
+    else:
+        _launch(
+            _dwconv_bwd_weight_kernel, (groups, col_programs), wrap, cfg.num_warps, x.device,
+            *pointers, N, steps, C=C, H=H, W=W, STRIDE=stride, K=K, KKP=_next_pow2(K * K), CHANNELS_LAST=cl,
+            **epilogue, BLOCK_R=cfg.block_r, BLOCK_K=cfg.block_k,
+        )  # fmt: skip
     grad_w = torch.empty((C, 1, K, K), device=x.device, dtype=weight.dtype)
     grad_scale = torch.empty((C,) if scale is not None else (0,), device=x.device,
                              dtype=scale.dtype if scale is not None else torch.float32)

@@ -1,0 +1,250 @@
+"""The depthwise 3x3 weight gradient alone, channels_last: the "gather" kernel (its default launch configuration)
+against the experimental "taps" kernel over a few candidate configurations, at every depthwise layer of the
+CIFAR MobileNetV1 and Xception (bench/depthwise.py's layer table), batch 256 and 512, bfloat16 and float32.
+
+    python3 bench/wgrad.py [PREFIX]   -> PREFIX.json + PREFIX.md (default bench/results/wgrad-<gpu slug>)
+
+Each call is kernels.depthwise.launch_bwd_weight as the nets' backward calls it (_DepthwiseConv2dFn.backward
+with a folded BatchNorm and relu): scale, shift, relu, store_grad_z=True; float32 weight, scale and shift.
+It is the weight-gradient kernel plus the small kernel that adds the partial sums (identical for both
+variants). Every kernel variant is compiled first, in parallel processes (kernels.depthwise._in_processes),
+and each timed call is warmed up; times are bench/depthwise.py's CUDA-graph medians over rotating input sets
+(`graph_us`, `n_sets_for`: small layers would otherwise be read from the L2).
+
+Bytes are the fewest the pass must move: read x and grad_y, write grad_z (N*C*(H*W + 2*OH*OW) elements);
+"% copy" relates them to a device-to-device copy measured in the same run (bench.common.copy_gbs). "rel err"
+is the largest ||taps - gather|| / ||gather|| over grad_weight, grad_scale, grad_shift and grad_z.
+"""
+
+import collections
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from bench.common import copy_gbs as copy_bandwidth_gbs  # noqa: E402
+from bench.common import fine_cell, publish, results_prefix, script_header, table  # noqa: E402
+from bench.depthwise import BATCHES, DTYPES, K, graph_us, layer_table, n_sets_for  # noqa: E402
+from kernels import depthwise as dw  # noqa: E402
+
+TAPS_BLOCK_K = (32, 64, 128)  # channels per tile, capped at C (rounded up to a power of 2)
+TAPS_TILES = ((1024, 4), (2048, 8))  # (BLOCK_R * BLOCK_K elements, num_warps): 8 elements per thread and tile
+NARROW_TILES = ((2048, 4), (1024, 8))  # added where only one BLOCK_K fits (C = 32): the other warp counts
+# ||taps - gather|| / ||gather|| allowed, as tests/test_depthwise.py's TOL: float32 sums in another order;
+# bfloat16 grad_z is rounded from float32 values that differ in their last bits.
+MATCH_TOL = {"bf16": 2e-2, "fp32": 1e-5}
+DNAMES = tuple(DTYPES)  # "bf16", "fp32"
+COMPILE_N = 16  # batch of the precompile jobs (the kernels do not specialise on it)
+CASE_KEYS = ("net", "N", "C", "H", "stride", "dtype")
+COLUMNS = ["net", "N", "C", "H", "stride", "dtype", "variant", "config", "us", "GB/s", "% copy",
+           "speedup vs gather", "rel err"]  # fmt: skip
+BEST_COLUMNS = ["net", "N", "C", "H", "stride", "dtype", "gather config", "gather us", "gather GB/s",
+                "gather % copy", "best taps config", "taps us", "taps GB/s", "taps % copy", "speedup"]  # fmt: skip
+
+
+def wgrad_bytes(N: int, C: int, H: int, stride: int, elt: int) -> int:
+    """Bytes the weight pass must move at an H x H input: read x and grad_y, write grad_z."""
+    OH = (H - 1) // stride + 1
+    return N * C * (H * H + 2 * OH * OH) * elt
+
+
+def taps_candidates(C: int, H: int, stride: int) -> list[dw.LaunchConfig]:
+    """The launch configurations tried for "taps": wgrad_taps_config's default first, then the sweep."""
+    block_ks = [bk for bk in TAPS_BLOCK_K if bk <= max(TAPS_BLOCK_K[0], dw._next_pow2(C))]
+    tiles = TAPS_TILES + (NARROW_TILES if len(block_ks) == 1 else ())
+    sweep = [dw.LaunchConfig(elements // bk, bk, warps) for bk in block_ks for elements, warps in tiles]
+    return list(dict.fromkeys([dw.wgrad_taps_config(C, H, H, stride), *sweep]))  # unique, in order
+
+
+def variants(C: int, H: int, stride: int) -> list[tuple[str, dw.LaunchConfig | None]]:
+    """(variant, config) per timed call of a layer; config None = the variant's default (gather's)."""
+    return [("gather", None)] + [("taps", cfg) for cfg in taps_candidates(C, H, stride)]
+
+
+def _epilogue_params(C: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """weight (C, 1, 3, 3), scale, shift (C,): float32 master weights, a folded BatchNorm near identity."""
+    return (torch.randn(C, 1, K, K, device=device) / K, 1 + 0.1 * torch.randn(C, device=device),
+            0.1 * torch.randn(C, device=device))  # fmt: skip
+
+
+def _wgrad_call(xs, gs, params, stride: int, variant: str, config):
+    """call(i): the weight pass on input set i, with the nets' epilogue (scale, shift, relu, grad_z stored)."""
+    w, sc, sh = params
+    return lambda i: dw.launch_bwd_weight(gs[i], xs[i], w, sc, sh, stride, True, True, config=config,
+                                          variant=variant)  # fmt: skip
+
+
+def _inputs(N: int, C: int, H: int, stride: int, dtype: torch.dtype, device, n: int):
+    """n sets of (x, grad_y), channels_last."""
+    OH = (H - 1) // stride + 1
+    cl = torch.channels_last
+    xs = [torch.randn(N, C, H, H, device=device, dtype=dtype).to(memory_format=cl) for _ in range(n)]
+    gs = [torch.randn(N, C, OH, OH, device=device, dtype=dtype).to(memory_format=cl) for _ in range(n)]
+    return xs, gs
+
+
+def max_rel_err(outs, refs) -> float:
+    """Largest ||out - ref|| / ||ref|| over the outputs of launch_bwd_weight (empty ones skipped)."""
+    errs = [((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+            for a, b in zip(outs, refs) if b.numel()]  # fmt: skip
+    return max(errs)
+
+
+def _compile_job(job: tuple) -> None:
+    """One (dtype, layer, variant, config) at a small batch on the GPU (in a worker process)."""
+    dname, C, H, stride, variant, config = job
+    xs, gs = _inputs(COMPILE_N, C, H, stride, DTYPES[dname], "cuda", 1)
+    config = dw.LaunchConfig(*config) if config else None
+    _wgrad_call(xs, gs, _epilogue_params(C, "cuda"), stride, variant, config)(0)
+    torch.cuda.synchronize()
+
+
+def measure_case(net, N, C, H, stride, dname, copy_gbs, device, time_us=graph_us) -> list[dict]:
+    """One row per variant and config at one layer, batch and dtype; time_us(call, n_sets) -> µs per call."""
+    dtype = DTYPES[dname]
+    n_bytes = wgrad_bytes(N, C, H, stride, torch.empty((), dtype=dtype).element_size())
+    n = n_sets_for(n_bytes)
+    xs, gs = _inputs(N, C, H, stride, dtype, device, n)
+    params = _epilogue_params(C, device)
+    gather_cfg = dw.wgrad_config(True, C, H, H, stride, K, cpu=not xs[0].is_cuda)
+    rows, ref = [], None
+    for variant, cfg in variants(C, H, stride):
+        call = _wgrad_call(xs, gs, params, stride, variant, cfg)
+        outs = call(0)  # also the warm-up of this kernel in this process
+        ref = ref if ref is not None else outs  # gather's outputs, the first variant's
+        us = time_us(call, n)
+        rows.append({
+            "net": net, "N": N, "C": C, "H": H, "stride": stride, "dtype": dname, "variant": variant,
+            "config": str(tuple(cfg or gather_cfg)), "us": us, "GB/s": n_bytes / us / 1e3,
+            "% copy": 100 * n_bytes / us / 1e3 / copy_gbs, "rel err": max_rel_err(outs, ref),
+            "bytes": n_bytes, "input sets": n,
+        })  # fmt: skip
+    for row in rows:
+        row["speedup vs gather"] = rows[0]["us"] / row["us"]
+    return rows
+
+
+def best_rows(rows: list[dict]) -> list[dict]:
+    """Per layer, batch and dtype: gather next to the fastest taps configuration."""
+    cases: dict[tuple, list[dict]] = {}
+    for row in rows:
+        cases.setdefault(tuple(row[k] for k in CASE_KEYS), []).append(row)
+    out = []
+    for case_rows in cases.values():
+        gather = next(r for r in case_rows if r["variant"] == "gather")
+        taps = min((r for r in case_rows if r["variant"] == "taps"), key=lambda r: r["us"])
+        out.append({
+            **{k: gather[k] for k in CASE_KEYS}, "gather config": gather["config"], "gather us": gather["us"],
+            "gather GB/s": gather["GB/s"], "gather % copy": gather["% copy"], "best taps config": taps["config"],
+            "taps us": taps["us"], "taps GB/s": taps["GB/s"], "taps % copy": taps["% copy"],
+            "speedup": gather["us"] / taps["us"],
+        })  # fmt: skip
+    return out
+
+
+def _geomean(xs) -> float:
+    return math.exp(sum(math.log(v) for v in xs) / len(xs)) if xs else float("nan")
+
+
+def summarize(rows: list[dict], best: list[dict], copy_gbs: float) -> dict:
+    summary = {"copy GB/s": copy_gbs}
+    for dname in DNAMES:
+        b = [r for r in best if r["dtype"] == dname]
+        if not b:
+            continue
+        default = [
+            r
+            for r in rows
+            if r["dtype"] == dname
+            and r["variant"] == "taps"
+            and r["config"] == str(tuple(dw.wgrad_taps_config(r["C"], r["H"], r["H"], r["stride"])))
+        ]
+        summary |= {
+            f"geomean speedup, best taps config vs gather, {dname}": _geomean([r["speedup"] for r in b]),
+            f"min / max speedup, best taps config vs gather, {dname}": [
+                round(min(r["speedup"] for r in b), 2), round(max(r["speedup"] for r in b), 2)],
+            f"geomean speedup, default taps config (wgrad_taps_config) vs gather, {dname}": _geomean(
+                [r["speedup vs gather"] for r in default]),
+            f"cases where taps beats gather, {dname}": f"{sum(r['speedup'] > 1 for r in b)} of {len(b)}",
+            f"median % copy, gather / best taps, {dname}": [
+                round(statistics.median(r["gather % copy"] for r in b), 1),
+                round(statistics.median(r["taps % copy"] for r in b), 1)],
+            f"most frequent best taps configs, {dname}": collections.Counter(
+                r["best taps config"] for r in b).most_common(3),
+        }  # fmt: skip
+    summary["max rel err taps vs gather"] = max(r["rel err"] for r in rows)
+    summary["rows with rel err over MATCH_TOL"] = sum(r["rel err"] > MATCH_TOL[r["dtype"]] for r in rows)
+    return summary
+
+
+def measure(
+    device: str = "cuda",
+    layers=None,
+    batches=BATCHES,
+    dnames=DNAMES,
+    time_us=graph_us,
+    copy_gbs: float | None = None,
+    compile_ahead: bool = True,
+) -> dict:
+    """Every layer x batch x dtype x (variant, config); layers: (nets, C, H, stride), default layer_table().
+
+    time_us, copy_gbs and compile_ahead=False let the CPU tests run the bookkeeping with a fake timer."""
+    layers = layer_table() if layers is None else layers
+    start = time.perf_counter()
+    if compile_ahead:
+        dw._in_processes(_compile_job, [(d, C, H, s, variant, tuple(cfg) if cfg else None)
+                                        for _, C, H, s in layers for d in dnames
+                                        for variant, cfg in variants(C, H, s)])  # fmt: skip
+    compile_s = time.perf_counter() - start
+    copy_gbs = copy_gbs or copy_bandwidth_gbs(device)
+    rows = []
+    for net, C, H, stride in layers:
+        for N in batches:
+            for dname in dnames:
+                rows += measure_case(net, N, C, H, stride, dname, copy_gbs, device, time_us)
+        print(f"done {net} C={C} H={H} s={stride} ({time.perf_counter() - start:.0f} s)", file=sys.stderr,
+              flush=True)  # fmt: skip
+    best = best_rows(rows)
+    summary = summarize(rows, best, copy_gbs)
+    summary["precompile s"] = compile_s
+    summary["total s"] = time.perf_counter() - start
+    return {
+        "title": "Depthwise 3x3 weight gradient, channels_last, with scale+shift+relu: gather vs taps",
+        "columns": COLUMNS,
+        "rows": rows,
+        "best_columns": BEST_COLUMNS,
+        "best": best,
+        "summary": summary,
+    }
+
+
+def to_markdown(result: dict, header: dict) -> str:
+    cell = fine_cell
+    lines = [f"# {result['title']}", ""]
+    lines += [f"- {k}: {v}" for k, v in header.items()]
+    lines += ["", "Summary (CUDA-graph medians; speedup = gather time / taps time, same layer, batch, dtype):", ""]
+    lines += [f"- {k}: {cell(v)}" for k, v in result["summary"].items()]
+    lines += ["", "Best taps configuration per layer, config = (BLOCK_R, BLOCK_K, num_warps):", ""]
+    lines += table(result["best_columns"], result["best"], cell)
+    lines += ["", "Every timed call:", ""] + table(result["columns"], result["rows"], cell)
+    lines += ["", "Times in µs per call; see the docstring of bench/wgrad.py for what is timed and the bytes "
+              "counted.", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not torch.cuda.is_available():
+        sys.exit("bench/wgrad.py times CUDA kernels and found no CUDA device; nothing measured")
+    prefix = results_prefix(argv, "wgrad")
+    publish(prefix, measure("cuda"), script_header("wgrad.py", argv), to_markdown)
+
+
+if __name__ == "__main__":
+    main()

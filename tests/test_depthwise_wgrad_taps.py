@@ -1,0 +1,150 @@
+"""The experimental "taps" weight gradient of kernels.depthwise against the "gather" kernel and the float64
+reference, its argument checks, and the CPU-side bookkeeping of bench/wgrad.py (shapes, bytes, configs, and
+the whole measurement with a fake timer).
+
+Without CUDA the kernels run in Triton's interpreter (tests/conftest.py and test_depthwise set TRITON_INTERPRET
+before triton is imported); the shapes are tiny for it.
+"""
+
+import pytest
+import torch
+from test_depthwise import (  # noqa: F401 (one_cpu_thread: an autouse fixture, active where imported)
+    DEVICE,
+    TOL,
+    float64_twins,
+    make_inputs,
+    needs_triton,
+    one_cpu_thread,
+    rel_err,
+)
+
+from kernels.depthwise import LaunchConfig, launch_bwd_weight, reference_depthwise_conv2d, wgrad_taps_config
+
+OUTPUTS = ("grad_weight", "grad_scale", "grad_shift", "grad_z")
+DTYPES = [torch.float32, torch.bfloat16]
+# (N, C, H, W, stride, epilogue, config, programs): odd sizes (5x7: 35 or 12 output pixels, off BLOCK_R),
+# batch 1, C = 20 off BLOCK_K = 8; config None = wgrad_taps_config's interpreter tile; programs = 3 with
+# 3 channel blocks gives one program per channel block, looping over 3 steps (the last one partial).
+CASES = [
+    (2, 20, 5, 7, 1, "scale,shift,relu", (32, 8, 1), 3),
+    (1, 20, 5, 7, 2, "scale,shift,relu", None, 1024),
+    (2, 20, 5, 7, 2, None, (8, 8, 1), 1024),
+    (1, 8, 6, 5, 1, "shift", None, 1024),
+    (2, 12, 5, 7, 1, "scale", (16, 16, 1), 2),
+]
+
+
+def reference_wgrad(x, w, sc, sh, stride, relu, grad_y):
+    """Float64 (grad_weight, grad_scale, grad_shift, grad_z) by autograd, z being the conv output."""
+    x, w, sc, sh = float64_twins((x, w, sc, sh))
+    C = x.shape[1]
+    z = reference_depthwise_conv2d(x, w, stride)
+    y = z * sc.view(1, C, 1, 1) if sc is not None else z  # the epilogue of reference_depthwise_conv2d
+    y = y + sh.view(1, C, 1, 1) if sh is not None else y
+    y = torch.relu(y) if relu else y
+    wrt = [t for t in (w, sc, sh, z) if t is not None]
+    grads = iter(torch.autograd.grad(y, wrt, grad_y.double().cpu()))
+    return [next(grads) if t is not None else None for t in (w, sc, sh, z)]
+
+
+def _case_id(case) -> str:
+    return "-".join(str(v).replace(" ", "") for v in case)
+
+
+@needs_triton
+@pytest.mark.parametrize("store_grad_z", [True, False], ids=["gz", "no-gz"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_taps_matches_gather_and_reference(case, dtype, store_grad_z):
+    N, C, H, W, stride, epilogue, config, programs = case
+    epilogue = epilogue or ""
+    relu = "relu" in epilogue
+    x, w, sc, sh = (t.detach() if t is not None else None
+                    for t in make_inputs(N, C, H, W, 3, dtype, "channels_last", "scale" in epilogue,
+                                         "shift" in epilogue))  # fmt: skip
+    OH, OW = (H - 1) // stride + 1, (W - 1) // stride + 1
+    grad_y = torch.randn(N, C, OH, OW, device=DEVICE, dtype=dtype).to(memory_format=torch.channels_last)
+    args = (grad_y, x, w, sc, sh, stride, relu, store_grad_z)
+    taps = launch_bwd_weight(*args, config=config and LaunchConfig(*config), programs=programs, variant="taps")
+    gather = launch_bwd_weight(*args)  # variant="gather", its own default configuration
+    ref = reference_wgrad(x, w, sc, sh, stride, relu, grad_y)
+    # grad_z is written only where the epilogue changes it (relu or scale), as the nets' backward asks for it
+    has_gz = store_grad_z and (relu or sc is not None)
+    for name, t, g, r, present in zip(OUTPUTS, taps, gather, ref, (True, sc is not None, sh is not None, has_gz)):
+        if not present:
+            continue
+        assert t.shape == g.shape == r.shape and t.dtype == g.dtype, name
+        assert rel_err(t, r) < TOL[dtype], f"{name} vs float64: {rel_err(t, r):.2e}"
+        assert rel_err(t, g) < TOL[dtype], f"{name} vs gather: {rel_err(t, g):.2e}"
+    if has_gz:
+        assert taps[3].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_taps_rejects_what_it_does_not_take():
+    """NCHW x, a 5x5 kernel or an unknown variant: a ValueError before any launch."""
+    g, x = torch.randn(1, 4, 5, 5), torch.randn(1, 4, 5, 5)
+    with pytest.raises(ValueError, match="channels_last"):
+        launch_bwd_weight(g, x, torch.randn(4, 1, 3, 3), None, None, 1, False, False, variant="taps")
+    x_cl, g_cl = (t.to(memory_format=torch.channels_last) for t in (x, g))
+    with pytest.raises(ValueError, match="3x3"):
+        launch_bwd_weight(g_cl, x_cl, torch.randn(4, 1, 5, 5), None, None, 1, False, False, variant="taps")
+    with pytest.raises(ValueError, match="variant"):
+        launch_bwd_weight(g_cl, x_cl, torch.randn(4, 1, 3, 3), None, None, 1, False, False, variant="tap")
+
+
+def test_taps_config():
+    """32-channel slices at most, ~1024-element tiles with 4 warps on the GPU; one warp in the interpreter."""
+    for C, H, stride in ((32, 32, 1), (64, 32, 2), (728, 8, 1), (1024, 2, 1), (20, 5, 1)):
+        cfg = wgrad_taps_config(C, H, H, stride)
+        assert cfg.block_k == min(32, 1 << (C - 1).bit_length()) and cfg.num_warps == 4
+        assert cfg.block_r * cfg.block_k == 1024
+    assert wgrad_taps_config(32, 32, 32, 1, cpu=True).num_warps == 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# bench/wgrad.py without a GPU
+
+
+def test_bench_shapes_bytes_and_configs():
+    from bench import depthwise, wgrad
+
+    layers = depthwise.layer_table()
+    assert {(C, H, s) for _, C, H, s in layers} == set(depthwise.MOBILENET_V1) | set(depthwise.XCEPTION)
+    # x (N, C, H, H) + grad_y and grad_z (N, C, OH, OH), in bytes: 2 * 64 * (32*32 + 2*16*16) * 2
+    assert wgrad.wgrad_bytes(2, 64, 32, 2, 2) == 2 * 64 * (1024 + 512) * 2
+    assert wgrad.wgrad_bytes(1, 3, 5, 1, 4) == 3 * 75 * 4
+    for _, C, H, s in layers:
+        configs = wgrad.taps_candidates(C, H, s)
+        assert 4 <= len(configs) <= 6 and len(set(configs)) == len(configs)
+        assert configs[0] == wgrad_taps_config(C, H, H, s)
+        for cfg in configs:
+            assert cfg.block_k in wgrad.TAPS_BLOCK_K and cfg.block_k <= max(32, C)
+            assert cfg.block_r * cfg.block_k in (1024, 2048) and cfg.num_warps in (4, 8)
+
+
+@needs_triton
+def test_bench_measure_with_fake_timer():
+    """The whole measurement on two tiny layers (interpreted without CUDA): rows, best configs, summary, text."""
+    from bench import common, wgrad
+
+    timed = []
+
+    def fake_us(call, n_sets):
+        call(n_sets - 1)  # the call runs on every input set
+        timed.append(n_sets)
+        return 10.0 + len(timed) % 3  # µs; varies so that a best config is picked
+
+    layers = [("tiny", 8, 4, 1), ("tiny", 8, 5, 2)]
+    result = wgrad.measure(DEVICE, layers, batches=(2,), time_us=fake_us, copy_gbs=100.0, compile_ahead=False)
+    rows, best = result["rows"], result["best"]
+    per_layer = [len(wgrad.variants(C, H, s)) for _, C, H, s in layers]
+    assert len(rows) == len(timed) == 2 * sum(per_layer)  # two dtypes
+    assert len(best) == 4 and all(r["speedup"] == r["gather us"] / r["taps us"] for r in best)
+    for r in rows:
+        assert r["GB/s"] == pytest.approx(r["bytes"] / r["us"] / 1e3)
+        assert r["% copy"] == pytest.approx(100 * r["GB/s"] / 100.0)
+        assert r["rel err"] < wgrad.MATCH_TOL[r["dtype"]], r
+    assert result["summary"]["rows with rel err over MATCH_TOL"] == 0
+    head = common.header(torch.device("cpu"), "python3 bench/wgrad.py /tmp/x")
+    markdown = wgrad.to_markdown(result, head)
+    assert "geomean speedup, best taps config vs gather, bf16" in markdown and "python3 bench/wgrad.py" in markdown
