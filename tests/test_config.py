@@ -55,9 +55,9 @@ def test_fast_recipe_settings_per_model_and_explicit_keys_win():
     assert (base.epochs, base.optimizer, base.lr, base.nesterov, base.batch_size) == (40, "sgd", 0.2, True, 512)
     assert (base.cutout, base.mix) == (8, "none")
     vit = parse(["recipe=fast", "model=vit"])
-    assert (vit.epochs, vit.optimizer, vit.lr, vit.nesterov, vit.weight_decay) == (200, "adamw", 1e-3, False, 0.05)
+    assert (vit.epochs, vit.optimizer, vit.lr, vit.nesterov, vit.weight_decay) == (350, "adamw", 1e-3, False, 0.05)
     assert (vit.batch_size, vit.cutout, vit.schedule, vit.mix) == (512, 8, "onecycle", "cutmix")  # shared keys stay
-    assert parse(["model=vgg16", "recipe=fast"]).epochs == 200  # order of the words does not matter
+    assert parse(["model=vgg16", "recipe=fast"]).epochs == 250  # order of the words does not matter
     default = parse(["recipe=fast"])  # the default model, resnet18: cutmix in place of cutout
     assert (default.epochs, default.mix, default.cutout) == (200, "cutmix", 0)
     mine = parse(["recipe=fast", "model=vit", "lr=5e-4", "epochs=3", "optimizer=sgd", "nesterov=true", "mix=none"])
