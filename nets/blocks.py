@@ -4,6 +4,7 @@
     DepthwiseConv2d(channels, k, stride) a k x k convolution per channel, through `depthwise` below
     SeparableConv2d(cin, cout, stride)   depthwise 3x3 then pointwise 1x1 (Chollet 2017; Howard et al. 2017)
     attention(qkv)                       softmax(Q K^T / sqrt(D)) V from a fused QKV projection
+    DropPath(p)                          stochastic depth: a residual branch dropped per sample in training
 
 `depthwise` and `attention` are the single doors to the Triton kernels in kernels/: `impl="auto"` takes
 the kernel for CUDA tensors it supports and the plain PyTorch reference elsewhere; `impl="reference"` forces
@@ -66,3 +67,24 @@ class SeparableConv2d(nn.Module):
 
     def forward(self, x):
         return self.pointwise(self.depthwise(x))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016, "Deep Networks with Stochastic Depth"), per sample, as the ViTs of
+    DeiT (Touvron et al. 2021) use it on their residual branches: in train mode each sample's branch output is
+    zeroed with probability p and the others are scaled by 1 / (1 - p), so its expectation is unchanged; the
+    identity in eval mode and at p = 0. The draw comes from PyTorch's global generator (in float32, whatever
+    the branch's dtype), which the trainer seeds and checkpoints."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), device=x.device) >= self.p
+        return x * (keep.to(x.dtype) / (1 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"

@@ -92,22 +92,23 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block (the paper's eqs. 2 and 3)."""
 
-    def __init__(self, size: ViTSize, dropout: float, kernels: str):
+    def __init__(self, size: ViTSize, dropout: float, kernels: str, drop_path: float = 0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(size.dim, eps=LAYER_NORM_EPS)
         self.attn = Attention(size.dim, size.heads, kernels)
         self.norm2 = nn.LayerNorm(size.dim, eps=LAYER_NORM_EPS)
         self.mlp = MLP(size.dim, size.mlp_ratio * size.dim, dropout)
         self.drop = nn.Dropout(dropout)
+        self.drop_path = blocks.DropPath(drop_path)
 
     def forward(self, x):  # x: (B, S, dim)
-        x = x + self.drop(self.attn(self.norm1(x)))
-        return x + self.mlp(self.norm2(x))
+        x = x + self.drop_path(self.drop(self.attn(self.norm1(x))))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class ViT(nn.Module):
     def __init__(self, size: ViTSize, num_classes: int, patch: int, image_size: int, pool: str, dropout: float,
-                 kernels: str):  # fmt: skip
+                 kernels: str, drop_path: float = 0.0):  # fmt: skip
         super().__init__()
         self.patch, self.grid, self.pool = patch, image_size // patch, pool
         self.patch_embed = nn.Linear(3 * patch * patch, size.dim)
@@ -117,7 +118,7 @@ class ViT(nn.Module):
             tokens += 1
         self.pos_embed = nn.Parameter(torch.empty(1, tokens, size.dim))  # filled by init_param
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.Sequential(*(Block(size, dropout, kernels) for _ in range(size.depth)))
+        self.blocks = nn.Sequential(*(Block(size, dropout, kernels, p) for p in drop_path_rates(drop_path, size.depth)))
         self.norm = nn.LayerNorm(size.dim, eps=LAYER_NORM_EPS)
         self.head = nn.Linear(size.dim, num_classes)
         linears = [prefix for prefix, m in self.named_modules() if isinstance(m, nn.Linear)]
@@ -166,6 +167,12 @@ def truncated_normal_(t: torch.Tensor, std: float, generator: torch.Generator) -
     return t
 
 
+def drop_path_rates(drop_path: float, depth: int) -> list[float]:
+    """Each block's stochastic-depth rate: rising linearly from 0 at the first block to `drop_path` at the
+    last (Huang et al. 2016's linear decay rule of survival, as DeiT's ViTs apply it)."""
+    return [drop_path * i / (depth - 1) if depth > 1 else drop_path for i in range(depth)]
+
+
 def _positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
@@ -174,20 +181,24 @@ def vit(name: str):
     size = SIZES[name]
 
     def build(num_classes: int = 10, patch: int = 4, pool: str = "cls", image_size: int = 32,
-              dropout: float = 0.0, kernels: str = "auto") -> Net:  # fmt: skip
+              dropout: float = 0.0, kernels: str = "auto", drop_path: float = 0.0) -> Net:  # fmt: skip
         """patch: patch side in pixels (4 for CIFAR, 16 for the paper's /16 models); pool: "cls" (class token)
         or "mean" (average of the tokens); image_size: input side in pixels (a multiple of patch); dropout:
         after the embedding, the attention and each MLP layer (0 keeps `apply` pure; above 0 it draws from
-        PyTorch's global generator in train mode); kernels: "auto" (Triton attention on CUDA) or "reference"."""
+        PyTorch's global generator in train mode); kernels: "auto" (Triton attention on CUDA) or "reference";
+        drop_path: stochastic depth of the last block's two residual branches, rising linearly from 0 at the
+        first block (drop_path_rates; DeiT trains its ViTs with 0.1; above 0 it draws as dropout does)."""
         if not _positive_int(patch) or not _positive_int(image_size) or image_size % patch:
             raise NetError(f"{name} needs positive integers image_size and patch with image_size a multiple of "
                            f"patch, got image_size={image_size!r}, patch={patch!r}")  # fmt: skip
         if pool not in POOLS:
             raise NetError(f"{name} pool must be one of {', '.join(POOLS)}, got {pool!r}")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise NetError(f"{name} dropout must be a number in [0, 1), got {dropout!r}")
+        for key, value in (("dropout", dropout), ("drop_path", drop_path)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise NetError(f"{name} {key} must be a number in [0, 1), got {value!r}")
         blocks.check_kernels(kernels)
-        return Net(name, lambda: ViT(size, num_classes, patch, image_size, pool, dropout, kernels), num_classes)
+        return Net(name, lambda: ViT(size, num_classes, patch, image_size, pool, dropout, kernels, drop_path),
+                   num_classes)
 
     return build
 
