@@ -12,6 +12,9 @@ mean-subtracted images. The crop and flip are one gather, with no loop over imag
 
 that is: crop the zero-padded normalised image at offset (pad + dy, pad + dx), then mirror the crop if flip.
 
+RandAugment (Cubuk et al. 2020), optional, first: `randaugment_ops` ops per image at bin `randaugment_magnitude`
+of torchvision's op set, on the uint8 images before the crop and flip (data/randaugment.py rand_augment).
+
 Cutout (DeVries & Taylor 2017, "Improved Regularization of Convolutional Neural Networks with Cutout"),
 optional: a `size` x `size` square centred on a uniformly drawn pixel is set to 0 (the mean, after
 normalisation), clipped where it leaves the image, as in the paper.
@@ -27,6 +30,7 @@ Precision and memory format (bf16, channels_last) are the trainer's business: ba
 import torch
 
 from data.errors import DataError
+from data.randaugment import MAGNITUDE_BINS, rand_augment
 
 CROP_PAD = 4  # pixels of padding on each side before the random crop (He et al. 2016, sec. 4.2)
 # Training batches are augmented this many images at a time (rounded to whole batches): augmenting costs
@@ -122,16 +126,20 @@ class DeviceBatches:
     """Iterable of (x float32 (B, C, H, W), y int64 (B,)) batches of a split that lives on one device.
 
     train=True: each epoch (each iter()) visits the images in a new order from torch.randperm(generator) and
-    augments them with random_crop_flip (then cutout, when `cutout` > 0), CHUNK_IMAGES at a time; drop_last
-    defaults to True, so every step sees a full batch. With `mix` "mixup" or "cutmix", each batch is then
-    mixed (mix_batch) and y is soft targets, float32 (B, num_classes).
+    augments them CHUNK_IMAGES at a time: rand_augment (when `randaugment_ops` > 0, at bin
+    `randaugment_magnitude`), then random_crop_flip, then cutout (when `cutout` > 0); drop_last defaults to
+    True, so every step sees a full batch. With `mix` "mixup" or "cutmix", each batch is then mixed (mix_batch)
+    and y is soft targets, float32 (B, num_classes). The generator's draws, per epoch: the order, then per chunk
+    rand_augment's, random_crop_flip's and cutout's (each in its own documented order), then per batch of the
+    chunk mix_batch's.
     train=False: the stored order, normalise only, and the partial last batch is kept (drop_last False).
     `generator` must be on the images' device; the same seed gives the same batches.
     """
 
     def __init__(self, images_u8: torch.Tensor, labels: torch.Tensor, mean, std, batch_size: int,
                  train: bool, generator: torch.Generator | None = None, drop_last: bool | None = None,
-                 pad: int = CROP_PAD, cutout: int = 0, mix: str = "none", num_classes: int = 0):
+                 pad: int = CROP_PAD, cutout: int = 0, mix: str = "none", num_classes: int = 0,
+                 randaugment_ops: int = 0, randaugment_magnitude: int = 9):
         if images_u8.dtype != torch.uint8 or images_u8.ndim != 4:
             raise DataError(f"DeviceBatches needs uint8 images (N, C, H, W), got {images_u8.dtype} "
                             f"{tuple(images_u8.shape)}")
@@ -147,6 +155,9 @@ class DeviceBatches:
             raise DataError(f"batch_size={batch_size} must be >= 1, pad={pad} >= 0 and cutout={cutout} >= 0")
         if mix not in MIXES:
             raise DataError(f"mix={mix!r} is not one of: {', '.join(MIXES)}")
+        if randaugment_ops < 0 or not 0 <= randaugment_magnitude < MAGNITUDE_BINS:
+            raise DataError(f"randaugment_ops={randaugment_ops} must be >= 0 (0: off) and randaugment_magnitude="
+                            f"{randaugment_magnitude} in 0..{MAGNITUDE_BINS - 1}")
         if mix != "none" and len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < num_classes:
             raise DataError(f"mix={mix} needs num_classes above every label, got num_classes={num_classes} "
                             f"for labels {int(labels.min())}..{int(labels.max())}")
@@ -157,6 +168,7 @@ class DeviceBatches:
                             f"the image shape {tuple(images_u8.shape[1:])}, as normalisation_stats gives")
         self.batch_size, self.train, self.generator, self.pad = batch_size, train, generator, pad
         self.cutout, self.mix, self.num_classes = cutout, mix, num_classes
+        self.randaugment_ops, self.randaugment_magnitude = randaugment_ops, randaugment_magnitude
         self.drop_last = train if drop_last is None else drop_last
         # An empty evaluation set is allowed (val_fraction=0 holds none out); a training loader must give a batch.
         if len(self) == 0 and (train or len(images_u8)):
@@ -178,7 +190,10 @@ class DeviceBatches:
         chunk = size * max(1, CHUNK_IMAGES // size)
         for chunk_start in range(0, end, chunk):
             index = order[chunk_start:min(chunk_start + chunk, end)]
-            x = random_crop_flip(self.images[index], self.mean, self.std, self.pad, self.generator)
+            images = self.images[index]
+            if self.randaugment_ops:
+                images = rand_augment(images, self.randaugment_ops, self.randaugment_magnitude, self.generator)
+            x = random_crop_flip(images, self.mean, self.std, self.pad, self.generator)
             if self.cutout:
                 x = cutout(x, self.cutout, self.generator)
             y = self.labels[index]

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from data.loader import MIXES
+from data.randaugment import MAGNITUDE_BINS
 from train.optim import OPTIMIZERS
 
 
@@ -54,6 +55,8 @@ class Config:
     val_fraction: float = 0.1  # share of each class held out for validation: 45k/5k on the full set
     normalisation: str = "pixel"  # pixel: per-pixel mean/std of the training split | channel: per channel
     cutout: int = 0  # side (pixels) of a random square zeroed in each training image after crop+flip; 0: off
+    randaugment: int = 0  # RandAugment ops per training image, before crop+flip (Cubuk et al. 2020); 0: off
+    randaugment_magnitude: int = 9  # RandAugment's magnitude bin, 0..30 (torchvision's 31 bins)
     mix: str = "none"  # none | mixup | cutmix: mix each training batch with a permutation of itself, soft labels
     tta: bool = False  # evaluate each image and its mirror image, averaging the two softmax outputs
     sync_bn: bool = False  # several ranks: BatchNorm statistics over all ranks' images (default: per rank)
@@ -136,7 +139,7 @@ CHOICES = {
 RESUMABLE = ("epochs", "progress", "device", "compile", "eval_batch_size", "data", "download", "out", "resume",
              "gpu_lock", "gpu_slots", "cudnn_benchmark")
 POSITIVE = ("epochs", "batch_size", "eval_batch_size", "lr", "gpu_slots")
-NON_NEGATIVE = ("momentum", "weight_decay", "label_smoothing", "patience", "min_lr", "cutout")
+NON_NEGATIVE = ("momentum", "weight_decay", "label_smoothing", "patience", "min_lr", "cutout", "randaugment")
 FRACTIONS = ("val_fraction", "warmup_fraction", "lr_factor", "label_smoothing", "beta2")
 
 
@@ -230,6 +233,8 @@ def check(cfg: Config) -> None:
     for key in FRACTIONS:
         if not 0 <= getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be in [0, 1), got {getattr(cfg, key)}")
+    if not 0 <= cfg.randaugment_magnitude < MAGNITUDE_BINS:
+        raise ConfigError(f"randaugment_magnitude must be in 0..{MAGNITUDE_BINS - 1}, got {cfg.randaugment_magnitude}")
     if cfg.optimizer == "adamw" and (cfg.nesterov or not cfg.momentum < 1):
         raise ConfigError("optimizer=adamw takes no nesterov and needs momentum (its beta1) below 1, got "
                           f"nesterov={cfg.nesterov} momentum={cfg.momentum} (recipe=fast sets nesterov=true for "

@@ -254,7 +254,8 @@ def device_split(cfg: Config, data, saved: dict | None, out: Path, device, rank:
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     train = DeviceBatches(*_device_tensors(data.train_images[rank_idx], data.train_labels[rank_idx], device),
                           mean, std, cfg.batch_size, train=True, generator=generator, cutout=cfg.cutout,
-                          mix=cfg.mix, num_classes=num_classes)
+                          mix=cfg.mix, num_classes=num_classes, randaugment_ops=cfg.randaugment,
+                          randaugment_magnitude=cfg.randaugment_magnitude)
     val = DeviceBatches(*_device_tensors(data.train_images[val_idx], data.train_labels[val_idx], device),
                         mean, std, cfg.eval_batch_size, train=False)
     test = DeviceBatches(*_device_tensors(data.test_images, data.test_labels, device),
