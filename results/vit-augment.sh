@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# PREPARED 2026-12-01, NOT YET RUN: the next job for issues 8 (the ViT, 0.57 short of 86.0) and 6 (every family's
+# step in one run). Rename it to results/<gpu>-<date>.sh once it has run, and keep its log beside it.
+#   first    the GPU tests (RandAugment's CUDA test has never run), beside the trainings
+#   then     two ViT runs, two at a time: recipe=fast 300 epochs with RandAugment (2 ops, magnitude 9) and stochastic
+#            depth 0.1, and with RandAugment only (both built on 2026-12-01, CPU-tested only)
+#   last     every family's training step (parallel=true), compiled beside the runs and timed alone after them,
+#            with no deadline shorter than the time left
+# Started on the device machine as
+#   results/background.sh start /tmp/s env END_AT=<epoch second to be done by> results/vit-augment.sh /tmp/s/runs
+# and collected with `results/background.sh wait /tmp/s SECONDS $OUT` in each call.
+set -u
+root=${1:?usage: results/vit-augment.sh OUTROOT}
+cd "$(dirname "$0")/.."
+mkdir -p "$root/p1"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+python3 -c "from data.cifar import load_cifar; load_cifar('cifar10', '.data/cifar10-jpeg.tar.gz', download=False)"
+export TORCHINDUCTOR_COMPILE_THREADS=4
+left() { echo $((${END_AT:-0} - $(date +%s))); }
+stamp() { echo "$(date -u +%H:%M:%S) $*"; }
+
+python3 -m pytest -q -m gpu tests >"$root/gpu-tests.log" 2>&1 &
+tests=$!
+exec 8>"$root/bench.lock"
+flock 8 && stamp "holding bench.lock"
+run="PYTHON=python3 DATA=.data/cifar10-jpeg.tar.gz"
+SLOTS=2 results/together.sh "$root/p1" \
+    "$run MODEL=vit ARGS='recipe=fast epochs=300 randaugment=2 net.drop_path=0.1 download=false'" \
+    "$run MODEL=vit ARGS='recipe=fast epochs=300 randaugment=2 download=false'" &
+p1=$!
+for _ in $(seq 300); do (($(grep -l "compiled in" "$root"/p1/*.log 2>/dev/null | wc -l) >= 2)) && break; sleep 1; done
+stamp "the runs compiled; the step benchmark compiles"
+python3 -m bench step parallel=true out="$root/bench" gpu_lock="$root/bench.lock" deadline=$(($(left) - 60)) \
+    >"$root/bench-step.log" 2>&1 &
+bench=$!
+wait $p1; stamp "the ViT runs ended"
+flock -u 8; exec 8>&-
+wait $bench; stamp "step benchmark ended"
+wait $tests; stamp "GPU tests ended: $(tail -n 1 "$root/gpu-tests.log")"
