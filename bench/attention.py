@@ -27,7 +27,6 @@ graph and replayed: GPU time only, no L2 flush between replays; what a compiled/
 """
 
 import functools
-import math
 import sys
 import time
 import warnings
@@ -41,7 +40,7 @@ import triton  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 from bench.common import copy_gbs as copy_bandwidth_gbs  # noqa: E402
-from bench.common import fine_cell, run_script, table  # noqa: E402
+from bench.common import fine_cell, geomean, run_script, table  # noqa: E402
 from kernels.attention import (  # noqa: E402
     _attn_backward,
     _attn_forward,
@@ -113,10 +112,6 @@ def min_bytes(B: int, S: int, H: int, D: int, elt: int = 2) -> tuple[int, int]:
     return 4 * N * elt + lse, 11 * N * elt + 2 * lse
 
 
-def _geomean(xs):
-    return math.exp(sum(math.log(x) for x in xs) / len(xs))
-
-
 def measure(device: str = "cuda", quick: bool = False) -> dict:
     """Time the kernel and each SDPA backend over SHAPES (QUICK_SHAPES if quick): µs, GB/s, speedups."""
     if not str(device).startswith("cuda") or not torch.cuda.is_available():
@@ -163,7 +158,7 @@ def measure(device: str = "cuda", quick: bool = False) -> dict:
         speedups = [r[f"speedup {phase}"] for r in picked if r[f"speedup {phase}"] is not None]
         if speedups:
             summary[f"min {phase} speedup"] = min(speedups)
-            summary[f"geomean {phase} speedup"] = _geomean(speedups)
+            summary[f"geomean {phase} speedup"] = geomean(speedups)
     for phase in ("fwd+bwd", "graph fwd+bwd"):
         if f"min {phase} speedup" in summary:
             summary[f"target met ({phase})"] = summary[f"min {phase} speedup"] >= TARGET_SPEEDUP

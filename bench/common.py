@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import platform
 import re
 import statistics
@@ -44,6 +45,12 @@ def alternating_medians(fns: dict[str, Callable[[], object]], device, calls: int
         for name, fn in fns.items():
             times[name].append(seconds_per_call(fn, device, calls))
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def geomean(xs) -> float:
+    """Geometric mean of positive numbers (speedups, ratios); nan for none."""
+    xs = list(xs)
+    return math.exp(sum(math.log(v) for v in xs) / len(xs)) if xs else float("nan")
 
 
 def copy_gbs(device: torch.device | str, n_bytes: int = COPY_BYTES) -> float:

@@ -40,7 +40,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bench.common import copy_gbs as copy_bandwidth_gbs  # noqa: E402
-from bench.common import fine_cell, run_script, table  # noqa: E402
+from bench.common import fine_cell, geomean, run_script, table  # noqa: E402
 from kernels import depthwise as dw  # noqa: E402
 
 # Depthwise layers as (C, H, stride) at a 32x32 input: the input spatial size H follows the strides.
@@ -255,7 +255,7 @@ def measure(device: str = "cuda", quick: bool = False, checkpoint: Path | None =
     epilogue_rows = measure_epilogue(epilogue_layers, batches[0], device)
     summary = summarize(rows, copy_gbs)
     summary["geomean fwd+bwd speedup with scale+shift+relu (bf16 channels_last, layers with >= 8x8 outputs)"] = (
-        _geomean([r["speedup"] for r in epilogue_rows]))
+        geomean([r["speedup"] for r in epilogue_rows]))
     summary["precompile s"] = compile_s
     return {"title": "Depthwise 3x3 conv: Triton vs PyTorch (F.conv2d groups=C)", "columns": COLUMNS,
             "rows": rows, "summary": summary, "epilogue_rows": epilogue_rows}
@@ -311,10 +311,6 @@ def _measure_case(net, N, C, H, stride, dname, copy_gbs, device) -> list[dict]:
     return rows
 
 
-def _geomean(xs):
-    return math.exp(sum(math.log(v) for v in xs) / len(xs)) if xs else float("nan")
-
-
 def summarize(rows: list[dict], copy_gbs: float) -> dict:
     bf16_cl = [r for r in rows if r["dtype"] == "bf16" and r["layout"] == "channels_last"]
     largest = sorted({r["bytes fwd+bwd"] for r in bf16_cl}, reverse=True)[:LARGEST]
@@ -322,14 +318,14 @@ def summarize(rows: list[dict], copy_gbs: float) -> dict:
     slowest = min(rows, key=lambda r: r["fwd+bwd speedup vs best"])
     return {
         "copy GB/s": copy_gbs,
-        "geomean fwd+bwd speedup bf16 channels_last vs best": _geomean(
+        "geomean fwd+bwd speedup bf16 channels_last vs best": geomean(
             [r["fwd+bwd speedup vs best"] for r in bf16_cl]),
-        "geomean fwd+bwd speedup bf16 channels_last vs default": _geomean(
+        "geomean fwd+bwd speedup bf16 channels_last vs default": geomean(
             [r["fwd+bwd speedup vs default"] for r in bf16_cl]),
-        "geomean fwd speedup bf16 channels_last vs best": _geomean(
+        "geomean fwd speedup bf16 channels_last vs best": geomean(
             [r["fwd speedup vs best"] for r in bf16_cl]),
-        "geomean fwd+bwd speedup all rows vs best": _geomean([r["fwd+bwd speedup vs best"] for r in rows]),
-        "geomean eager fwd+bwd speedup bf16 channels_last vs best": _geomean(
+        "geomean fwd+bwd speedup all rows vs best": geomean([r["fwd+bwd speedup vs best"] for r in rows]),
+        "geomean eager fwd+bwd speedup bf16 channels_last vs best": geomean(
             [r["eager fwd+bwd speedup vs best"] for r in bf16_cl]),
         "min fwd+bwd speedup vs best": slowest["fwd+bwd speedup vs best"],
         "min fwd+bwd speedup at": {k: slowest[k] for k in CASE_KEYS + ("layout",)},
@@ -338,11 +334,11 @@ def summarize(rows: list[dict], copy_gbs: float) -> dict:
         "largest layers (bf16 channels_last)": [f"N={r['N']} C={r['C']} H={r['H']}" for r in big],
         "largest layers fwd+bwd % copy": [round(r["triton fwd+bwd % copy"], 1) for r in big],
         "largest layers fwd % copy": [round(r["triton fwd % copy"], 1) for r in big],
-        "geomean fwd+bwd speedup vs PyTorch in the same layout, nchw": _geomean(
+        "geomean fwd+bwd speedup vs PyTorch in the same layout, nchw": geomean(
             [_torch_same_layout_us(r) / r["triton fwd+bwd us"] for r in rows if r["layout"] == "nchw"]),
-        "geomean fwd+bwd speedup vs PyTorch in the same layout, channels_last": _geomean(
+        "geomean fwd+bwd speedup vs PyTorch in the same layout, channels_last": geomean(
             [_torch_same_layout_us(r) / r["triton fwd+bwd us"] for r in rows if r["layout"] == "channels_last"]),
-        "impl=auto: geomean fwd+bwd speedup vs best, bf16 channels_last": _geomean(
+        "impl=auto: geomean fwd+bwd speedup vs best, bf16 channels_last": geomean(
             [_best_us(r) / _auto_us(r) for r in bf16_cl]),
         "impl=auto: min fwd+bwd speedup vs PyTorch in the same layout": min(
             _torch_same_layout_us(r) / _auto_us(r) for r in rows),

@@ -154,6 +154,9 @@ def prepare_net(name, device, variants=None, gpu_turn=None) -> tuple[dict, dict,
     return trains, infers, compile_s
 
 
+CUDNN_LABELS = {False: "off", True: "on"}  # the rows' "cudnn.benchmark" cell per setting
+
+
 def cudnn_settings(device) -> tuple[bool, ...]:
     """The cudnn.benchmark values each variant is timed with: both on CUDA, the one that exists elsewhere."""
     return (False, True) if device.type == "cuda" else (False,)
@@ -176,7 +179,7 @@ def time_net(name, device, prepared, calls, rounds) -> list[dict]:
             for variant in trains:
                 ips = BATCH / steady[variant]
                 rows.append({
-                    "net": name, "variant": variant, "cudnn.benchmark": "on" if bench else "off",
+                    "net": name, "variant": variant, "cudnn.benchmark": CUDNN_LABELS[bench],
                     "train images/s": ips, "vs (1)": ips / base,
                     "inference images/s": BATCH / inference[variant] if variant in inference else None,
                     "warm-up s (compile)": compile_s[variant],
@@ -294,10 +297,10 @@ def measure(device: str = "cuda", quick: bool = False, names=None, parallel: boo
             rows = [row for name in names for row in measure_net(name, device, calls, rounds)]
     summary = {}
     for name in names:
-        for setting in ("off", "on"):
+        for bench, setting in CUDNN_LABELS.items():
             per = {r["variant"]: r["vs (1)"] for r in rows
                    if r["net"] == name and r.get("cudnn.benchmark") == setting}
-            tag = "" if setting == "off" else " cudnn.benchmark"
+            tag = " cudnn.benchmark" if bench else ""
             if "(3) compiled" in per:
                 summary[f"{name} (3)/(1){tag}"] = per["(3) compiled"]
             if KERNELS in per:

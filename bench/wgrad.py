@@ -17,7 +17,6 @@ is the largest ||taps - gather|| / ||gather|| over grad_weight, grad_scale, grad
 """
 
 import collections
-import math
 import statistics
 import sys
 import time
@@ -29,7 +28,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import torch  # noqa: E402
 
 from bench.common import copy_gbs as copy_bandwidth_gbs  # noqa: E402
-from bench.common import fine_cell, publish, results_prefix, script_header, table  # noqa: E402
+from bench.common import fine_cell, geomean, publish, results_prefix, script_header, table  # noqa: E402
 from bench.depthwise import BATCHES, DTYPES, K, graph_us, layer_table, n_sets_for  # noqa: E402
 from kernels import depthwise as dw  # noqa: E402
 
@@ -148,10 +147,6 @@ def best_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _geomean(xs) -> float:
-    return math.exp(sum(math.log(v) for v in xs) / len(xs)) if xs else float("nan")
-
-
 def summarize(rows: list[dict], best: list[dict], copy_gbs: float) -> dict:
     summary = {"copy GB/s": copy_gbs}
     for dname in DNAMES:
@@ -166,10 +161,10 @@ def summarize(rows: list[dict], best: list[dict], copy_gbs: float) -> dict:
             and r["config"] == str(tuple(dw.wgrad_taps_config(r["C"], r["H"], r["H"], r["stride"])))
         ]
         summary |= {
-            f"geomean speedup, best taps config vs gather, {dname}": _geomean([r["speedup"] for r in b]),
+            f"geomean speedup, best taps config vs gather, {dname}": geomean([r["speedup"] for r in b]),
             f"min / max speedup, best taps config vs gather, {dname}": [
                 round(min(r["speedup"] for r in b), 2), round(max(r["speedup"] for r in b), 2)],
-            f"geomean speedup, default taps config (wgrad_taps_config) vs gather, {dname}": _geomean(
+            f"geomean speedup, default taps config (wgrad_taps_config) vs gather, {dname}": geomean(
                 [r["speedup vs gather"] for r in default]),
             f"cases where taps beats gather, {dname}": f"{sum(r['speedup'] > 1 for r in b)} of {len(b)}",
             f"median % copy, gather / best taps, {dname}": [

@@ -30,7 +30,7 @@ Precision and memory format (bf16, channels_last) are the trainer's business: ba
 import torch
 
 from data.errors import DataError
-from data.randaugment import MAGNITUDE_BINS, rand_augment
+from data.randaugment import check_arguments, rand_augment
 
 CROP_PAD = 4  # pixels of padding on each side before the random crop (He et al. 2016, sec. 4.2)
 # Training batches are augmented this many images at a time (rounded to whole batches): augmenting costs
@@ -155,9 +155,7 @@ class DeviceBatches:
             raise DataError(f"batch_size={batch_size} must be >= 1, pad={pad} >= 0 and cutout={cutout} >= 0")
         if mix not in MIXES:
             raise DataError(f"mix={mix!r} is not one of: {', '.join(MIXES)}")
-        if randaugment_ops < 0 or not 0 <= randaugment_magnitude < MAGNITUDE_BINS:
-            raise DataError(f"randaugment_ops={randaugment_ops} must be >= 0 (0: off) and randaugment_magnitude="
-                            f"{randaugment_magnitude} in 0..{MAGNITUDE_BINS - 1}")
+        check_arguments(randaugment_ops, randaugment_magnitude)
         if mix != "none" and len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < num_classes:
             raise DataError(f"mix={mix} needs num_classes above every label, got num_classes={num_classes} "
                             f"for labels {int(labels.min())}..{int(labels.max())}")

@@ -710,18 +710,12 @@ def launch_bwd_weight(grad_y, x, weight, scale, shift, stride: int, relu: bool, 
                 shift if shift is not None else x, gz if store_grad_z else x, part)
     epilogue = dict(HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, RELU=relu,
                     NEED_Z=relu or scale is not None, STORE_GZ=store_grad_z)
-    if variant == "taps":
-        _launch(
-            _dwconv_bwd_weight_taps_kernel, (groups, col_programs), wrap, cfg.num_warps, x.device,
-            *pointers, N, steps, C=C, H=H, W=W, STRIDE=stride, **epilogue,
-            BLOCK_R=cfg.block_r, BLOCK_K=cfg.block_k,
-        )  # fmt: skip
-    else:
-        _launch(
-            _dwconv_bwd_weight_kernel, (groups, col_programs), wrap, cfg.num_warps, x.device,
-            *pointers, N, steps, C=C, H=H, W=W, STRIDE=stride, K=K, KKP=_next_pow2(K * K), CHANNELS_LAST=cl,
-            **epilogue, BLOCK_R=cfg.block_r, BLOCK_K=cfg.block_k,
-        )  # fmt: skip
+    kernel, layout = ((_dwconv_bwd_weight_taps_kernel, {}) if variant == "taps" else  # 3x3 channels_last only
+                      (_dwconv_bwd_weight_kernel, dict(K=K, KKP=_next_pow2(K * K), CHANNELS_LAST=cl)))
+    _launch(
+        kernel, (groups, col_programs), wrap, cfg.num_warps, x.device, *pointers, N, steps,
+        C=C, H=H, W=W, STRIDE=stride, **layout, **epilogue, BLOCK_R=cfg.block_r, BLOCK_K=cfg.block_k,
+    )  # fmt: skip
     grad_w = torch.empty((C, 1, K, K), device=x.device, dtype=weight.dtype)
     grad_scale = torch.empty((C,) if scale is not None else (0,), device=x.device,
                              dtype=scale.dtype if scale is not None else torch.float32)

@@ -8,13 +8,7 @@
 set -u
 root=${1:?usage: results/h200-2026-12-01.sh OUTROOT}
 cd "$(dirname "$0")/.."
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-# Decode the JPEGs once into the cache beside them, rather than in every run at once.
-python3 -c "from data.cifar import load_cifar; load_cifar('cifar10', '.data/cifar10-jpeg.tar.gz', download=False)"
-# Nine processes compile at once on 16 cores: 4 Triton compile workers each rather than one per core each.
-export TORCHINDUCTOR_COMPILE_THREADS=4
-run="PYTHON=python3 DATA=.data/cifar10-jpeg.tar.gz"
+source results/device-setup.sh  # nine processes compile at once: 4 compile threads each, not one per core each
 SLOTS=2 results/together.sh "$root" \
     "$run MODEL=googlenet ARGS='recipe=fast epochs=80 download=false'" \
     "$run MODEL=xception ARGS='recipe=fast epochs=100 download=false'" \
@@ -29,7 +23,6 @@ SLOTS=2 results/together.sh "$root" \
 # device's benchmarks, each only where it fits: every family's training step (issue 6), the depthwise kernel
 # (issue 4), the GPU tests (kernels inside torch.compile). On 2026-12-01 the runs ended with too little time
 # left for any of them: none ran.
-left() { echo $((${END_AT:-0} - $(date +%s))); }
 if (($(left) > 450)); then
     timeout $(($(left) - 30)) python3 -m bench step parallel=true out="$root/bench" deadline=$(($(left) - 90)) \
         >"$root/bench-step.log" 2>&1

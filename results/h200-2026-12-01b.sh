@@ -16,19 +16,13 @@ set -u
 root=${1:?usage: results/h200-2026-12-01b.sh OUTROOT}
 cd "$(dirname "$0")/.."
 mkdir -p "$root/p1" "$root/p2"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-python3 -c "from data.cifar import load_cifar; load_cifar('cifar10', '.data/cifar10-jpeg.tar.gz', download=False)"
-export TORCHINDUCTOR_COMPILE_THREADS=4
-left() { echo $((${END_AT:-0} - $(date +%s))); }
-stamp() { echo "$(date -u +%H:%M:%S) $*"; }
+source results/device-setup.sh
 
 python3 -m pytest -q -m gpu tests/test_depthwise_gpu.py tests/test_attention_gpu.py tests/test_data_loader.py tests/test_mix.py tests/test_train_e2e.py >"$root/gpu-tests.log" 2>&1 &
 tests=$!
 
 exec 8>"$root/bench.lock" 9>"$root/p2/gpu.lock"
 flock 8 && flock 9 && stamp "holding bench.lock and p2/gpu.lock"
-run="PYTHON=python3 DATA=.data/cifar10-jpeg.tar.gz"
 SLOTS=2 results/together.sh "$root/p1" \
     "$run MODEL=vgg16 ARGS='recipe=fast epochs=250 download=false'" \
     "$run MODEL=vit ARGS='recipe=fast epochs=350 download=false'" &
@@ -36,7 +30,7 @@ p1=$!
 results/together.sh "$root/p2" "$run MODEL=googlenet ARGS='recipe=fast epochs=120 mix=cutmix cutout=0 download=false'" &
 p2=$!
 
-for _ in $(seq 600); do grep -q "compiled in" "$root"/p2/googlenet-1.log 2>/dev/null && break; kill -0 $p2 || break; sleep 1; done
+wait_compiled 1 $p2 "$root/p2"
 stamp "GoogLeNet compiled; the step benchmark compiles"
 python3 -m bench step parallel=true out="$root/bench" gpu_lock="$root/bench.lock" deadline=$(($(left) - 200)) \
     >"$root/bench-step.log" 2>&1 &

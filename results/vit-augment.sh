@@ -13,23 +13,17 @@ set -u
 root=${1:?usage: results/vit-augment.sh OUTROOT}
 cd "$(dirname "$0")/.."
 mkdir -p "$root/p1"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-python3 -c "from data.cifar import load_cifar; load_cifar('cifar10', '.data/cifar10-jpeg.tar.gz', download=False)"
-export TORCHINDUCTOR_COMPILE_THREADS=4
-left() { echo $((${END_AT:-0} - $(date +%s))); }
-stamp() { echo "$(date -u +%H:%M:%S) $*"; }
+source results/device-setup.sh
 
 python3 -m pytest -q -m gpu tests >"$root/gpu-tests.log" 2>&1 &
 tests=$!
 exec 8>"$root/bench.lock"
 flock 8 && stamp "holding bench.lock"
-run="PYTHON=python3 DATA=.data/cifar10-jpeg.tar.gz"
 SLOTS=2 results/together.sh "$root/p1" \
     "$run MODEL=vit ARGS='recipe=fast epochs=300 randaugment=2 net.drop_path=0.1 download=false'" \
     "$run MODEL=vit ARGS='recipe=fast epochs=300 randaugment=2 download=false'" &
 p1=$!
-for _ in $(seq 300); do (($(grep -l "compiled in" "$root"/p1/*.log 2>/dev/null | wc -l) >= 2)) && break; sleep 1; done
+wait_compiled 2 $p1 "$root/p1"
 stamp "the runs compiled; the step benchmark compiles"
 python3 -m bench step parallel=true out="$root/bench" gpu_lock="$root/bench.lock" deadline=$(($(left) - 60)) \
     >"$root/bench-step.log" 2>&1 &
