@@ -158,7 +158,8 @@ def _compile_job(job: tuple) -> None:
     elif kind == "bwd_input":
         dw.launch_bwd_input(g, w, x, stride, config=cfg)
     else:
-        dw.launch_bwd_weight(g, x, w, None, None, stride, False, False, config=cfg, programs=programs)
+        dw.launch_bwd_weight(g, x, w, None, None, stride, False, False, config=cfg, programs=programs,
+                             variant="gather")  # the tuner's tiles are gather's
     torch.cuda.synchronize()
 
 
@@ -413,7 +414,7 @@ def _kernel_call(kind, xs, gs, w, stride, config, programs):
     if kind == "bwd_input":
         return lambda i: dw.launch_bwd_input(gs[i], w, xs[i], stride, config=config)
     return lambda i: dw.launch_bwd_weight(gs[i], xs[i], w, None, None, stride, False, False, config=config,
-                                          programs=programs)
+                                          programs=programs, variant="gather")  # the tuner's tiles are gather's
 
 
 def tune(device: str = "cuda") -> list[dict]:

@@ -203,6 +203,21 @@ def wgrad_config(channels_last: bool, C: int, H: int, W: int, stride: int, K: in
 
 
 WGRAD_VARIANTS = ("gather", "taps")  # launch_bwd_weight(variant=...): the 3-D tap gather, or 9 shifted 2-D loads
+
+
+def wgrad_variant(channels_last: bool, dtype: torch.dtype, N: int, H: int, W: int, stride: int, K: int = 3) -> str:
+    """The weight-gradient kernel launch_bwd_weight uses by default: "taps" where it measured faster than
+    "gather" on an H200 (bench/results/wgrad-h200.md, 2026-12-01, both with the fused epilogue, batch 256 and
+    512): in float32 at all 30 layer cases (1.32-3.11x); in bfloat16 at stride 1 from 8192 output rows
+    (N x OH x OW: every 8x8-and-up layer, and 4x4 at batch 512; 1.04-1.85x) and at stride 2 from 32x32 inputs
+    (1.12-1.39x), while gather was faster at the other stride-2 layers and at fewer rows (0.55-1.04x).
+    float16 follows bfloat16 (same loads; not measured apart). "taps" exists for channels_last 3x3 only."""
+    if not (channels_last and K == 3):
+        return "gather"
+    if dtype == torch.float32:
+        return "taps"
+    OH, OW = _output_hw(H, W, stride)
+    return "taps" if (stride == 1 and N * OH * OW >= 8192) or (stride == 2 and H * W >= 1024) else "gather"
 _TAPS_TILE = 1024  # elements of each (BLOCK_R, BLOCK_K) tile: 9 float32 accumulators + 9 x tiles in registers
 
 
@@ -684,17 +699,19 @@ def wgrad_steps(channels_last: bool, N: int, C: int, H: int, W: int, stride: int
 
 def launch_bwd_weight(grad_y, x, weight, scale, shift, stride: int, relu: bool, store_grad_z: bool,
                       wrap: bool = False, config=None, programs: int = _WGRAD_TARGET_PROGRAMS,
-                      variant: str = "gather"):
+                      variant: str | None = None):
     """(grad_weight, grad_scale, grad_shift, grad_z); see the triton_op dwconv_bwd_weight.
 
-    variant: "gather" (the (rows, taps, cols) kernel, every layout and kernel size) or "taps" (experimental:
-    nine shifted 2-D loads, channels_last 3x3 only, `wgrad_taps_config`); both fill the same partial sums."""
-    if variant not in WGRAD_VARIANTS:
-        raise ValueError(f"variant must be one of {WGRAD_VARIANTS}, got {variant!r}")
+    variant: "gather" (the (rows, taps, cols) kernel, every layout and kernel size), "taps" (nine shifted 2-D
+    loads, channels_last 3x3 only, `wgrad_taps_config`), or None: `wgrad_variant`'s choice. Both fill the
+    same partial sums. A `config` is a tile of the variant it is given with (name the variant with it)."""
     N, C, H, W = x.shape
     K = weight.shape[-1]
     OH, OW = _output_hw(H, W, stride)
     cl = _is_channels_last(x)
+    variant = variant or wgrad_variant(cl, x.dtype, N, H, W, stride, K)
+    if variant not in WGRAD_VARIANTS:
+        raise ValueError(f"variant must be one of {WGRAD_VARIANTS}, got {variant!r}")
     if variant == "taps" and not (cl and K == 3):
         raise ValueError(f"variant='taps' takes channels_last x and a 3x3 kernel, got "
                          f"{'channels_last' if cl else 'NCHW'} x and a {K}x{K} kernel")

@@ -4,8 +4,10 @@
 #   first    the GPU tests (RandAugment's CUDA test has never run), beside the trainings
 #   then     two ViT runs, two at a time: recipe=fast 300 epochs with RandAugment (2 ops, magnitude 9) and stochastic
 #            depth 0.1, and with RandAugment only (both built on 2026-12-01, CPU-tested only)
-#   last     every family's training step (parallel=true), compiled beside the runs and timed alone after them,
+#   then     every family's training step (parallel=true), compiled beside the runs and timed alone after them,
 #            with no deadline shorter than the time left
+#   last     the depthwise benchmark (the weight pass now picks "taps" where it measured faster), and the profile
+#            of ResNet-18's and VGG-16's steps (bench/profile.py: where the GPU time goes)
 # Started on the device machine as
 #   results/background.sh start /tmp/s env END_AT=<epoch second to be done by> results/vit-augment.sh /tmp/s/runs
 # and collected with `results/background.sh wait /tmp/s SECONDS $OUT` in each call.
@@ -31,4 +33,6 @@ bench=$!
 wait $p1; stamp "the ViT runs ended"
 flock -u 8; exec 8>&-
 wait $bench; stamp "step benchmark ended"
+python3 bench/depthwise.py "$root/depthwise-h200" >"$root/depthwise.log" 2>&1; stamp "depthwise benchmark ended"
+python3 -m bench.profile out="$root" >"$root/profile.log" 2>&1; stamp "profile ended"
 wait $tests; stamp "GPU tests ended: $(tail -n 1 "$root/gpu-tests.log")"

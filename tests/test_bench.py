@@ -58,3 +58,25 @@ def test_compile_slot_takes_a_free_slot_and_gives_it_back(tmp_path):
     for k in range(2):  # both free again
         with open(tmp_path / f"compile-slot-{k}.lock", "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_profile_sorts_kernels_into_categories_and_sums_them_per_step():
+    import bench.profile as prof
+
+    names = {  # kernel names as the profiler reports them on an H100/H200 (cuDNN, Inductor, aten)
+        "sm90_xmma_wgrad_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x128x64": "conv grad-weight",
+        "sm90_xmma_dgrad_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nchw": "conv grad-input",
+        "sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc": "conv forward",
+        "triton_red_fused__native_batch_norm_legit_functional_relu_3": "Inductor (fused Triton)",
+        "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<...>": "optimizer (foreach)",
+        "void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>": "elementwise",
+        "some_unknown_kernel": "other",
+    }
+    assert {k: prof.category(k) for k in names} == names
+    times = {k: 100.0 * (i + 1) for i, k in enumerate(names)}  # µs per step
+    cats, top = prof.breakdown("resnet18", "(3) compiled", times, wall_us=4000.0)
+    assert cats[0]["category"] == "other" and cats[0]["ms per step"] == 0.7  # the largest first
+    assert sum(r["% of GPU time"] for r in cats[:-1]) == pytest.approx(100)
+    assert cats[-1] == {"net": "resnet18", "variant": "(3) compiled", "category": "GPU busy / wall",
+                        "ms per step": 2.8, "% of GPU time": 70.0}
+    assert [r["ms per step"] for r in top] == sorted((t / 1e3 for t in times.values()), reverse=True)

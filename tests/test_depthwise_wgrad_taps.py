@@ -18,7 +18,13 @@ from test_depthwise import (  # noqa: F401 (one_cpu_thread: an autouse fixture, 
     rel_err,
 )
 
-from kernels.depthwise import LaunchConfig, launch_bwd_weight, reference_depthwise_conv2d, wgrad_taps_config
+from kernels.depthwise import (
+    LaunchConfig,
+    launch_bwd_weight,
+    reference_depthwise_conv2d,
+    wgrad_taps_config,
+    wgrad_variant,
+)
 
 OUTPUTS = ("grad_weight", "grad_scale", "grad_shift", "grad_z")
 DTYPES = [torch.float32, torch.bfloat16]
@@ -66,7 +72,7 @@ def test_taps_matches_gather_and_reference(case, dtype, store_grad_z):
     grad_y = torch.randn(N, C, OH, OW, device=DEVICE, dtype=dtype).to(memory_format=torch.channels_last)
     args = (grad_y, x, w, sc, sh, stride, relu, store_grad_z)
     taps = launch_bwd_weight(*args, config=config and LaunchConfig(*config), programs=programs, variant="taps")
-    gather = launch_bwd_weight(*args)  # variant="gather", its own default configuration
+    gather = launch_bwd_weight(*args, variant="gather")  # its own default configuration
     ref = reference_wgrad(x, w, sc, sh, stride, relu, grad_y)
     # grad_z is written only where the epilogue changes it (relu or scale), as the nets' backward asks for it
     has_gz = store_grad_z and (relu or sc is not None)
@@ -99,6 +105,28 @@ def test_taps_config():
         assert cfg.block_k == min(32, 1 << (C - 1).bit_length()) and cfg.num_warps == 4
         assert cfg.block_r * cfg.block_k == 1024
     assert wgrad_taps_config(32, 32, 32, 1, cpu=True).num_warps == 1
+
+
+def test_wgrad_variant_follows_the_committed_measurement():
+    """The default kernel is the one measured faster at the default taps tile, at every committed H200 case
+    whose two kernels differ by more than 10% (closer ones may go either way)."""
+    import json
+    from pathlib import Path
+
+    measured = json.loads((Path(__file__).parents[1] / "bench/results/wgrad-h200.json").read_text())
+    dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32}
+    checked = 0
+    for r in measured["rows"]:
+        tile = LaunchConfig(*(int(v) for v in r["config"].strip("()").split(",")))
+        if r["variant"] != "taps" or tile != wgrad_taps_config(r["C"], r["H"], r["H"], r["stride"]):
+            continue
+        if abs(r["speedup vs gather"] - 1) > 0.1:
+            faster = "taps" if r["speedup vs gather"] > 1 else "gather"
+            assert wgrad_variant(True, dtypes[r["dtype"]], r["N"], r["H"], r["H"], r["stride"]) == faster, r
+            checked += 1
+    assert checked >= 50  # of the 60 (layer, batch, dtype) cases
+    assert wgrad_variant(False, torch.float32, 512, 32, 32, 1) == "gather"  # taps is channels_last only
+    assert wgrad_variant(True, torch.float32, 512, 32, 32, 1, K=5) == "gather"  # and 3x3 only
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,0 +1,121 @@
+"""Where a training step's GPU time goes: `python3 -m bench.profile [nets=resnet18,vgg16] [out=DIR]`.
+
+For each net, the eager module (1) and the compiled functional step (3) of bench/step.py (batch 512, bf16
+autocast, channels_last, cudnn.benchmark on) are warmed up, then STEPS steps of each run under
+torch.profiler. Every CUDA kernel's time is put in one category by its name (`category`), and the report
+gives, per variant, the milliseconds per step of each category, the GPU-busy total against the step's wall
+time (from a synchronised timing of the same steps: a busy share well under 100% means the GPU waits for
+the CPU), and the kernels that take the most time. Writes DIR/profile.md and .json (default bench/results).
+A diagnosis for bench/step.py's ratios, not a benchmark: the profiler's own overhead is in the wall time.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from bench.common import header, seconds_per_call, sync, to_markdown, write_report
+from bench.step import BASELINE, BATCH, eager_module_step, functional_step, warm
+from train.step import precision_for
+
+STEPS = 10
+TOP = 12  # kernels listed per variant
+# (category, substrings of the kernel name, lower-case), first match wins: cuDNN's and CUTLASS's convolution
+# kernels name their pass (dgrad: grad-input, wgrad: grad-weight); Inductor's generated kernels start triton_.
+CATEGORIES = (
+    ("Inductor (fused Triton)", ("triton_",)),  # first: Inductor names kernels after the ops fused in them
+    ("conv grad-weight", ("wgrad",)),
+    ("conv grad-input", ("dgrad",)),
+    ("conv forward", ("fprop", "conv", "implicit_gemm", "xmma", "cudnn", "nhwc", "sm90_")),
+    ("gemm", ("gemm", "cutlass", "cublas")),
+    ("batch norm", ("batch_norm", "batchnorm", "bn_")),
+    ("optimizer (foreach)", ("multi_tensor", "foreach")),
+    ("reduction", ("reduce",)),
+    ("copy / layout", ("copy", "memcpy", "memset", "transpose", "nchwtonhwc", "nhwctonchw")),
+    ("elementwise", ("elementwise", "vectorized")),
+)
+
+
+def category(kernel: str) -> str:
+    name = kernel.lower()
+    return next((cat for cat, keys in CATEGORIES if any(k in name for k in keys)), "other")
+
+
+def kernel_times(step, steps: int = STEPS) -> dict[str, float]:
+    """µs of GPU time per step for each kernel name, over `steps` profiled steps."""
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    times: dict[str, float] = defaultdict(float)
+    for e in prof.key_averages():
+        us = getattr(e, "self_device_time_total", None)
+        if us is None:  # older spelling
+            us = e.self_cuda_time_total
+        if us > 0:
+            times[e.key] += us / steps
+    return dict(times)
+
+
+def breakdown(name: str, variant: str, times: dict[str, float], wall_us: float) -> tuple[list[dict], list[dict]]:
+    """(category rows, top-kernel rows) of one variant."""
+    busy = sum(times.values())
+    per_cat: dict[str, float] = defaultdict(float)
+    for kernel, us in times.items():
+        per_cat[category(kernel)] += us
+    cats = [{"net": name, "variant": variant, "category": c, "ms per step": us / 1e3, "% of GPU time": 100 * us / busy}
+            for c, us in sorted(per_cat.items(), key=lambda kv: -kv[1])]
+    cats.append({"net": name, "variant": variant, "category": "GPU busy / wall", "ms per step": busy / 1e3,
+                 "% of GPU time": 100 * busy / wall_us})
+    top = [{"net": name, "variant": variant, "kernel": k[:110], "category": category(k), "ms per step": us / 1e3}
+           for k, us in sorted(times.items(), key=lambda kv: -kv[1])[:TOP]]
+    return cats, top
+
+
+def measure(names=("resnet18", "vgg16")) -> dict:
+    device = torch.device("cuda")
+    precision = precision_for(device, "auto")
+    torch.backends.cudnn.benchmark = True
+    cats, tops, summary = [], [], {}
+    for name in names:
+        torch._dynamo.reset()
+        variants = {
+            BASELINE: eager_module_step(name, device, precision)[0],
+            "(3) compiled": functional_step(name, device, precision, compiled=True, kernels=False)[0],
+        }
+        for variant, step in variants.items():
+            warm(step, device, calls=5)
+            wall_us = 1e6 * seconds_per_call(step, device, STEPS)
+            c, t = breakdown(name, variant, kernel_times(step), wall_us)
+            cats += c
+            tops += t
+            summary[f"{name} {variant} images/s"] = BATCH / (wall_us / 1e6)
+            sync(device)
+    return {"title": f"Where the training step's GPU time goes, batch {BATCH}, bf16, channels_last, "
+                     "cudnn.benchmark on", "columns": ["net", "variant", "category", "ms per step", "% of GPU time"],
+            "rows": cats, "top": tops, "summary": summary}
+
+
+def main(argv: list[str]) -> int:
+    opts = dict(word.partition("=")[::2] for word in argv)
+    if not torch.cuda.is_available():
+        print("skipping the profile: it measures the GPU and no CUDA device is visible")
+        return 0
+    result = measure(opts["nets"].split(",") if opts.get("nets") else ("resnet18", "vgg16"))
+    head = header(torch.device("cuda"), "python3 -m bench.profile " + " ".join(argv))
+    top = {"title": "The kernels that take the most GPU time", "columns": ["net", "variant", "kernel", "category",
+                                                                           "ms per step"], "rows": result["top"]}
+    markdown = "\n".join([f"# {result['title']}", "", "- " + ", ".join(f"{k}: {v}" for k, v in head.items()),
+                          "", to_markdown(result), to_markdown(top)])
+    write_report(Path(opts.get("out") or Path(__file__).resolve().parent / "results") / "profile", result, head,
+                 markdown)
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
