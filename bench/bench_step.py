@@ -1,8 +1,8 @@
 """pytest-benchmark view of bench/step.py: `pytest --benchmark-only`.
 
-On CUDA: ResNet-18's eager-module step against the compiled functional step at batch 512. Without CUDA: a
-narrow ResNet-18 (net.width=8) at batch 32 on the CPU, eager module against the eager functional step, so the
-command always measures something.
+On CUDA: ResNet-18's eager-module step against the compiled functional step, without and with CUDA graphs, at
+batch 512. Without CUDA: a narrow ResNet-18 (net.width=8) at batch 32 on the CPU, eager module against the
+eager functional step, so the command always measures something.
 """
 
 import pytest
@@ -17,14 +17,15 @@ CUDA = torch.cuda.is_available()
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA")
-@pytest.mark.parametrize("variant", ["eager_module", "compiled"])
+@pytest.mark.parametrize("variant", ["eager_module", "compiled", "compiled_cudagraphs"])
 def test_resnet18_step_gpu(benchmark, variant):
     device = torch.device("cuda")
     precision = precision_for(device, "auto")
     if variant == "eager_module":
         step, _ = step_bench.eager_module_step("resnet18", device, precision)
     else:
-        step, _ = step_bench.functional_step("resnet18", device, precision, compiled=True, kernels=False)
+        step, _ = step_bench.functional_step("resnet18", device, precision, compiled=True, kernels=False,
+                                             cudagraphs=variant == "compiled_cudagraphs")
     step_bench.warm(step, device)
     benchmark.pedantic(lambda: (step(), torch.cuda.synchronize()), rounds=20, iterations=1, warmup_rounds=2)
 

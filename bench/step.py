@@ -5,6 +5,8 @@ For each net, at batch 512, bf16 autocast, channels_last, SGD (lr 0.1, momentum 
     (2) functional       train.step's pure step (functional_call + grad, foreach SGD), eager
     (3) compiled         (2) inside torch.compile
     (4) + kernels        (3) with the Triton kernels, for nets that have them (MobileNetV1, Xception, ViT)
+    (3g), (4g)           (3), (4) replayed as CUDA graphs (torch.compile's mode="reduce-overhead"), as the
+                         trainer runs them by default (cudagraphs=auto)
 (1)-(3) use PyTorch's own convolution and attention. Also inference (eval step) images/s, eager module and
 compiled, and each compiled variant's compile time, apart from its steady-state throughput. Variants are
 timed in alternation (common.alternating_medians) on fixed random batches already on the device. On CUDA
@@ -88,14 +90,14 @@ def eager_module_step(name, device, precision):
     return step, infer
 
 
-def functional_step(name, device, precision, compiled: bool, kernels: bool):
-    """(2)-(4): train.step's step; state carried from call to call as in training."""
+def functional_step(name, device, precision, compiled: bool, kernels: bool, cudagraphs: bool = False):
+    """(2)-(4g): train.step's step; state carried from call to call as in training."""
     net = build(name, kernels)
     params, state = net.init(torch.Generator().manual_seed(0), device)
     params = to_memory_format(params, precision)
     ts = TrainState(params, state, zeros_like_tree(params))
     gradients = "autograd" if uses_custom_kernels(net, device) else "func"
-    step_fn = maybe_compile(make_train_step(net, CFG, precision, gradients), compiled, gradients)
+    step_fn = maybe_compile(make_train_step(net, CFG, precision, gradients), compiled, gradients, cudagraphs)
     if gradients == "autograd":
         step_fn, ts = leaf_step(step_fn), as_leaves(ts)
     evaluate = maybe_compile(make_eval_step(net, precision), compiled)
@@ -124,11 +126,14 @@ def warm(fn, device, calls=3) -> float:
 
 BASELINE = "(1) eager module"
 KERNELS = "(4) compiled + kernels"
+GRAPHS = "(3g) compiled + CUDA graphs"  # no commas: the worker gets variants comma-joined
+KERNELS_GRAPHS = "(4g) compiled + kernels + CUDA graphs"
+WITH_KERNELS = (KERNELS, KERNELS_GRAPHS)  # the variants that run the Triton kernels
 
 
 def variants_of(name: str) -> list[str]:
-    return [BASELINE, "(2) functional", "(3) compiled"] + ([KERNELS] if "kernels" in nets.options(name)
-                                                                     else [])
+    return [BASELINE, "(2) functional", "(3) compiled", GRAPHS] + (list(WITH_KERNELS) if "kernels" in
+                                                                   nets.options(name) else [])
 
 
 def prepare_net(name, device, variants=None, gpu_turn=None) -> tuple[dict, dict, dict]:
@@ -140,7 +145,9 @@ def prepare_net(name, device, variants=None, gpu_turn=None) -> tuple[dict, dict,
         BASELINE: lambda: eager_module_step(name, device, precision),
         "(2) functional": lambda: functional_step(name, device, precision, compiled=False, kernels=False),
         "(3) compiled": lambda: functional_step(name, device, precision, compiled=True, kernels=False),
+        GRAPHS: lambda: functional_step(name, device, precision, True, False, cudagraphs=True),
         KERNELS: lambda: functional_step(name, device, precision, True, True),
+        KERNELS_GRAPHS: lambda: functional_step(name, device, precision, True, True, cudagraphs=True),
     }
     trains, infers, compile_s = {}, {}, {}
     for variant in variants or variants_of(name):
@@ -194,14 +201,14 @@ def measure_net(name, device, calls, rounds) -> list[dict]:
 
 
 def parallel_jobs(names) -> list[tuple[str, list[str]]]:
-    """(net, variants) per process. A net with kernels compiles twice, (3) and (4): two processes, each with
-    its own eager baseline (1), so that neither waits for the other's compilation."""
+    """(net, variants) per process. A net with kernels has a second process for (4) and (4g), with its own
+    eager baseline (1), so that neither waits for the other's compilation."""
     jobs = []
     for name in names:
         variants = variants_of(name)
-        jobs.append((name, [v for v in variants if v != KERNELS]))
+        jobs.append((name, [v for v in variants if v not in WITH_KERNELS]))
         if KERNELS in variants:
-            jobs.append((name, [BASELINE, KERNELS]))
+            jobs.append((name, [BASELINE, *WITH_KERNELS]))
     return jobs
 
 
@@ -301,12 +308,13 @@ def measure(device: str = "cuda", quick: bool = False, names=None, parallel: boo
             per = {r["variant"]: r["vs (1)"] for r in rows
                    if r["net"] == name and r.get("cudnn.benchmark") == setting}
             tag = " cudnn.benchmark" if bench else ""
-            if "(3) compiled" in per:
-                summary[f"{name} (3)/(1){tag}"] = per["(3) compiled"]
-            if KERNELS in per:
-                summary[f"{name} (4)/(1){tag}"] = per[KERNELS]
-                if "(3) compiled" in per:  # the kernels' own effect on the whole compiled step
-                    summary[f"{name} (4)/(3){tag}"] = per[KERNELS] / per["(3) compiled"]
+            label = {"(3) compiled": "(3)", GRAPHS: "(3g)", KERNELS: "(4)", KERNELS_GRAPHS: "(4g)"}
+            for variant in label:
+                if variant in per:
+                    summary[f"{name} {label[variant]}/(1){tag}"] = per[variant]
+            for kernels, without in ((KERNELS, "(3) compiled"), (KERNELS_GRAPHS, GRAPHS)):
+                if kernels in per and without in per:  # the kernels' own effect on the whole compiled step
+                    summary[f"{name} {label[kernels]}/{label[without]}{tag}"] = per[kernels] / per[without]
     return {
         "title": f"Training step, batch {BATCH}, bf16 autocast, channels_last, on {device_name(device)}",
         "columns": ["net", "variant", "cudnn.benchmark", "train images/s", "vs (1)", "inference images/s",
@@ -319,8 +327,8 @@ def measure(device: str = "cuda", quick: bool = False, names=None, parallel: boo
             "Inference: the eager module (no_grad) and the last variant's eval step, batch 512.",
         ] + ([
             "parallel=true: one process per net, compiled a few at a time (compile slots), then each was timed "
-            "alone; a net with kernels had two, (1)-(3) and (1)+(4), each variant against the (1) timed in its "
-            "own process, so (4)/(3) is the ratio of those two ratios. Warm-up seconds overlap other processes' "
+            "alone; a net with kernels had two, (1)-(3g) and (1)+(4)+(4g), each variant against the (1) timed "
+            "in its own process, so (4)/(3) is the ratio of those two ratios. Warm-up seconds overlap other processes' "
             "compiling.",
         ] if parallel and device.type == "cuda" else []) + problems,
     }

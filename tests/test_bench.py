@@ -11,9 +11,9 @@ import bench.step as step
 def test_nets_with_kernels_get_a_second_job_with_its_own_baseline():
     jobs = step.parallel_jobs(["resnet18", "vit"])
     assert jobs == [
-        ("resnet18", [step.BASELINE, "(2) functional", "(3) compiled"]),
-        ("vit", [step.BASELINE, "(2) functional", "(3) compiled"]),
-        ("vit", [step.BASELINE, step.KERNELS]),
+        ("resnet18", [step.BASELINE, "(2) functional", "(3) compiled", step.GRAPHS]),
+        ("vit", [step.BASELINE, "(2) functional", "(3) compiled", step.GRAPHS]),
+        ("vit", [step.BASELINE, step.KERNELS, step.KERNELS_GRAPHS]),
     ]
 
 
@@ -61,7 +61,7 @@ def test_compile_slot_takes_a_free_slot_and_gives_it_back(tmp_path):
 
 
 def test_profile_sorts_kernels_into_categories_and_sums_them_per_step():
-    import bench.profile as prof
+    import bench.step_profile as prof
 
     names = {  # kernel names as the profiler reports them on an H100/H200 (cuDNN, Inductor, aten)
         "sm90_xmma_wgrad_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize128x128x64": "conv grad-weight",

@@ -55,8 +55,12 @@ def test_fast_recipe_settings_per_model_and_explicit_keys_win():
     assert (base.epochs, base.optimizer, base.lr, base.nesterov, base.batch_size) == (40, "sgd", 0.2, True, 512)
     assert (base.cutout, base.mix) == (8, "none")
     vit = parse(["recipe=fast", "model=vit"])
-    assert (vit.epochs, vit.optimizer, vit.lr, vit.nesterov, vit.weight_decay) == (350, "adamw", 1e-3, False, 0.05)
+    assert (vit.epochs, vit.optimizer, vit.lr, vit.nesterov, vit.weight_decay) == (300, "adamw", 1e-3, False, 0.05)
     assert (vit.batch_size, vit.cutout, vit.schedule, vit.mix) == (512, 8, "onecycle", "cutmix")  # shared keys stay
+    assert (vit.randaugment, vit.net) == (2, {"drop_path": 0.1})  # a net option from the recipe
+    mixed = parse(["recipe=fast", "model=vit", "net.drop_path=0.2", "net.dropout=0.1"])  # net. words win by key
+    assert mixed.net == {"drop_path": 0.2, "dropout": 0.1}
+    assert parse(["recipe=fast", "model=vit", "net.dropout=0.1"]).net == {"drop_path": 0.1, "dropout": 0.1}
     assert parse(["model=vgg16", "recipe=fast"]).epochs == 250  # order of the words does not matter
     default = parse(["recipe=fast"])  # the default model, resnet18: cutmix in place of cutout
     assert (default.epochs, default.mix, default.cutout) == (200, "cutmix", 0)

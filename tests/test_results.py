@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 LINKED = re.compile(r"\[(\d+)\]\((results/[^)]+)\)")
 # Keys that say where and how a run was started, not what it trained.
 MACHINERY = {"data", "download", "out", "progress", "resume", "gpu_lock", "gpu_slots", "device", "compile",
-             "eval_batch_size", "cudnn_benchmark"}
+             "eval_batch_size", "cudnn_benchmark", "cudagraphs"}
 
 
 def table_rows() -> list[list[str]]:

@@ -119,6 +119,33 @@ def test_compiled_step_equals_eager():
     assert m_eager["correct"] == m_compiled["correct"]
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("gradients", ["func", "autograd"])
+def test_cuda_graph_step_equals_the_compiled_step_and_keeps_every_step(gradients):
+    """cudagraphs=True: the same numbers as without graphs over several steps, each step's outputs fed to the
+    next (the training loop's pattern), and a step's metrics still readable after later steps."""
+    torch._dynamo.reset()
+    device = torch.device("cuda")
+    net = small_net()
+    gpu = precision_for(device, "fp32")
+    params, state = net.init(torch.Generator().manual_seed(0), device)
+    ts = TrainState(params, state, zeros_like_tree(params))
+    data = [(x.to(device), y.to(device)) for x, y in batches(4)]
+    lrs = [torch.tensor(v, device=device) for v in (0.1, 0.05, 0.1, 0.02)]
+    results = []
+    for graphs in (False, True):
+        step = maybe_compile(make_train_step(net, CFG, gpu, gradients), True, gradients, cudagraphs=graphs)
+        start = as_leaves(ts) if gradients == "autograd" else ts
+        step = leaf_step(step) if gradients == "autograd" else step
+        kept, out = [], start
+        for batch, lr in zip(data, lrs):
+            out, metrics = step(out, batch, lr)
+            kept.append(metrics["loss"])
+        results.append((out, torch.stack(kept)))
+    assert_same_state(results[0][0], results[1][0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-5, atol=1e-6)
+
+
 def test_step_does_not_change_its_inputs():
     net = small_net()
     ts = fresh_state(net)

@@ -197,6 +197,7 @@ def test_cli_user_error_is_one_line_exit_2(tmp_path):
         (["batch_size=100000"], "larger than the training split"),
         (["net.depth=3"], "has no option depth"),
         (["dataset=cifar100"], "no CIFAR-100 data"),
+        (["cudagraphs=true"], "cudagraphs=true needs compile on, a CUDA device and one process"),
     ],
 )
 def test_user_errors(args, message, cifar10_pickles, tmp_path, capsys):

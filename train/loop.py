@@ -320,6 +320,12 @@ def _train(cfg: Config, device: torch.device, rank: int, world: int, log, turn: 
     if device.type == "cuda":  # read at each convolution call, compiled graphs' too
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     use_compile = cfg.compile == "true" or (cfg.compile == "auto" and device.type == "cuda")
+    # CUDA graphs need compile, CUDA and one process (the gradient all-reduce and sync BN's collectives stay
+    # outside graphs); cudagraphs=true asks for them outside those conditions and gets an error.
+    graphs_possible = use_compile and device.type == "cuda" and world == 1
+    if cfg.cudagraphs == "true" and not graphs_possible:
+        raise ConfigError("cudagraphs=true needs compile on, a CUDA device and one process; "
+                          "use cudagraphs=auto or false")
     out = Path(cfg.run_dir())
 
     # The net first: a wrong model name or option fails before any data is read; then the checkpoint to resume.
@@ -366,8 +372,12 @@ def _train(cfg: Config, device: torch.device, rank: int, world: int, log, turn: 
     # the pieces between BatchNorm layers still compile: train/sync_bn.py).
     synced = world > 1 and cfg.sync_bn
     gradients = "autograd" if uses_custom_kernels(net, device) or synced else "func"
+    # auto: graphs for the torch.func form only; steps with the Triton kernels (the "autograd" form) have not
+    # been measured under them yet.
+    use_graphs = cfg.cudagraphs == "true" or (cfg.cudagraphs == "auto" and graphs_possible and gradients == "func")
     grad_hook = distributed.all_reduce_mean_ if world > 1 else None  # every rank takes the same averaged step
-    train_step = maybe_compile(make_train_step(net, cfg, precision, gradients, grad_hook), use_compile, gradients)
+    train_step = maybe_compile(make_train_step(net, cfg, precision, gradients, grad_hook), use_compile, gradients,
+                               use_graphs)
     step = train_step
     if gradients == "autograd":
         step, ts = leaf_step(train_step), as_leaves(ts)
@@ -381,7 +391,8 @@ def _train(cfg: Config, device: torch.device, rank: int, world: int, log, turn: 
     log(f"{net.name}: {net.param_count():,} params | {cfg.dataset} ({data.source}): {len(train_idx)} train, "
         f"{len(val_idx)} val, {len(data.test_labels)} test | {device.type}"
         f"{f' x {world} ranks ({len(train_batches.images)} train each)' if world > 1 else ''}, "
-        f"{'bf16' if precision.autocast else 'fp32'}, compile={use_compile}, gradients={gradients} | run dir {out}")
+        f"{'bf16' if precision.autocast else 'fp32'}, compile={use_compile}, cudagraphs={use_graphs}, "
+        f"gradients={gradients} | run dir {out}")
     if saved is not None:
         log(f"resuming from {out / 'last.pt'} at epoch {start_epoch + 1}, step {start_step + 1}")
 

@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch.utils._pytree import tree_map_only
 
 from train.optim import Tree, make_update
 
@@ -166,18 +167,26 @@ def make_eval_step(net, precision: Precision, tta: bool = False):
     return evaluate
 
 
-def maybe_compile(fn, enabled: bool, gradients: str = "func"):
-    """torch.compile(fn) when enabled, with dynamo tracing torch.autograd.grad for the "autograd" form."""
+def maybe_compile(fn, enabled: bool, gradients: str = "func", cudagraphs: bool = False):
+    """torch.compile(fn) when enabled, with dynamo tracing torch.autograd.grad for the "autograd" form.
+
+    cudagraphs=True (CUDA): mode="reduce-overhead", in which the compiled graph's kernels are recorded once as
+    a CUDA graph and each call replays it: one launch instead of the hundreds of kernels of a training step,
+    whose launching kept the GPU busy only 46% of the compiled ResNet-18 step on an H200 (bench/step_profile.py,
+    bench/results/step-profile.md). Each call starts a new step for torch's CUDA-graph trees
+    (cudagraph_mark_step_begin), at which the previous replay's outputs become invalid, passing them back in
+    included: so the outputs are returned as copies (the train state, a few tens of MB: tens of µs)."""
     if not enabled:
         return fn
     # dynamic=False: one graph per input shape. Training batches all have one shape (drop_last), evaluation
     # has at most two (full and last partial batch): each compiles once, never again in later epochs.
-    compiled = torch.compile(fn, dynamic=False)
-    if gradients == "func":
-        return compiled
+    compiled = torch.compile(fn, dynamic=False, mode="reduce-overhead" if cudagraphs else None)
 
-    def traced(*args):
-        with torch._dynamo.config.patch(trace_autograd_ops=True):
-            return compiled(*args)
+    def call(*args):
+        if cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        with torch._dynamo.config.patch(trace_autograd_ops=True) if gradients == "autograd" else nullcontext():
+            out = compiled(*args)
+        return tree_map_only(torch.Tensor, torch.clone, out) if cudagraphs else out
 
-    return traced
+    return call

@@ -1,4 +1,4 @@
-"""Where a training step's GPU time goes: `python3 -m bench.profile [nets=resnet18,vgg16] [out=DIR]`.
+"""Where a training step's GPU time goes: `python3 -m bench.step_profile [nets=resnet18,vgg16] [out=DIR]`.
 
 For each net, the eager module (1) and the compiled functional step (3) of bench/step.py (batch 512, bf16
 autocast, channels_last, cudnn.benchmark on) are warmed up, then STEPS steps of each run under
@@ -106,12 +106,12 @@ def main(argv: list[str]) -> int:
         print("skipping the profile: it measures the GPU and no CUDA device is visible")
         return 0
     result = measure(opts["nets"].split(",") if opts.get("nets") else ("resnet18", "vgg16"))
-    head = header(torch.device("cuda"), "python3 -m bench.profile " + " ".join(argv))
+    head = header(torch.device("cuda"), "python3 -m bench.step_profile " + " ".join(argv))
     top = {"title": "The kernels that take the most GPU time", "columns": ["net", "variant", "kernel", "category",
                                                                            "ms per step"], "rows": result["top"]}
     markdown = "\n".join([f"# {result['title']}", "", "- " + ", ".join(f"{k}: {v}" for k, v in head.items()),
                           "", to_markdown(result), to_markdown(top)])
-    write_report(Path(opts.get("out") or Path(__file__).resolve().parent / "results") / "profile", result, head,
+    write_report(Path(opts.get("out") or Path(__file__).resolve().parent / "results") / "step-profile", result, head,
                  markdown)
     print(markdown)
     return 0
