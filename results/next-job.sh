@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# PREPARED 2026-12-01, NOT YET RUN (bash -n only): the next device job, for issues 6 and 8. Rename it to
+# results/<gpu>-<date>.sh once it has run, and keep its log beside it.
+#   first    the GPU tests (the CUDA-graph step test, tests/test_step.py, has never run), beside the trainings
+#   then     ResNet-18's time to accuracy with CUDA graphs (the default since 2026-12-01): recipe=fast 80 epochs
+#            without cutmix, seeds 0-2, compiled together and trained one at a time (each alone on the GPU)
+#   then     every family's training step with (3g) and (4g) (parallel=true), compiled beside the runs and timed
+#            alone after them; give it its own minutes: about twice the compiles of the 2026-12-01c run
+# Started on the device machine as
+#   results/background.sh start /tmp/s env END_AT=<epoch second to be done by> results/next-job.sh /tmp/s/runs
+# and collected with `results/background.sh wait /tmp/s SECONDS $OUT` in each call.
+set -u
+root=${1:?usage: results/next-job.sh OUTROOT}
+cd "$(dirname "$0")/.."
+mkdir -p "$root/tta"
+source results/device-setup.sh
+
+python3 -m pytest -q -m gpu tests >"$root/gpu-tests.log" 2>&1 &
+tests=$!
+exec 8>"$root/bench.lock"
+flock 8 && stamp "holding bench.lock"
+args="recipe=fast epochs=80 mix=none cutout=8 download=false"
+results/together.sh "$root/tta" "$run MODEL=resnet18 ARGS='$args seed=0'" \
+    "after=120 $run MODEL=resnet18 ARGS='$args seed=1'" "after=120 $run MODEL=resnet18 ARGS='$args seed=2'" &
+tta=$!
+wait_compiled 1 $tta "$root/tta"
+stamp "the first run compiled; the step benchmark compiles"
+python3 -m bench step parallel=true out="$root/bench" gpu_lock="$root/bench.lock" deadline=$(($(left) - 30)) \
+    >"$root/bench-step.log" 2>&1 &
+bench=$!
+wait $tta; stamp "the ResNet-18 runs ended"
+flock -u 8; exec 8>&-
+wait $bench; stamp "step benchmark ended"
+wait $tests; stamp "GPU tests ended: $(tail -n 1 "$root/gpu-tests.log")"
