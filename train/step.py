@@ -176,8 +176,7 @@ def maybe_compile(fn, enabled: bool, gradients: str = "func", cudagraphs: bool =
     bench/results/step-profile.md). Each call starts a new step for torch's CUDA-graph trees
     (cudagraph_mark_step_begin), at which the previous replay's outputs become invalid, passing them back in
     included: so the outputs are returned as copies (the train state: about 90 MB for ResNet-18, read and written
-    in some 40 µs
-    at the H200's 4.2 TB/s copy bandwidth, and one small kernel per tensor)."""
+    in some 40 µs at the H200's 4.2 TB/s copy bandwidth, and one small kernel per tensor)."""
     if not enabled:
         return fn
     # dynamic=False: one graph per input shape. Training batches all have one shape (drop_last), evaluation
