@@ -44,6 +44,7 @@ def main(argv: list[str]) -> int:
             kwargs["parallel"] = opts.get("parallel", "false").lower() == "true"
             kwargs["deadline_s"] = float(opts.get("deadline", 3600))
             kwargs["gpu_lock"] = opts.get("gpu_lock", "")
+            kwargs["in_place"] = opts.get("inplace", "false").lower() == "true"
             if "nets" in opts:
                 kwargs["names"] = opts["nets"].split(",")
         result = module.measure(device=device.type, quick=quick or device.type != "cuda", **kwargs)

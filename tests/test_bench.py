@@ -17,6 +17,11 @@ def test_nets_with_kernels_get_a_second_job_with_its_own_baseline():
     ]
 
 
+def test_in_place_variant_only_where_asked_and_only_without_kernels():
+    jobs = step.parallel_jobs(["resnet18", "vit"], in_place=True)
+    assert [step.IN_PLACE in variants for _, variants in jobs] == [True, False, False]
+
+
 def test_merged_rows_keep_one_baseline_per_net():
     row = lambda net, variant, ips: {"net": net, "variant": variant, "train images/s": ips}  # noqa: E731
     first = [row("vit", step.BASELINE, 100.0), row("vit", "(3) compiled", 170.0)]

@@ -146,6 +146,24 @@ def test_cuda_graph_step_equals_the_compiled_step_and_keeps_every_step(gradients
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.gpu
+def test_in_place_cuda_graph_step_equals_the_compiled_step():
+    from train.step import compile_in_place
+
+    torch._dynamo.reset()
+    device = torch.device("cuda")
+    net, gpu = small_net(), precision_for(device, "fp32")
+    params, state = net.init(torch.Generator().manual_seed(0), device)
+    ts = TrainState(params, state, zeros_like_tree(params))
+    data = [(x.to(device), y.to(device)) for x, y in batches(4)]
+    lrs = [torch.tensor(v, device=device) for v in (0.1, 0.05, 0.1, 0.02)]
+    plain, m_plain = run_steps(maybe_compile(make_train_step(net, CFG, gpu), True), ts, data, lrs)
+    buffers = TrainState(*({k: v.clone() for k, v in tree.items()} for tree in ts))
+    out, m_out = run_steps(compile_in_place(make_train_step(net, CFG, gpu), buffers), buffers, data, lrs)
+    assert_same_state(plain, out, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(m_plain["loss"], m_out["loss"], rtol=1e-5, atol=1e-6)
+
+
 def test_step_does_not_change_its_inputs():
     net = small_net()
     ts = fresh_state(net)
@@ -175,3 +193,24 @@ def test_eval_step_against_a_float64_module(tta):
     assert metrics["top1"] == (ranks < 1).sum() and metrics["top5"] == (ranks < 5).sum()
     plain, _ = make_eval_step(net, CPU)(ts.params, ts.state, x, y)
     assert (plain["loss"] != metrics["loss"]) == tta  # the flipped view changes the numbers
+
+
+def test_in_place_step_equals_the_pure_step_and_keeps_its_buffers(monkeypatch):
+    """compile_in_place: the pure step's numbers over several steps, written into the same tensors (through
+    dynamo and AOT autograd's functionalisation of the writes; the aot_eager backend, to stay quick)."""
+    from train.step import compile_in_place
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend="aot_eager", dynamic=False))
+    torch._dynamo.reset()
+    net = small_net()
+    ts = fresh_state(net)
+    data, lrs = batches(3), [torch.tensor(v) for v in (0.1, 0.05, 0.1)]
+    pure, m_pure = run_steps(make_train_step(net, CFG, CPU), ts, data, lrs)
+    buffers = TrainState(*({k: v.clone() for k, v in tree.items()} for tree in ts))
+    pointers = [t.data_ptr() for tree in buffers for t in tree.values()]
+    step = compile_in_place(make_train_step(net, CFG, CPU), buffers)
+    out, m_out = run_steps(step, buffers, data, lrs)
+    assert out is buffers and [t.data_ptr() for tree in out for t in tree.values()] == pointers
+    assert_same_state(pure, out, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(m_pure["loss"], m_out["loss"], rtol=1e-5, atol=1e-6)

@@ -191,3 +191,32 @@ def maybe_compile(fn, enabled: bool, gradients: str = "func", cudagraphs: bool =
         return tree_map_only(torch.Tensor, torch.clone, out) if cudagraphs else out
 
     return call
+
+
+def compile_in_place(step, ts: TrainState):
+    """Experimental (bench/step.py's inplace=true, not yet the trainer's): `step` compiled with CUDA graphs
+    and the train state kept in persistent buffers, ts's own tensors, which each call overwrites with the new
+    state inside the graph (marked static addresses: the graph reads and writes them where they are, with no
+    copies in or out, which maybe_compile's graphs need). Returns (ts, metrics) like the step, ts being the
+    same tensors. Not pure: a call changes ts, so a warm-up call must not run on a state that matters. The
+    "func" form only (leaves that require grad would be written in place under autograd)."""
+    for tree in ts:
+        for t in tree.values():
+            torch._dynamo.mark_static_address(t)
+
+    def write(state: TrainState, batch, lr):
+        new, metrics = step(state, batch, lr)
+        with torch.no_grad():
+            for old_tree, new_tree in zip(state, new):
+                torch._foreach_copy_(list(old_tree.values()), [new_tree[k] for k in old_tree])
+        return metrics
+
+    compiled = torch.compile(write, dynamic=False, mode="reduce-overhead")
+
+    def call(state: TrainState, batch, lr):
+        torch.compiler.cudagraph_mark_step_begin()
+        metrics = compiled(state, batch, lr)
+        return state, {k: v.clone() for k, v in metrics.items()}  # the replay's outputs: overwritten next call
+
+    return call
+
