@@ -132,16 +132,18 @@ def warm(fn, device, calls=3) -> float:
 
 
 BASELINE = "(1) eager module"
+COMPILED = "(3) compiled"
 KERNELS = "(4) compiled + kernels"
 GRAPHS = "(3g) compiled + CUDA graphs"  # no commas: the worker gets variants comma-joined
 KERNELS_GRAPHS = "(4g) compiled + kernels + CUDA graphs"
 IN_PLACE = "(3s) compiled + CUDA graphs + state in place"
 WITH_KERNELS = (KERNELS, KERNELS_GRAPHS)  # the variants that run the Triton kernels
+SUMMARY_LABELS = {COMPILED: "(3)", GRAPHS: "(3g)", IN_PLACE: "(3s)", KERNELS: "(4)", KERNELS_GRAPHS: "(4g)"}
 
 
 def variants_of(name: str, in_place: bool = False) -> list[str]:
     kernels = "kernels" in nets.options(name)
-    return ([BASELINE, "(2) functional", "(3) compiled", GRAPHS] + (list(WITH_KERNELS) if kernels else [])
+    return ([BASELINE, "(2) functional", COMPILED, GRAPHS] + (list(WITH_KERNELS) if kernels else [])
             + ([IN_PLACE] if in_place and not kernels else []))
 
 
@@ -153,7 +155,7 @@ def prepare_net(name, device, variants=None, gpu_turn=None) -> tuple[dict, dict,
     makers = {
         BASELINE: lambda: eager_module_step(name, device, precision),
         "(2) functional": lambda: functional_step(name, device, precision, compiled=False, kernels=False),
-        "(3) compiled": lambda: functional_step(name, device, precision, compiled=True, kernels=False),
+        COMPILED: lambda: functional_step(name, device, precision, compiled=True, kernels=False),
         GRAPHS: lambda: functional_step(name, device, precision, True, False, cudagraphs=True),
         KERNELS: lambda: functional_step(name, device, precision, True, True),
         KERNELS_GRAPHS: lambda: functional_step(name, device, precision, True, True, cudagraphs=True),
@@ -319,14 +321,13 @@ def measure(device: str = "cuda", quick: bool = False, names=None, parallel: boo
             per = {r["variant"]: r["vs (1)"] for r in rows
                    if r["net"] == name and r.get("cudnn.benchmark") == setting}
             tag = " cudnn.benchmark" if bench else ""
-            label = {"(3) compiled": "(3)", GRAPHS: "(3g)", IN_PLACE: "(3s)", KERNELS: "(4)",
-                     KERNELS_GRAPHS: "(4g)"}
-            for variant in label:
+            for variant, label in SUMMARY_LABELS.items():
                 if variant in per:
-                    summary[f"{name} {label[variant]}/(1){tag}"] = per[variant]
-            for kernels, without in ((KERNELS, "(3) compiled"), (KERNELS_GRAPHS, GRAPHS)):
+                    summary[f"{name} {label}/(1){tag}"] = per[variant]
+            for kernels, without in ((KERNELS, COMPILED), (KERNELS_GRAPHS, GRAPHS)):
                 if kernels in per and without in per:  # the kernels' own effect on the whole compiled step
-                    summary[f"{name} {label[kernels]}/{label[without]}{tag}"] = per[kernels] / per[without]
+                    summary[f"{name} {SUMMARY_LABELS[kernels]}/{SUMMARY_LABELS[without]}{tag}"] = (
+                        per[kernels] / per[without])
     return {
         "title": f"Training step, batch {BATCH}, bf16 autocast, channels_last, on {device_name(device)}",
         "columns": ["net", "variant", "cudnn.benchmark", "train images/s", "vs (1)", "inference images/s",

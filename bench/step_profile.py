@@ -18,12 +18,13 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench.common import header, seconds_per_call, sync, to_markdown, write_report
-from bench.step import BASELINE, BATCH, eager_module_step, functional_step, warm
+from bench.common import header, publish, seconds_per_call, to_markdown
+from bench.step import BASELINE, BATCH, COMPILED, eager_module_step, functional_step, warm
 from train.step import precision_for
 
 STEPS = 10
 TOP = 12  # kernels listed per variant
+NETS = ("resnet18", "vgg16")  # the default nets: the two furthest from issue 6's targets
 # (category, substrings of the kernel name, lower-case), first match wins: cuDNN's and CUTLASS's convolution
 # kernels name their pass (dgrad: grad-input, wgrad: grad-weight); Inductor's generated kernels start triton_.
 CATEGORIES = (
@@ -53,11 +54,8 @@ def kernel_times(step, steps: int = STEPS) -> dict[str, float]:
         torch.cuda.synchronize()
     times: dict[str, float] = defaultdict(float)
     for e in prof.key_averages():
-        us = getattr(e, "self_device_time_total", None)
-        if us is None:  # older spelling
-            us = e.self_cuda_time_total
-        if us > 0:
-            times[e.key] += us / steps
+        if e.self_device_time_total > 0:
+            times[e.key] += e.self_device_time_total / steps
     return dict(times)
 
 
@@ -76,7 +74,7 @@ def breakdown(name: str, variant: str, times: dict[str, float], wall_us: float) 
     return cats, top
 
 
-def measure(names=("resnet18", "vgg16")) -> dict:
+def measure(names=NETS) -> dict:
     device = torch.device("cuda")
     precision = precision_for(device, "auto")
     torch.backends.cudnn.benchmark = True
@@ -85,7 +83,7 @@ def measure(names=("resnet18", "vgg16")) -> dict:
         torch._dynamo.reset()
         variants = {
             BASELINE: eager_module_step(name, device, precision)[0],
-            "(3) compiled": functional_step(name, device, precision, compiled=True, kernels=False)[0],
+            COMPILED: functional_step(name, device, precision, compiled=True, kernels=False)[0],
         }
         for variant, step in variants.items():
             warm(step, device, calls=5)
@@ -94,10 +92,17 @@ def measure(names=("resnet18", "vgg16")) -> dict:
             cats += c
             tops += t
             summary[f"{name} {variant} images/s"] = BATCH / (wall_us / 1e6)
-            sync(device)
     return {"title": f"Where the training step's GPU time goes, batch {BATCH}, bf16, channels_last, "
                      "cudnn.benchmark on", "columns": ["net", "variant", "category", "ms per step", "% of GPU time"],
             "rows": cats, "top": tops, "summary": summary}
+
+
+def report(result: dict, head: dict) -> str:
+    """The markdown: header, category table, top-kernel table."""
+    top = {"title": "The kernels that take the most GPU time", "columns": ["net", "variant", "kernel", "category",
+                                                                           "ms per step"], "rows": result["top"]}
+    return "\n".join([f"# {result['title']}", "", "- " + ", ".join(f"{k}: {v}" for k, v in head.items()), "",
+                      to_markdown(result), to_markdown(top)])
 
 
 def main(argv: list[str]) -> int:
@@ -105,15 +110,10 @@ def main(argv: list[str]) -> int:
     if not torch.cuda.is_available():
         print("skipping the profile: it measures the GPU and no CUDA device is visible")
         return 0
-    result = measure(opts["nets"].split(",") if opts.get("nets") else ("resnet18", "vgg16"))
+    result = measure(opts["nets"].split(",") if opts.get("nets") else NETS)
     head = header(torch.device("cuda"), "python3 -m bench.step_profile " + " ".join(argv))
-    top = {"title": "The kernels that take the most GPU time", "columns": ["net", "variant", "kernel", "category",
-                                                                           "ms per step"], "rows": result["top"]}
-    markdown = "\n".join([f"# {result['title']}", "", "- " + ", ".join(f"{k}: {v}" for k, v in head.items()),
-                          "", to_markdown(result), to_markdown(top)])
-    write_report(Path(opts.get("out") or Path(__file__).resolve().parent / "results") / "step-profile", result, head,
-                 markdown)
-    print(markdown)
+    publish(Path(opts.get("out") or Path(__file__).resolve().parent / "results") / "step-profile", result, head,
+            report)
     return 0
 
 

@@ -34,7 +34,7 @@ contiguous dimension is the vectorised one:
                             Each program loops over a chunk of rows (of images, in NCHW) and writes one
                             float32 partial sum per (chunk, tap, channel); a second small kernel adds the
                             chunks in a fixed order: deterministic, no atomics.
-    weight pass, "taps" (experimental, launch_bwd_weight(variant="taps"), channels_last 3x3 only): the same
+    weight pass, "taps" (channels_last 3x3 only; launch_bwd_weight picks it where faster, wgrad_variant): the same
                             sums from nine shifted (rows, cols) x tiles, as in the forward, and nine
                             (rows, cols) accumulators, reduced over rows once at the end; no padded tap lanes.
 
@@ -218,11 +218,13 @@ def wgrad_variant(channels_last: bool, dtype: torch.dtype, N: int, H: int, W: in
         return "taps"
     OH, OW = _output_hw(H, W, stride)
     return "taps" if (stride == 1 and N * OH * OW >= 8192) or (stride == 2 and H * W >= 1024) else "gather"
+
+
 _TAPS_TILE = 1024  # elements of each (BLOCK_R, BLOCK_K) tile: 9 float32 accumulators + 9 x tiles in registers
 
 
 def wgrad_taps_config(C: int, H: int, W: int, stride: int, cpu: bool = False) -> LaunchConfig:
-    """Tiles (BLOCK_R, BLOCK_K) of the experimental "taps" weight gradient (channels_last, 3x3): 32 x 32 with
+    """Tiles (BLOCK_R, BLOCK_K) of the "taps" weight gradient (channels_last, 3x3): 32 x 32 with
     4 warps, the fastest of bench/wgrad.py's candidates at 56 of the 60 (layer, batch, dtype) cases on an H200
     (bench/results/wgrad-h200.md, 2026-12-01; its "default" summary lines are the (16, 64, 4) this replaced):
     8 elements per thread and tile keep the 9 accumulators and the 9 x tiles in registers."""
@@ -491,7 +493,7 @@ def _dwconv_bwd_weight_taps_kernel(
     HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, RELU: tl.constexpr, NEED_Z: tl.constexpr,
     STORE_GZ: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    # The experimental alternative to _dwconv_bwd_weight_kernel's (BLOCK_R, 16, BLOCK_K) gather, shaped like
+    # The alternative to _dwconv_bwd_weight_kernel's (BLOCK_R, 16, BLOCK_K) gather, shaped like
     # the forward kernel: per step one (BLOCK_R, BLOCK_K) tile of grad_y and nine shifted x tiles, one
     # float32 accumulator per tap (written out: a jit function cannot index a list of tensors in a loop),
     # reduced over rows once, at the end. part is (G, 9 + 2, C) as there, for the same finishing kernel.

@@ -1,4 +1,4 @@
-# Sourced from the repository root by the device jobs (results/h200-*.sh, results/vit-augment.sh): records the
+# Sourced from the repository root by the device jobs (results/h200-*.sh, results/next-job.sh): records the
 # GPU and the versions in the job's log, decodes the JPEG copy once into its cache (rather than in every run at
 # once), and gives each process 4 Inductor compile threads (several processes compile at once on 16 cores).
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
@@ -19,3 +19,12 @@ wait_compiled() {
         sleep 1
     done
 }
+
+# gpu_tests_start DIR [PATH...]: `pytest -m gpu` over PATHs (default: tests) in the background, its log in
+# DIR/gpu-tests.log, its pid in $tests; gpu_tests_wait DIR: wait for it and stamp the log's last line.
+gpu_tests_start() {
+    local dir=$1; shift
+    python3 -m pytest -q -m gpu "${@:-tests}" >"$dir/gpu-tests.log" 2>&1 &
+    tests=$!
+}
+gpu_tests_wait() { wait "$tests"; stamp "GPU tests ended: $(tail -n 1 "$1/gpu-tests.log")"; }

@@ -18,8 +18,7 @@ cd "$(dirname "$0")/.."
 mkdir -p "$root/p1" "$root/p2"
 source results/device-setup.sh
 
-python3 -m pytest -q -m gpu tests/test_depthwise_gpu.py tests/test_attention_gpu.py tests/test_data_loader.py tests/test_mix.py tests/test_train_e2e.py >"$root/gpu-tests.log" 2>&1 &
-tests=$!
+gpu_tests_start "$root" tests/test_depthwise_gpu.py tests/test_attention_gpu.py tests/test_data_loader.py tests/test_mix.py tests/test_train_e2e.py
 
 exec 8>"$root/bench.lock" 9>"$root/p2/gpu.lock"
 flock 8 && flock 9 && stamp "holding bench.lock and p2/gpu.lock"
@@ -41,7 +40,7 @@ flock -u 9; exec 9>&-
 wait $p2; stamp "GoogLeNet ended"
 flock -u 8; exec 8>&-
 wait $bench; stamp "step benchmark ended"
-wait $tests; stamp "GPU tests ended: $(tail -n 1 "$root/gpu-tests.log")"
+gpu_tests_wait "$root"
 if (($(left) > 150)); then
     timeout $(($(left) - 30)) python3 bench/depthwise.py "$root/bench/depthwise-h200" >"$root/depthwise.log" 2>&1
     stamp "depthwise benchmark ended"

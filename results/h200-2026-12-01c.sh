@@ -21,8 +21,7 @@ cd "$(dirname "$0")/.."
 mkdir -p "$root/p1"
 source results/device-setup.sh
 
-python3 -m pytest -q -m gpu tests >"$root/gpu-tests.log" 2>&1 &
-tests=$!
+gpu_tests_start "$root"
 exec 8>"$root/bench.lock"
 flock 8 && stamp "holding bench.lock"
 SLOTS=2 results/together.sh "$root/p1" \
@@ -39,4 +38,4 @@ flock -u 8; exec 8>&-
 wait $bench; stamp "step benchmark ended"
 python3 bench/depthwise.py "$root/depthwise-h200" >"$root/depthwise.log" 2>&1; stamp "depthwise benchmark ended"
 python3 -m bench.step_profile out="$root" >"$root/profile.log" 2>&1; stamp "profile ended"
-wait $tests; stamp "GPU tests ended: $(tail -n 1 "$root/gpu-tests.log")"
+gpu_tests_wait "$root"

@@ -18,8 +18,7 @@ cd "$(dirname "$0")/.."
 mkdir -p "$root/tta"
 source results/device-setup.sh
 
-python3 -m pytest -q -m gpu tests >"$root/gpu-tests.log" 2>&1 &
-tests=$!
+gpu_tests_start "$root"
 exec 8>"$root/bench.lock"
 exec 9>"$root/bench-inplace.lock"
 flock 8 && flock 9 && stamp "holding bench.lock and bench-inplace.lock"
@@ -40,4 +39,4 @@ flock -u 8; exec 8>&-
 wait $bench; stamp "step benchmark ended"
 flock -u 9; exec 9>&-
 wait $inplace; stamp "in-place step benchmark ended"
-wait $tests; stamp "GPU tests ended: $(tail -n 1 "$root/gpu-tests.log")"
+gpu_tests_wait "$root"

@@ -54,6 +54,16 @@ def assert_same_state(a: TrainState, b: TrainState, **tol):
 CFG = Config(nesterov=True, weight_decay=5e-4, label_smoothing=0.1)
 
 
+def cuda_case():
+    """(net, fp32 precision, train state, 4 batches, 4 lrs) on CUDA, for the CUDA-graph tests."""
+    device = torch.device("cuda")
+    net = small_net()
+    params, state = net.init(torch.Generator().manual_seed(0), device)
+    data = [(x.to(device), y.to(device)) for x, y in batches(4)]
+    lrs = [torch.tensor(v, device=device) for v in (0.1, 0.05, 0.1, 0.02)]
+    return net, precision_for(device, "fp32"), TrainState(params, state, zeros_like_tree(params)), data, lrs
+
+
 def test_autograd_form_equals_func_form():
     net = small_net()
     ts = fresh_state(net)
@@ -125,13 +135,7 @@ def test_cuda_graph_step_equals_the_compiled_step_and_keeps_every_step(gradients
     """cudagraphs=True: the same numbers as without graphs over several steps, each step's outputs fed to the
     next (the training loop's pattern), and a step's metrics still readable after later steps."""
     torch._dynamo.reset()
-    device = torch.device("cuda")
-    net = small_net()
-    gpu = precision_for(device, "fp32")
-    params, state = net.init(torch.Generator().manual_seed(0), device)
-    ts = TrainState(params, state, zeros_like_tree(params))
-    data = [(x.to(device), y.to(device)) for x, y in batches(4)]
-    lrs = [torch.tensor(v, device=device) for v in (0.1, 0.05, 0.1, 0.02)]
+    net, gpu, ts, data, lrs = cuda_case()
     results = []
     for graphs in (False, True):
         step = maybe_compile(make_train_step(net, CFG, gpu, gradients), True, gradients, cudagraphs=graphs)
@@ -151,12 +155,7 @@ def test_in_place_cuda_graph_step_equals_the_compiled_step():
     from train.step import compile_in_place
 
     torch._dynamo.reset()
-    device = torch.device("cuda")
-    net, gpu = small_net(), precision_for(device, "fp32")
-    params, state = net.init(torch.Generator().manual_seed(0), device)
-    ts = TrainState(params, state, zeros_like_tree(params))
-    data = [(x.to(device), y.to(device)) for x, y in batches(4)]
-    lrs = [torch.tensor(v, device=device) for v in (0.1, 0.05, 0.1, 0.02)]
+    net, gpu, ts, data, lrs = cuda_case()
     plain, m_plain = run_steps(maybe_compile(make_train_step(net, CFG, gpu), True), ts, data, lrs)
     buffers = TrainState(*({k: v.clone() for k, v in tree.items()} for tree in ts))
     out, m_out = run_steps(compile_in_place(make_train_step(net, CFG, gpu), buffers), buffers, data, lrs)

@@ -211,12 +211,5 @@ def compile_in_place(step, ts: TrainState):
                 torch._foreach_copy_(list(old_tree.values()), [new_tree[k] for k in old_tree])
         return metrics
 
-    compiled = torch.compile(write, dynamic=False, mode="reduce-overhead")
-
-    def call(state: TrainState, batch, lr):
-        torch.compiler.cudagraph_mark_step_begin()
-        metrics = compiled(state, batch, lr)
-        return state, {k: v.clone() for k, v in metrics.items()}  # the replay's outputs: overwritten next call
-
-    return call
-
+    compiled = maybe_compile(write, True, cudagraphs=True)  # its outputs (the metrics) come back as copies
+    return lambda state, batch, lr: (state, compiled(state, batch, lr))
