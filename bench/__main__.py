@@ -6,8 +6,8 @@ Sections: step (every family's training step, bench/step.py), loader (bench/load
 reason and the loader is measured on the CPU. parallel=true (step): one process per net, compiling a few at a
 time, then each is timed alone in turn (bench/step.py, measure_in_parallel): minutes instead of a quarter hour.
 gpu_lock=FILE (step): the timing waits until FILE's lock (flock) is free: trainings started with the same
-gpu_lock=, or a script, keep the GPU to themselves while the benchmark compiles beside them. inplace=true
-(step): also the experimental (3s), the CUDA-graph step with its state written in place (bench/step.py).
+gpu_lock=, or a script, keep the GPU to themselves while the benchmark compiles beside them. variants=1,3g,4g
+(step): only those variants (bench/step.py's labels; (1), the reference, always).
 """
 
 import sys

@@ -28,6 +28,17 @@ def parse(argv: list[str]) -> tuple[list[str], dict]:
     return sections or list(SECTIONS), opts
 
 
+def variant_labels(value: str) -> tuple[str, ...]:
+    """variants=1,3g,4g -> ("1", "3g", "4g"); empty: all. An unknown label is a one-line error."""
+    from bench.step import VARIANT_LABELS
+
+    labels = tuple(v.strip().strip("()") for v in value.split(",") if v.strip())
+    unknown = [v for v in labels if v not in VARIANT_LABELS]
+    if unknown:
+        raise SystemExit(f"error: unknown step variant {', '.join(unknown)}; variants: {','.join(VARIANT_LABELS)}")
+    return labels
+
+
 def main(argv: list[str]) -> int:
     sections, opts = parse(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -44,7 +55,7 @@ def main(argv: list[str]) -> int:
             kwargs["parallel"] = opts.get("parallel", "false").lower() == "true"
             kwargs["deadline_s"] = float(opts.get("deadline", 3600))
             kwargs["gpu_lock"] = opts.get("gpu_lock", "")
-            kwargs["in_place"] = opts.get("inplace", "false").lower() == "true"
+            kwargs["only"] = variant_labels(opts.get("variants", ""))
             if "nets" in opts:
                 kwargs["names"] = opts["nets"].split(",")
         result = module.measure(device=device.type, quick=quick or device.type != "cuda", **kwargs)

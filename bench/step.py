@@ -5,10 +5,9 @@ For each net, at batch 512, bf16 autocast, channels_last, SGD (lr 0.1, momentum 
     (2) functional       train.step's pure step (functional_call + grad, foreach SGD), eager
     (3) compiled         (2) inside torch.compile
     (4) + kernels        (3) with the Triton kernels, for nets that have them (MobileNetV1, Xception, ViT)
-    (3g), (4g)           (3), (4) replayed as CUDA graphs (torch.compile's mode="reduce-overhead"), as the
-                         trainer runs them by default (cudagraphs=auto)
-    (3s)                 with inplace=true, for nets without kernels: (3g) with the train state in persistent
-                         buffers written in place (train.step.compile_in_place, experimental): no copies
+    (3g), (4g)           (3), (4) replayed as CUDA graphs with the train state in persistent buffers written
+                         in place (train.step.compile_in_place), as the trainer runs them (cudagraphs=auto)
+`variants=` (bench.report) picks some of them by label, e.g. 1,3g,4g; (1) is always timed, as the reference.
 (1)-(3) use PyTorch's own convolution and attention. Also inference (eval step) images/s, eager module and
 compiled, and each compiled variant's compile time, apart from its steady-state throughput. Variants are
 timed in alternation (common.alternating_medians) on fixed random batches already on the device. On CUDA
@@ -93,20 +92,21 @@ def eager_module_step(name, device, precision):
     return step, infer
 
 
-def functional_step(name, device, precision, compiled: bool, kernels: bool, cudagraphs: bool = False,
-                    in_place: bool = False):
-    """(2)-(4g), (3s): train.step's step; state carried from call to call as in training."""
+def functional_step(name, device, precision, compiled: bool, kernels: bool, cudagraphs: bool = False):
+    """(2)-(4g): train.step's step, built as train.loop builds it; state carried from call to call."""
     net = build(name, kernels)
     params, state = net.init(torch.Generator().manual_seed(0), device)
     params = to_memory_format(params, precision)
     ts = TrainState(params, state, zeros_like_tree(params))
     gradients = "autograd" if uses_custom_kernels(net, device) else "func"
-    if in_place:
-        step_fn = compile_in_place(make_train_step(net, CFG, precision, gradients), ts)
-    else:
-        step_fn = maybe_compile(make_train_step(net, CFG, precision, gradients), compiled, gradients, cudagraphs)
+    pure_step = make_train_step(net, CFG, precision, gradients)
     if gradients == "autograd":
-        step_fn, ts = leaf_step(step_fn), as_leaves(ts)
+        ts = as_leaves(ts)
+    if cudagraphs:
+        step_fn = compile_in_place(pure_step, ts, gradients)
+    else:
+        step_fn = maybe_compile(pure_step, compiled, gradients)
+        step_fn = leaf_step(step_fn) if gradients == "autograd" else step_fn
     evaluate = maybe_compile(make_eval_step(net, precision), compiled)
     x, y = batch(device)
     lr = torch.full((1,), CFG.lr, device=device)[0]
@@ -134,17 +134,24 @@ def warm(fn, device, calls=3) -> float:
 BASELINE = "(1) eager module"
 COMPILED = "(3) compiled"
 KERNELS = "(4) compiled + kernels"
-GRAPHS = "(3g) compiled + CUDA graphs"  # no commas: the worker gets variants comma-joined
-KERNELS_GRAPHS = "(4g) compiled + kernels + CUDA graphs"
-IN_PLACE = "(3s) compiled + CUDA graphs + state in place"
+FUNCTIONAL = "(2) functional"
+COMPILED = "(3) compiled"
+KERNELS = "(4) compiled + kernels"
+# No commas: the worker gets variants comma-joined. "(state in place)": before 2026-12-01 the graph variants
+# copied the state in and out (bench/results/h200-cudagraphs.md); the label tells the two apart.
+GRAPHS = "(3g) compiled + CUDA graphs (state in place)"
+KERNELS_GRAPHS = "(4g) compiled + kernels + CUDA graphs (state in place)"
 WITH_KERNELS = (KERNELS, KERNELS_GRAPHS)  # the variants that run the Triton kernels
-SUMMARY_LABELS = {COMPILED: "(3)", GRAPHS: "(3g)", IN_PLACE: "(3s)", KERNELS: "(4)", KERNELS_GRAPHS: "(4g)"}
+SUMMARY_LABELS = {COMPILED: "(3)", GRAPHS: "(3g)", KERNELS: "(4)", KERNELS_GRAPHS: "(4g)"}
+VARIANT_LABELS = ("1", "2", "3", "3g", "4", "4g")  # the labels variants= takes
 
 
-def variants_of(name: str, in_place: bool = False) -> list[str]:
+def variants_of(name: str, only: tuple[str, ...] = ()) -> list[str]:
+    """The variants measured for `name`: all that apply, or those whose label ("1", "3g", ...) is in `only`;
+    the eager baseline (1) always, as every ratio's reference."""
     kernels = "kernels" in nets.options(name)
-    return ([BASELINE, "(2) functional", COMPILED, GRAPHS] + (list(WITH_KERNELS) if kernels else [])
-            + ([IN_PLACE] if in_place and not kernels else []))
+    every = [BASELINE, FUNCTIONAL, COMPILED, GRAPHS] + (list(WITH_KERNELS) if kernels else [])
+    return [v for v in every if v == BASELINE or not only or v[1:v.index(")")] in only]
 
 
 def prepare_net(name, device, variants=None, gpu_turn=None) -> tuple[dict, dict, dict]:
@@ -154,12 +161,11 @@ def prepare_net(name, device, variants=None, gpu_turn=None) -> tuple[dict, dict,
     precision = precision_for(device, "auto")
     makers = {
         BASELINE: lambda: eager_module_step(name, device, precision),
-        "(2) functional": lambda: functional_step(name, device, precision, compiled=False, kernels=False),
+        FUNCTIONAL: lambda: functional_step(name, device, precision, compiled=False, kernels=False),
         COMPILED: lambda: functional_step(name, device, precision, compiled=True, kernels=False),
         GRAPHS: lambda: functional_step(name, device, precision, True, False, cudagraphs=True),
         KERNELS: lambda: functional_step(name, device, precision, True, True),
         KERNELS_GRAPHS: lambda: functional_step(name, device, precision, True, True, cudagraphs=True),
-        IN_PLACE: lambda: functional_step(name, device, precision, True, False, in_place=True),
     }
     trains, infers, compile_s = {}, {}, {}
     for variant in variants or variants_of(name):
@@ -208,19 +214,19 @@ def time_net(name, device, prepared, calls, rounds) -> list[dict]:
     return rows
 
 
-def measure_net(name, device, calls, rounds, in_place: bool = False) -> list[dict]:
-    return time_net(name, device, prepare_net(name, device, variants_of(name, in_place)), calls, rounds)
+def measure_net(name, device, calls, rounds, only: tuple[str, ...] = ()) -> list[dict]:
+    return time_net(name, device, prepare_net(name, device, variants_of(name, only)), calls, rounds)
 
 
-def parallel_jobs(names, in_place: bool = False) -> list[tuple[str, list[str]]]:
+def parallel_jobs(names, only: tuple[str, ...] = ()) -> list[tuple[str, list[str]]]:
     """(net, variants) per process. A net with kernels has a second process for (4) and (4g), with its own
     eager baseline (1), so that neither waits for the other's compilation."""
     jobs = []
     for name in names:
-        variants = variants_of(name, in_place)
+        variants = variants_of(name, only)
         jobs.append((name, [v for v in variants if v not in WITH_KERNELS]))
-        if KERNELS in variants:
-            jobs.append((name, [BASELINE, *WITH_KERNELS]))
+        if any(v in WITH_KERNELS for v in variants):
+            jobs.append((name, [BASELINE, *(v for v in variants if v in WITH_KERNELS)]))
     return jobs
 
 
@@ -236,14 +242,14 @@ def compile_slots(jobs: int) -> tuple[int, int]:
 
 
 def measure_in_parallel(names, device, calls, rounds, deadline_s: float, gpu_lock: str = "",
-                        in_place: bool = False) -> tuple[list[dict], list[str]]:
+                        only: tuple[str, ...] = ()) -> tuple[list[dict], list[str]]:
     """One process per job (parallel_jobs), compiling a few at a time (compile_slots); each, once compiled,
     waits until every job is ready, then they take turns on the GPU under a file lock, so that each is timed
     alone on an otherwise idle machine; with `gpu_lock` (a file that trainings or a script sharing the GPU
     hold while they use it), each turn also waits for that lock, so the compiling overlaps their work. Jobs
     not done `deadline_s` after the start are stopped and named in the returned notes, as are failures; the
     others' rows are kept."""
-    jobs = parallel_jobs(names, in_place)
+    jobs = parallel_jobs(names, only)
     rows, problems, start = [], [], time.monotonic()
     slots, threads = compile_slots(len(jobs))
     with tempfile.TemporaryDirectory() as tmp:
@@ -302,19 +308,19 @@ def worker(tmp, index, count, slots, name, variants, calls, rounds, gpu_lock="")
 
 
 def measure(device: str = "cuda", quick: bool = False, names=None, parallel: bool = False,
-            deadline_s: float = 3600, gpu_lock: str = "", in_place: bool = False) -> dict:
+            deadline_s: float = 3600, gpu_lock: str = "", only: tuple[str, ...] = ()) -> dict:
     """parallel=True (CUDA): compile in parallel processes, time one at a time (measure_in_parallel).
     gpu_lock: a lock file held by others using the GPU; the timing waits until it is free.
-    in_place: also (3s), for the nets without kernels."""
+    only: the variants to measure by label (variants_of)."""
     device = torch.device(device)
     names = names or FAMILIES
     calls, rounds = (5, 3) if quick else (10, 5)
     problems = []
     if parallel and device.type == "cuda":
-        rows, problems = measure_in_parallel(names, device, calls, rounds, deadline_s, gpu_lock, in_place)
+        rows, problems = measure_in_parallel(names, device, calls, rounds, deadline_s, gpu_lock, only)
     else:
         with gpu_turn(gpu_lock, log=print):
-            rows = [row for name in names for row in measure_net(name, device, calls, rounds, in_place)]
+            rows = [row for name in names for row in measure_net(name, device, calls, rounds, only)]
     summary = {}
     for name in names:
         for bench, setting in CUDNN_LABELS.items():

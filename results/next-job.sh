@@ -1,42 +1,31 @@
 #!/usr/bin/env bash
-# PREPARED 2026-12-01, NOT YET RUN (bash -n only): the next device job, for issues 6 and 8. Rename it to
+# PREPARED 2026-12-01, NOT YET RUN (bash -n only): the next device job, for issues 6 and 4. Rename it to
 # results/<gpu>-<date>.sh once it has run, and keep its log beside it.
-#   first    the GPU tests (the CUDA-graph step test, tests/test_step.py, has never run), beside the trainings
-#   then     ResNet-18's time to accuracy with CUDA graphs (the default since 2026-12-01): recipe=fast 80 epochs
-#            without cutmix, seeds 0-2, compiled together and trained one at a time (each alone on the GPU)
-#   then     every family's training step with (3g) and (4g) (parallel=true), compiled beside the runs and timed
-#            alone after them; give it its own minutes: about twice the compiles of the 2026-12-01c run
-#            (GoogLeNet's (3) and (3g), one after the other in one process, about 11 minutes)
-#   and      the experimental (3s) (inplace=true: the graphs' state written in place, no copies) for ResNet-18,
-#            VGG-16 and AlexNet, compiled beside the rest and timed after the every-family run
-# Started on the device machine as
-#   results/background.sh start /tmp/s env END_AT=<epoch second to be done by> results/next-job.sh /tmp/s/runs
-# and collected with `results/background.sh wait /tmp/s SECONDS $OUT` in each call.
+#   first  the GPU tests, all of them (the whole-run CUDA-graph test of tests/test_train_e2e.py, loosened to
+#          1% after it parted by 0.15-0.23% at 1e-4, has not run since), holding the GPU while the rest compiles
+#   then   a 3-epoch ViT training with the trainer's CUDA graphs (its empty state broke the in-place write
+#          before train.step.copy_into; fixed on the CPU, never run on a GPU)
+#   then   every family's training step, every variant, with the graphs' state in place: the one run issue 6
+#          asks for (results/h200-2026-12-01f.sh had (1), (3g), (4g) only and lost the ViT to that bug).
+#          About 15 minutes of compiling (GoogLeNet's (3) and (3g) in one process), so give it a session's
+#          first call and the next two.
+# Started as `results/background.sh start /tmp/s env END_AT=<epoch second> results/next-job.sh /tmp/s/runs`
+# and collected with `results/background.sh wait /tmp/s SECONDS $OUT`.
 set -u
 root=${1:?usage: results/next-job.sh OUTROOT}
 cd "$(dirname "$0")/.."
-mkdir -p "$root/tta"
+mkdir -p "$root/runs"
 source results/device-setup.sh
 
+exec 8>"$root/runs/gpu.lock"
+flock 8 && stamp "holding the GPU for the tests"
 gpu_tests_start "$root"
-exec 8>"$root/bench.lock"
-exec 9>"$root/bench-inplace.lock"
-flock 8 && flock 9 && stamp "holding bench.lock and bench-inplace.lock"
-args="recipe=fast epochs=80 mix=none cutout=8 download=false"
-results/together.sh "$root/tta" "$run MODEL=resnet18 ARGS='$args seed=0'" \
-    "after=120 $run MODEL=resnet18 ARGS='$args seed=1'" "after=120 $run MODEL=resnet18 ARGS='$args seed=2'" &
-tta=$!
-wait_compiled 1 $tta "$root/tta"
-stamp "the first run compiled; the step benchmark compiles"
-python3 -m bench step parallel=true out="$root/bench" gpu_lock="$root/bench.lock" deadline=$(($(left) - 30)) \
-    >"$root/bench-step.log" 2>&1 &
+python3 -m bench step parallel=true nets=googlenet,xception,resnet50,mobilenetv1,vit,vgg16,resnet18,alexnet \
+    out="$root/bench" gpu_lock="$root/runs/gpu.lock" deadline=$(($(left) - 20)) >"$root/bench-step.log" 2>&1 &
 bench=$!
-python3 -m bench step parallel=true nets=resnet18,vgg16,alexnet inplace=true out="$root/bench-inplace" \
-    gpu_lock="$root/bench-inplace.lock" deadline=$(($(left) - 30)) >"$root/bench-inplace.log" 2>&1 &
-inplace=$!
-wait $tta; stamp "the ResNet-18 runs ended"
-flock -u 8; exec 8>&-
-wait $bench; stamp "step benchmark ended"
-flock -u 9; exec 9>&-
-wait $inplace; stamp "in-place step benchmark ended"
+results/together.sh "$root/runs" "$run MODEL=vit ARGS='recipe=fast epochs=3 download=false'" &
+vit=$!
 gpu_tests_wait "$root"
+flock -u 8; exec 8>&-
+wait $vit; stamp "the ViT run ended: $(tail -n 2 "$root/runs/vit-1.log" | head -n 1)"
+wait $bench; stamp "step benchmark ended"

@@ -17,9 +17,19 @@ def test_nets_with_kernels_get_a_second_job_with_its_own_baseline():
     ]
 
 
-def test_in_place_variant_only_where_asked_and_only_without_kernels():
-    jobs = step.parallel_jobs(["resnet18", "vit"], in_place=True)
-    assert [step.IN_PLACE in variants for _, variants in jobs] == [True, False, False]
+def test_variants_picks_by_label_and_keeps_the_baseline():
+    jobs = step.parallel_jobs(["resnet18", "vit"], only=("3g", "4g"))
+    assert jobs == [("resnet18", [step.BASELINE, step.GRAPHS]), ("vit", [step.BASELINE, step.GRAPHS]),
+                    ("vit", [step.BASELINE, step.KERNELS_GRAPHS])]
+    assert step.parallel_jobs(["alexnet"], only=("4",)) == [("alexnet", [step.BASELINE])]  # no kernels there
+
+
+def test_unknown_variant_is_a_one_line_error_naming_the_labels():
+    from bench.report import variant_labels
+
+    assert variant_labels("1,(3g), 4g") == ("1", "3g", "4g") and variant_labels("") == ()
+    with pytest.raises(SystemExit, match=r"unknown step variant 3s; variants: 1,2,3,3g,4,4g"):
+        variant_labels("3,3s")
 
 
 def test_merged_rows_keep_one_baseline_per_net():

@@ -150,15 +150,25 @@ def test_cuda_graph_step_equals_the_compiled_step_and_keeps_every_step(gradients
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-5, atol=1e-6)
 
 
+def copy_state(ts: TrainState, gradients: str = "func") -> TrainState:
+    """A copy of ts in new tensors; leaves that require grad for the "autograd" form."""
+    copy = TrainState(*({k: v.detach().clone() for k, v in tree.items()} for tree in ts))
+    return as_leaves(copy) if gradients == "autograd" else copy
+
+
 @pytest.mark.gpu
-def test_in_place_cuda_graph_step_equals_the_compiled_step():
+@pytest.mark.parametrize("gradients", ["func", "autograd"])
+def test_in_place_cuda_graph_step_equals_the_compiled_step(gradients):
     from train.step import compile_in_place
 
     torch._dynamo.reset()
     net, gpu, ts, data, lrs = cuda_case()
-    plain, m_plain = run_steps(maybe_compile(make_train_step(net, CFG, gpu), True), ts, data, lrs)
-    buffers = TrainState(*({k: v.clone() for k, v in tree.items()} for tree in ts))
-    out, m_out = run_steps(compile_in_place(make_train_step(net, CFG, gpu), buffers), buffers, data, lrs)
+    plain_step = maybe_compile(make_train_step(net, CFG, gpu, gradients), True, gradients)
+    plain_step = leaf_step(plain_step) if gradients == "autograd" else plain_step
+    plain, m_plain = run_steps(plain_step, copy_state(ts, gradients), data, lrs)
+    buffers = copy_state(ts, gradients)
+    out, m_out = run_steps(compile_in_place(make_train_step(net, CFG, gpu, gradients), buffers, gradients), buffers,
+                           data, lrs)
     assert_same_state(plain, out, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(m_plain["loss"], m_out["loss"], rtol=1e-5, atol=1e-6)
 
@@ -194,22 +204,59 @@ def test_eval_step_against_a_float64_module(tta):
     assert (plain["loss"] != metrics["loss"]) == tta  # the flipped view changes the numbers
 
 
-def test_in_place_step_equals_the_pure_step_and_keeps_its_buffers(monkeypatch):
+def linear_net() -> Net:
+    """No BatchNorm, so an empty state tree, as the ViT's."""
+    return Net("linear", lambda: nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10)), 10)
+
+
+@pytest.mark.parametrize("gradients,make_net", [("func", small_net), ("autograd", small_net), ("func", linear_net)])
+def test_in_place_step_equals_the_pure_step_and_keeps_its_buffers(gradients, make_net, monkeypatch):
     """compile_in_place: the pure step's numbers over several steps, written into the same tensors (through
-    dynamo and AOT autograd's functionalisation of the writes; the aot_eager backend, to stay quick)."""
+    dynamo and AOT autograd's functionalisation of the writes; the aot_eager backend, to stay quick), for
+    both gradient forms (with "autograd", the written params stay leaves that require grad), and for a net
+    whose state is empty."""
     from train.step import compile_in_place
 
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend="aot_eager", dynamic=False))
     torch._dynamo.reset()
-    net = small_net()
+    net = make_net()
     ts = fresh_state(net)
     data, lrs = batches(3), [torch.tensor(v) for v in (0.1, 0.05, 0.1)]
-    pure, m_pure = run_steps(make_train_step(net, CFG, CPU), ts, data, lrs)
-    buffers = TrainState(*({k: v.clone() for k, v in tree.items()} for tree in ts))
+    pure_step = make_train_step(net, CFG, CPU, gradients)
+    pure_step = leaf_step(pure_step) if gradients == "autograd" else pure_step
+    pure, m_pure = run_steps(pure_step, copy_state(ts, gradients), data, lrs)
+    buffers = copy_state(ts, gradients)
     pointers = [t.data_ptr() for tree in buffers for t in tree.values()]
-    step = compile_in_place(make_train_step(net, CFG, CPU), buffers)
+    step = compile_in_place(make_train_step(net, CFG, CPU, gradients), buffers, gradients)
     out, m_out = run_steps(step, buffers, data, lrs)
     assert out is buffers and [t.data_ptr() for tree in out for t in tree.values()] == pointers
+    assert all(p.requires_grad == (gradients == "autograd") and p.is_leaf for p in out.params.values())
     assert_same_state(pure, out, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(m_pure["loss"], m_out["loss"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("make_net", [small_net, linear_net])
+def test_warm_up_restores_a_state_the_step_wrote_in_place(make_net):
+    """train.loop.warm_up with a step that writes its state in place (as compile_in_place's does): the eval
+    step is warmed on the written state, and ts is as it was afterwards; also with an empty state tree."""
+    from types import SimpleNamespace
+
+    from train.loop import warm_up
+
+    ts = fresh_state(make_net())
+    before = copy_state(ts)
+    x, y = batches(1)[0]
+
+    def writes(state, batch, lr):
+        for tree in state:
+            for t in tree.values():
+                t.add_(1)
+        return state, {}
+
+    seen = []
+    warm_up(writes, lambda params, state, *_: seen.append(copy_state(TrainState(params, state, {}))), ts,
+            SimpleNamespace(images=x, example=lambda: (x, y)), ([(x, y)],))
+    assert_same_state(ts, before, rtol=0, atol=0)
+    assert len(seen) == 1
+    assert_same_state(seen[0], TrainState(*({k: v + 2 for k, v in tree.items()} for tree in before[:2]), {}))

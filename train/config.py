@@ -64,8 +64,8 @@ class Config:
     # Machinery (the trainer owns device, precision and memory format; nets never choose them).
     device: str = "auto"  # auto | cpu | cuda
     compile: str = "auto"  # auto (= on CUDA) | true | false: torch.compile around the whole step
-    cudagraphs: str = "auto"  # auto (= compiled on one GPU, for nets without Triton kernels) | true | false: the
-    #                           compiled step replayed as a CUDA graph (torch.compile's mode="reduce-overhead")
+    cudagraphs: str = "auto"  # auto (= when compiled on one GPU) | true | false: the compiled step replayed as a
+    #                           CUDA graph, its state written in place (train.step.compile_in_place)
     precision: str = "auto"  # auto (= bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     cudnn_benchmark: bool = True  # CUDA: cuDNN times its algorithms for each new convolution shape at its first
     #                               call and keeps the fastest (torch.backends.cudnn.benchmark); false: its heuristics

@@ -54,6 +54,8 @@ from train.schedule import load_schedule, make_schedule
 from train.step import (
     TrainState,
     as_leaves,
+    compile_in_place,
+    copy_into,
     leaf_step,
     make_eval_step,
     make_train_step,
@@ -265,10 +267,12 @@ def device_split(cfg: Config, data, saved: dict | None, out: Path, device, rank:
 
 def warm_up(step, eval_step, ts: TrainState, train: DeviceBatches, evaluation: tuple[DeviceBatches, ...]) -> float:
     """Seconds to compile every graph the run will call: the train step, and the eval step at each batch
-    shape of the evaluation sets. Calls on the first training images (not augmented), at lr 0; the steps are
-    pure, so nothing of the run changes."""
+    shape of the evaluation sets. Calls on the first training images (not augmented), at lr 0; ts is then
+    restored (the CUDA-graph step writes its state in place, and at lr 0 the momentum and BatchNorm statistics
+    still move), so nothing of the run changes."""
     device = train.images.device
     t0 = time.perf_counter()
+    kept = TrainState(*({k: v.detach().clone() for k, v in tree.items()} for tree in ts))
     batch = train.example()
     zero_lr = torch.zeros(1, device=device)[0]  # a 0-dim view, as the epochs pass lrs[i]
     # Twice: the second call sees the step's own outputs, whose layouts (strides) a first call may not have had;
@@ -278,6 +282,7 @@ def warm_up(step, eval_step, ts: TrainState, train: DeviceBatches, evaluation: t
     shapes = {x.shape: (x, y) for batches in evaluation for x, y in batches}
     for x, y in shapes.values():
         eval_step(warm_ts.params, warm_ts.state, x, y)
+    copy_into(ts, kept)
     _sync(device)
     return time.perf_counter() - t0
 
@@ -372,15 +377,16 @@ def _train(cfg: Config, device: torch.device, rank: int, world: int, log, turn: 
     # the pieces between BatchNorm layers still compile: train/sync_bn.py).
     synced = world > 1 and cfg.sync_bn
     gradients = "autograd" if uses_custom_kernels(net, device) or synced else "func"
-    # auto: graphs for the torch.func form only; steps with the Triton kernels (the "autograd" form) have not
-    # been measured under them yet.
-    use_graphs = cfg.cudagraphs == "true" or (cfg.cudagraphs == "auto" and graphs_possible and gradients == "func")
+    use_graphs = cfg.cudagraphs == "true" or (cfg.cudagraphs == "auto" and graphs_possible)
     grad_hook = distributed.all_reduce_mean_ if world > 1 else None  # every rank takes the same averaged step
-    train_step = maybe_compile(make_train_step(net, cfg, precision, gradients, grad_hook), use_compile, gradients,
-                               use_graphs)
-    step = train_step
+    pure_step = make_train_step(net, cfg, precision, gradients, grad_hook)
     if gradients == "autograd":
-        step, ts = leaf_step(train_step), as_leaves(ts)
+        ts = as_leaves(ts)
+    if use_graphs:  # the state in persistent buffers that each replay overwrites: ts is the same tensors after
+        step = compile_in_place(pure_step, ts, gradients)
+    else:
+        step = maybe_compile(pure_step, use_compile, gradients)
+        step = leaf_step(step) if gradients == "autograd" else step
     eval_step = maybe_compile(make_eval_step(net, precision, cfg.tta), use_compile)
 
     metrics_path = out / "metrics.jsonl"
@@ -397,7 +403,7 @@ def _train(cfg: Config, device: torch.device, rank: int, world: int, log, turn: 
         log(f"resuming from {out / 'last.pt'} at epoch {start_epoch + 1}, step {start_step + 1}")
 
     compile_seconds = 0.0
-    if use_compile:  # compile outside the timed epochs; the step is pure, so warming up changes nothing
+    if use_compile:  # compile outside the timed epochs; warm_up leaves ts as it found it
         compile_seconds = warm_up(step, eval_step, ts, train_batches, (val_batches, test_batches))
         log(f"compiled in {compile_seconds:.1f} s")
     if device.type == "cuda":

@@ -4,7 +4,8 @@
 
 `train_state` bundles params, BatchNorm state and the optimizer's state (SGD's momentum buffers or AdamW's
 moments); nothing is changed in place, so the step can be compiled once with torch.compile and re-run, and a
-warm-up call changes nothing.
+warm-up call changes nothing. (`compile_in_place` gives up that purity for CUDA graphs without copies: its
+step writes the new state into the old one's tensors.)
 
 Gradients come from one of two places:
   "func":     torch.func.grad_and_value over the net's pure forward (the default);
@@ -193,23 +194,32 @@ def maybe_compile(fn, enabled: bool, gradients: str = "func", cudagraphs: bool =
     return call
 
 
-def compile_in_place(step, ts: TrainState):
-    """Experimental (bench/step.py's inplace=true, not yet the trainer's): `step` compiled with CUDA graphs
-    and the train state kept in persistent buffers, ts's own tensors, which each call overwrites with the new
-    state inside the graph (marked static addresses: the graph reads and writes them where they are, with no
-    copies in or out, which maybe_compile's graphs need). Returns (ts, metrics) like the step, ts being the
-    same tensors. Not pure: a call changes ts, so a warm-up call must not run on a state that matters. The
-    "func" form only (leaves that require grad would be written in place under autograd)."""
+def copy_into(dst: TrainState, src: TrainState) -> None:
+    """dst's tensors overwritten with src's, key by key (no_grad: dst's params may be leaves that require grad).
+    Empty trees skipped: a net without BatchNorm (the ViT) has no state, and foreach ops refuse empty lists."""
+    with torch.no_grad():
+        for dst_tree, src_tree in zip(dst, src):
+            if dst_tree:
+                torch._foreach_copy_(list(dst_tree.values()), [src_tree[k] for k in dst_tree])
+
+
+def compile_in_place(step, ts: TrainState, gradients: str = "func"):
+    """`step` compiled with CUDA graphs (maybe_compile's cudagraphs=True), the train state kept in persistent
+    buffers, ts's own tensors, which each call overwrites with the new state inside the graph. They are marked
+    static addresses, so the graph reads and writes them where they are; without that, each replay copied the
+    state in (torch's graph trees) and out (maybe_compile's output copies), about 90 MB and some 190 small
+    copies per ResNet-18 step, which cost 4-5% where the step was already fast (bench/results/h200-
+    cudagraphs.md). Returns (ts, metrics) like the step, ts being the same tensors. Not pure: a call changes ts
+    (train.loop.warm_up restores it). gradients="autograd": ts's params are the leaves that require grad
+    (as_leaves), written under no_grad as an optimizer writes its params."""
     for tree in ts:
         for t in tree.values():
             torch._dynamo.mark_static_address(t)
 
     def write(state: TrainState, batch, lr):
         new, metrics = step(state, batch, lr)
-        with torch.no_grad():
-            for old_tree, new_tree in zip(state, new):
-                torch._foreach_copy_(list(old_tree.values()), [new_tree[k] for k in old_tree])
+        copy_into(state, new)
         return metrics
 
-    compiled = maybe_compile(write, True, cudagraphs=True)  # its outputs (the metrics) come back as copies
+    compiled = maybe_compile(write, True, gradients, cudagraphs=True)  # its outputs (the metrics) are copies
     return lambda state, batch, lr: (state, compiled(state, batch, lr))
