@@ -247,25 +247,45 @@ def test_every_registered_net_trains_through_the_command_line(name, ten_images, 
     assert results["model"] == name and 0 <= results["test_top1"] <= 100
 
 
-def test_compiled_loop_compiles_only_in_its_warm_up(cifar10_pickles, tmp_path, monkeypatch):
-    """compile=true: every graph the run needs (the train step, the eval step at each batch shape of val and
-    test) is compiled before the timed epochs, and none after (dynamo's aot_eager backend, to stay quick);
-    with mix=cutmix, whose batches carry soft targets (B, K), which the warm-up's example batch must match
-    (mix=none, class indices, was a second parameter: dropped for CI time, about 40 s on 2 cores)."""
+def test_compiled_loop_compiles_only_in_its_warm_up_and_trains_as_the_eager_loop(cifar10_pickles, tmp_path,
+                                                                                 monkeypatch):
+    """compile=true on the trainer's CUDA-graph path, forced on the CPU (train.step.compile_in_place: the state
+    written in place, warm_up restoring what its calls wrote, evaluation and checkpoints reading the same
+    buffers; dynamo's aot_eager backend standing in for Inductor and the graphs, to stay quick): every graph
+    the run needs (the train step, the eval step at each batch shape of val and test) is compiled before the
+    timed epochs and none after, and the epochs and results are the eager loop's. With mix=cutmix, whose
+    batches carry soft targets (B, K), which the warm-up's example batch must match. (The pure compiled step
+    goes through the same warm_up; on the GPU, test_cuda_graph_run_trains_as_the_run_without_graphs runs the
+    graphs for real.)"""
     from torch._dynamo.testing import CompileCounterWithBackend
+
+    import train.loop
 
     counter = CompileCounterWithBackend("aot_eager")
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=counter, dynamic=False))
-    at_warm_up = []
-    log = lambda line: at_warm_up.append(counter.frame_count) if line.startswith("compiled in") else None  # noqa: E731
-    torch._dynamo.reset()
-    cfg = parse(train_args(cifar10_pickles, tmp_path, "compile=true", "epochs=2", "batch_size=30",
-                           "eval_batch_size=7", "val_fraction=0.2", "recipe=fast", "lr=0.05", "mix=cutmix"))
-    with one_thread():  # small ops on 2 busy cores run faster on one thread
-        run(cfg, log=log)
+    monkeypatch.setattr(train.loop, "graphs_for", lambda cfg, use_compile, *_: use_compile)
+    lines, at_warm_up, runs = [], [], {}
+
+    def log(line):
+        lines.append(line)
+        if line.startswith("compiled in"):
+            at_warm_up.append(counter.frame_count)
+
+    for compiled in ("false", "true"):
+        torch._dynamo.reset()
+        out = tmp_path / compiled
+        cfg = parse(train_args(cifar10_pickles, out, f"compile={compiled}", "epochs=2", "batch_size=30",
+                               "eval_batch_size=7", "val_fraction=0.2", "recipe=fast", "lr=0.05", "mix=cutmix"))
+        with one_thread():  # small ops on 2 busy cores run faster on one thread
+            results = run(cfg, log=log)
+        epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        runs[compiled] = [[e["train_loss"], e["val_loss"], e["val_top1"]] for e in epochs], results["test_top1"]
+    assert [("cudagraphs=True" in line) for line in lines if line.startswith("resnet18:")] == [False, True]
     # The train step once; the eval step at 7 images and at the last partial batches: 40 val -> 5, 100 test -> 2.
     assert at_warm_up == [4] and counter.frame_count == 4
+    torch.testing.assert_close(torch.tensor(runs["true"][0]), torch.tensor(runs["false"][0]), rtol=1e-4, atol=1e-5)
+    assert runs["true"][1] == runs["false"][1]
 
 
 @pytest.mark.gpu
@@ -308,3 +328,4 @@ def test_cuda_graph_run_trains_as_the_run_without_graphs(model, cifar10_pickles,
         metrics[graphs] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = {graphs: [[r["train_loss"], r["val_loss"]] for r in rows] for graphs, rows in metrics.items()}
     torch.testing.assert_close(torch.tensor(losses["true"]), torch.tensor(losses["false"]), rtol=1e-2, atol=0)
+

@@ -287,6 +287,16 @@ def warm_up(step, eval_step, ts: TrainState, train: DeviceBatches, evaluation: t
     return time.perf_counter() - t0
 
 
+def graphs_for(cfg: Config, use_compile: bool, device: torch.device, world: int) -> bool:
+    """Whether the step runs as CUDA graphs. They need compile, CUDA and one process (the gradient all-reduce
+    and sync BN's collectives stay outside graphs); cudagraphs=true outside those conditions is an error."""
+    possible = use_compile and device.type == "cuda" and world == 1
+    if cfg.cudagraphs == "true" and not possible:
+        raise ConfigError("cudagraphs=true needs compile on, a CUDA device and one process; "
+                          "use cudagraphs=auto or false")
+    return cfg.cudagraphs == "true" or (cfg.cudagraphs == "auto" and possible)
+
+
 def divergence_hint(cfg: Config) -> str:
     """What to try after a NaN: a lower lr; for a ViT on SGD (lr 0.2 at batch 512 diverged on the H100, see
     README), recipe=fast, which gives the ViTs AdamW."""
@@ -325,12 +335,7 @@ def _train(cfg: Config, device: torch.device, rank: int, world: int, log, turn: 
     if device.type == "cuda":  # read at each convolution call, compiled graphs' too
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     use_compile = cfg.compile == "true" or (cfg.compile == "auto" and device.type == "cuda")
-    # CUDA graphs need compile, CUDA and one process (the gradient all-reduce and sync BN's collectives stay
-    # outside graphs); cudagraphs=true asks for them outside those conditions and gets an error.
-    graphs_possible = use_compile and device.type == "cuda" and world == 1
-    if cfg.cudagraphs == "true" and not graphs_possible:
-        raise ConfigError("cudagraphs=true needs compile on, a CUDA device and one process; "
-                          "use cudagraphs=auto or false")
+    use_graphs = graphs_for(cfg, use_compile, device, world)
     out = Path(cfg.run_dir())
 
     # The net first: a wrong model name or option fails before any data is read; then the checkpoint to resume.
@@ -377,7 +382,6 @@ def _train(cfg: Config, device: torch.device, rank: int, world: int, log, turn: 
     # the pieces between BatchNorm layers still compile: train/sync_bn.py).
     synced = world > 1 and cfg.sync_bn
     gradients = "autograd" if uses_custom_kernels(net, device) or synced else "func"
-    use_graphs = cfg.cudagraphs == "true" or (cfg.cudagraphs == "auto" and graphs_possible)
     grad_hook = distributed.all_reduce_mean_ if world > 1 else None  # every rank takes the same averaged step
     pure_step = make_train_step(net, cfg, precision, gradients, grad_hook)
     if gradients == "autograd":
