@@ -38,13 +38,11 @@ from train.gpu_lock import gpu_turn, one_of
 from train.optim import zeros_like_tree
 from train.step import (
     TrainState,
-    as_leaves,
-    compile_in_place,
-    leaf_step,
     make_eval_step,
     make_train_step,
     maybe_compile,
     precision_for,
+    prepare_step,
     to_memory_format,
     uses_custom_kernels,
 )
@@ -99,14 +97,7 @@ def functional_step(name, device, precision, compiled: bool, kernels: bool, cuda
     params = to_memory_format(params, precision)
     ts = TrainState(params, state, zeros_like_tree(params))
     gradients = "autograd" if uses_custom_kernels(net, device) else "func"
-    pure_step = make_train_step(net, CFG, precision, gradients)
-    if gradients == "autograd":
-        ts = as_leaves(ts)
-    if cudagraphs:
-        step_fn = compile_in_place(pure_step, ts, gradients)
-    else:
-        step_fn = maybe_compile(pure_step, compiled, gradients)
-        step_fn = leaf_step(step_fn) if gradients == "autograd" else step_fn
+    step_fn, ts = prepare_step(make_train_step(net, CFG, precision, gradients), ts, gradients, compiled, cudagraphs)
     evaluate = maybe_compile(make_eval_step(net, precision), compiled)
     x, y = batch(device)
     lr = torch.full((1,), CFG.lr, device=device)[0]
@@ -132,8 +123,6 @@ def warm(fn, device, calls=3) -> float:
 
 
 BASELINE = "(1) eager module"
-COMPILED = "(3) compiled"
-KERNELS = "(4) compiled + kernels"
 FUNCTIONAL = "(2) functional"
 COMPILED = "(3) compiled"
 KERNELS = "(4) compiled + kernels"

@@ -53,14 +53,12 @@ from train.optim import init_state
 from train.schedule import load_schedule, make_schedule
 from train.step import (
     TrainState,
-    as_leaves,
-    compile_in_place,
     copy_into,
-    leaf_step,
     make_eval_step,
     make_train_step,
     maybe_compile,
     precision_for,
+    prepare_step,
     to_memory_format,
     uses_custom_kernels,
 )
@@ -383,14 +381,9 @@ def _train(cfg: Config, device: torch.device, rank: int, world: int, log, turn: 
     synced = world > 1 and cfg.sync_bn
     gradients = "autograd" if uses_custom_kernels(net, device) or synced else "func"
     grad_hook = distributed.all_reduce_mean_ if world > 1 else None  # every rank takes the same averaged step
-    pure_step = make_train_step(net, cfg, precision, gradients, grad_hook)
-    if gradients == "autograd":
-        ts = as_leaves(ts)
-    if use_graphs:  # the state in persistent buffers that each replay overwrites: ts is the same tensors after
-        step = compile_in_place(pure_step, ts, gradients)
-    else:
-        step = maybe_compile(pure_step, use_compile, gradients)
-        step = leaf_step(step) if gradients == "autograd" else step
+    # With graphs, ts's tensors are the state's persistent buffers, which each replay overwrites.
+    step, ts = prepare_step(make_train_step(net, cfg, precision, gradients, grad_hook), ts, gradients, use_compile,
+                            use_graphs)
     eval_step = maybe_compile(make_eval_step(net, precision, cfg.tta), use_compile)
 
     metrics_path = out / "metrics.jsonl"

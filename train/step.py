@@ -224,3 +224,15 @@ def compile_in_place(step, ts: TrainState, gradients: str = "func"):
 
     compiled = maybe_compile(write, True, gradients, cudagraphs=True)  # its outputs (the metrics) are copies
     return lambda state, batch, lr: (state, compiled(state, batch, lr))
+
+
+def prepare_step(step, ts: TrainState, gradients: str, compiled: bool, cudagraphs: bool):
+    """(the step to call, ts to call it with) from the pure `step`, as the trainer runs it: with CUDA graphs,
+    compile_in_place (ts's own tensors become the state's buffers); else maybe_compile. For the "autograd"
+    form ts's params become leaves that require grad, and stay so after each call."""
+    if gradients == "autograd":
+        ts = as_leaves(ts)
+    if cudagraphs:
+        return compile_in_place(step, ts, gradients), ts
+    step = maybe_compile(step, compiled, gradients)
+    return (leaf_step(step) if gradients == "autograd" else step), ts
