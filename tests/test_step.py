@@ -209,26 +209,29 @@ def linear_net() -> Net:
     return Net("linear", lambda: nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10)), 10)
 
 
-@pytest.mark.parametrize("gradients,make_net", [("func", small_net), ("autograd", small_net), ("func", linear_net)])
-def test_in_place_step_equals_the_pure_step_and_keeps_its_buffers(gradients, make_net, monkeypatch):
+@pytest.mark.parametrize("gradients,make_net,optimizer", [("func", small_net, "sgd"), ("autograd", small_net, "sgd"),
+                                                          ("func", linear_net, "sgd"), ("func", small_net, "adamw")])
+def test_in_place_step_equals_the_pure_step_and_keeps_its_buffers(gradients, make_net, optimizer, monkeypatch):
     """compile_in_place: the pure step's numbers over several steps, written into the same tensors (through
     dynamo and AOT autograd's functionalisation of the writes; the aot_eager backend, to stay quick), for
-    both gradient forms (with "autograd", the written params stay leaves that require grad), and for a net
-    whose state is empty."""
+    both gradient forms (with "autograd", the written params stay leaves that require grad), for a net
+    whose state is empty, and for AdamW's state (the moments and the 0-dim step count)."""
     from train.step import compile_in_place
 
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend="aot_eager", dynamic=False))
     torch._dynamo.reset()
     net = make_net()
+    cfg = Config(optimizer=optimizer, nesterov=optimizer == "sgd", weight_decay=5e-4, label_smoothing=0.1)
     ts = fresh_state(net)
+    ts = ts._replace(momentum=init_state(optimizer, ts.params))
     data, lrs = batches(3), [torch.tensor(v) for v in (0.1, 0.05, 0.1)]
-    pure_step = make_train_step(net, CFG, CPU, gradients)
+    pure_step = make_train_step(net, cfg, CPU, gradients)
     pure_step = leaf_step(pure_step) if gradients == "autograd" else pure_step
     pure, m_pure = run_steps(pure_step, copy_state(ts, gradients), data, lrs)
     buffers = copy_state(ts, gradients)
     pointers = [t.data_ptr() for tree in buffers for t in tree.values()]
-    step = compile_in_place(make_train_step(net, CFG, CPU, gradients), buffers, gradients)
+    step = compile_in_place(make_train_step(net, cfg, CPU, gradients), buffers, gradients)
     out, m_out = run_steps(step, buffers, data, lrs)
     assert out is buffers and [t.data_ptr() for tree in out for t in tree.values()] == pointers
     assert all(p.requires_grad == (gradients == "autograd") and p.is_leaf for p in out.params.values())
