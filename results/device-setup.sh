@@ -28,3 +28,13 @@ gpu_tests_start() {
     tests=$!
 }
 gpu_tests_wait() { wait "$tests"; stamp "GPU tests ended: $(tail -n 1 "$1/gpu-tests.log")"; }
+
+# gpu_tests_holding LOCK DIR [PATH...]: hold LOCK (fd 8), so that runs and benchmarks waiting on it use the GPU
+# after the tests, and start the tests (gpu_tests_start DIR PATH...); gpu_tests_release DIR: wait for them
+# (gpu_tests_wait) and free LOCK.
+gpu_tests_holding() {
+    exec 8>"$1"; shift
+    flock 8 && stamp "holding the GPU for the tests"
+    gpu_tests_start "$@"
+}
+gpu_tests_release() { gpu_tests_wait "$1"; flock -u 8; exec 8>&-; }

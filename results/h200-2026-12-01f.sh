@@ -15,16 +15,13 @@ cd "$(dirname "$0")/.."
 mkdir -p "$root/tta"
 source results/device-setup.sh
 
-exec 8>"$root/tta/gpu.lock"
-flock 8 && stamp "holding the GPU for the tests"
-gpu_tests_start "$root" tests/test_step.py tests/test_train_e2e.py
+gpu_tests_holding "$root/tta/gpu.lock" "$root" tests/test_step.py tests/test_train_e2e.py
 python3 -m bench step parallel=true variants=1,3g,4g \
     nets=googlenet,xception,resnet50,mobilenetv1,vit,vgg16,resnet18,alexnet \
     out="$root/bench" gpu_lock="$root/tta/gpu.lock" deadline=$(($(left) - 20)) >"$root/bench-step.log" 2>&1 &
 bench=$!
 results/together.sh "$root/tta" "$run MODEL=resnet18 ARGS='recipe=fast epochs=80 mix=none cutout=8 download=false seed=0'" &
 tta=$!
-gpu_tests_wait "$root"
-flock -u 8; exec 8>&-
+gpu_tests_release "$root"
 wait $tta; stamp "the ResNet-18 run ended"
 wait $bench; stamp "step benchmark ended"

@@ -20,16 +20,13 @@ cd "$(dirname "$0")/.."
 mkdir -p "$root/runs"
 source results/device-setup.sh
 
-exec 8>"$root/runs/gpu.lock"
-flock 8 && stamp "holding the GPU for the tests"
-gpu_tests_start "$root"
+gpu_tests_holding "$root/runs/gpu.lock" "$root"
 python3 -m bench step parallel=true nets=googlenet,xception,resnet50,mobilenetv1,vit,vgg16,resnet18,alexnet \
     out="$root/bench" gpu_lock="$root/runs/gpu.lock" deadline=$(($(left) - 20)) >"$root/bench-step.log" 2>&1 &
 bench=$!
 results/together.sh "$root/runs" "$run MODEL=vit ARGS='recipe=fast epochs=3 download=false'" &
 vit=$!
-gpu_tests_wait "$root"
-flock -u 8; exec 8>&-
+gpu_tests_release "$root"
 wait $vit; stamp "the ViT run ended: $(tail -n 2 "$root/runs/vit-1.log" | head -n 1)"
 wait $bench; stamp "step benchmark ended"
 if (($(left) > 400)); then

@@ -16,6 +16,7 @@ from train.step import (
     make_train_step,
     maybe_compile,
     precision_for,
+    prepare_step,
 )
 
 CPU = precision_for(torch.device("cpu"), "fp32")
@@ -150,25 +151,22 @@ def test_cuda_graph_step_equals_the_compiled_step_and_keeps_every_step(gradients
     torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-5, atol=1e-6)
 
 
-def copy_state(ts: TrainState, gradients: str = "func") -> TrainState:
-    """A copy of ts in new tensors; leaves that require grad for the "autograd" form."""
-    copy = TrainState(*({k: v.detach().clone() for k, v in tree.items()} for tree in ts))
-    return as_leaves(copy) if gradients == "autograd" else copy
+def copy_state(ts: TrainState) -> TrainState:
+    """A copy of ts in new tensors."""
+    return TrainState(*({k: v.detach().clone() for k, v in tree.items()} for tree in ts))
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("gradients", ["func", "autograd"])
 def test_in_place_cuda_graph_step_equals_the_compiled_step(gradients):
-    from train.step import compile_in_place
-
     torch._dynamo.reset()
     net, gpu, ts, data, lrs = cuda_case()
-    plain_step = maybe_compile(make_train_step(net, CFG, gpu, gradients), True, gradients)
-    plain_step = leaf_step(plain_step) if gradients == "autograd" else plain_step
-    plain, m_plain = run_steps(plain_step, copy_state(ts, gradients), data, lrs)
-    buffers = copy_state(ts, gradients)
-    out, m_out = run_steps(compile_in_place(make_train_step(net, CFG, gpu, gradients), buffers, gradients), buffers,
-                           data, lrs)
+    plain_step, plain_ts = prepare_step(make_train_step(net, CFG, gpu, gradients), copy_state(ts), gradients, True,
+                                        cudagraphs=False)
+    plain, m_plain = run_steps(plain_step, plain_ts, data, lrs)
+    step, buffers = prepare_step(make_train_step(net, CFG, gpu, gradients), copy_state(ts), gradients, True,
+                                 cudagraphs=True)
+    out, m_out = run_steps(step, buffers, data, lrs)
     assert_same_state(plain, out, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(m_plain["loss"], m_out["loss"], rtol=1e-5, atol=1e-6)
 
@@ -216,8 +214,6 @@ def test_in_place_step_equals_the_pure_step_and_keeps_its_buffers(gradients, mak
     dynamo and AOT autograd's functionalisation of the writes; the aot_eager backend, to stay quick), for
     both gradient forms (with "autograd", the written params stay leaves that require grad), for a net
     whose state is empty, and for AdamW's state (the moments and the 0-dim step count)."""
-    from train.step import compile_in_place
-
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend="aot_eager", dynamic=False))
     torch._dynamo.reset()
@@ -226,12 +222,12 @@ def test_in_place_step_equals_the_pure_step_and_keeps_its_buffers(gradients, mak
     ts = fresh_state(net)
     ts = ts._replace(momentum=init_state(optimizer, ts.params))
     data, lrs = batches(3), [torch.tensor(v) for v in (0.1, 0.05, 0.1)]
-    pure_step = make_train_step(net, cfg, CPU, gradients)
-    pure_step = leaf_step(pure_step) if gradients == "autograd" else pure_step
-    pure, m_pure = run_steps(pure_step, copy_state(ts, gradients), data, lrs)
-    buffers = copy_state(ts, gradients)
+    pure_step, pure_ts = prepare_step(make_train_step(net, cfg, CPU, gradients), copy_state(ts), gradients,
+                                      compiled=False, cudagraphs=False)
+    pure, m_pure = run_steps(pure_step, pure_ts, data, lrs)
+    step, buffers = prepare_step(make_train_step(net, cfg, CPU, gradients), copy_state(ts), gradients, True,
+                                 cudagraphs=True)
     pointers = [t.data_ptr() for tree in buffers for t in tree.values()]
-    step = compile_in_place(make_train_step(net, cfg, CPU, gradients), buffers, gradients)
     out, m_out = run_steps(step, buffers, data, lrs)
     assert out is buffers and [t.data_ptr() for tree in out for t in tree.values()] == pointers
     assert all(p.requires_grad == (gradients == "autograd") and p.is_leaf for p in out.params.values())
