@@ -1,6 +1,6 @@
-# Sourced from the repository root by the device jobs (results/h200-*.sh, results/next-job.sh): records the
-# GPU and the versions in the job's log, decodes the JPEG copy once into its cache (rather than in every run at
-# once), and gives each process 4 Inductor compile threads (several processes compile at once on 16 cores).
+# Sourced from the repository root by the device jobs (results/h200-*.sh): records the GPU and the versions in
+# the job's log, decodes the JPEG copy once into its cache (rather than in every run at once), and gives each
+# process 4 Inductor compile threads (several processes compile at once on 16 cores).
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 python3 -c "from data.cifar import load_cifar; load_cifar('cifar10', '.data/cifar10-jpeg.tar.gz', download=False)"

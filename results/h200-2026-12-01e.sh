@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # 2026-12-01, H200 (ran as results/next-job.sh; log results/h200-2026-12-01e.log, GPU tests
-# results/h200-2026-12-01e-gpu-tests.log, bench/results/h200.md and h200-3s.md, the ResNet-18 runs in
+# results/h200-2026-12-01e-gpu-tests.log, bench/results/h200.md (now h200-copying.md: the next every-variant
+# run took its name) and h200-3s.md, the ResNet-18 runs in
 # results/cudagraphs/resnet18-80ep-seed*-h200/). The graph variants (3g)/(4g) here still copied the state in
 # and out; bench step's inplace=true and (3s) were folded into (3g)/(4g) after this run (results/h200-2026-12-01f.sh).
 #   first    the GPU tests (the CUDA-graph step test, tests/test_step.py, has never run), beside the trainings
