@@ -933,7 +933,8 @@ def _triton_supports(x: torch.Tensor, weight: torch.Tensor) -> bool:
 def triton_preferred(channels_last: bool, dtype: torch.dtype, H: int, W: int, stride: int, fused: bool) -> bool:
     """impl="auto" on CUDA: Triton, except where PyTorch (cuDNN) measured faster on the H100.
 
-    From bench/results/depthwise-h100.md (forward+backward, CUDA-graph times, batch 256 and 512): in NCHW the
+    From bench/results/depthwise-h100.md (forward+backward, CUDA-graph times, batch 256 and 512; at the
+    benchmark's old shape list, which missed four of the nets' layers, README "Triton kernels"): in NCHW the
     kernels beat PyTorch's NCHW path at every layer (1.3-20x); with a fused epilogue (scale, shift, relu)
     PyTorch needs extra elementwise passes and the kernels won 1.8-2.3x (bfloat16, the layers where cuDNN
     wins unfused). Unfused channels_last: in 16-bit, cuDNN was faster at stride 1 with outputs of 8x8 pixels

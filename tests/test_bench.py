@@ -95,3 +95,23 @@ def test_profile_sorts_kernels_into_categories_and_sums_them_per_step():
     assert cats[-1] == {"net": "resnet18", "variant": "(3) compiled", "category": "GPU busy / wall",
                         "ms per step": 2.8, "% of GPU time": 70.0}
     assert [r["ms per step"] for r in top] == sorted((t / 1e3 for t in times.values()), reverse=True)
+
+
+def test_depthwise_bench_has_every_depthwise_layer_of_the_nets_and_no_other():
+    """bench/depthwise.py's layers are the CIFAR nets' (nets/mobilenet.py and nets/xception.py describe the
+    strides): the 13 blocks of MobileNetV1 with stride 2 in blocks 2, 4 and 6 only, and Xception's 34 separable
+    convolutions at 32x32 through the second entry block, 16x16 in the third, 8x8 through the middle flow
+    and the exit block, 4x4 after its pool. Each layer as (channels, input size, stride)."""
+    from bench import depthwise
+
+    mobilenet = [(32, 32, 1), (64, 32, 2), (128, 16, 1), (128, 16, 2), (256, 8, 1), (256, 8, 2)] + [
+        (512, 4, 1)] * 6 + [(1024, 4, 1)]
+    xception = [(64, 32, 1), (128, 32, 1), (128, 32, 1), (256, 32, 1), (256, 16, 1), (728, 16, 1)] + [
+        (728, 8, 1)] * 26 + [(1024, 4, 1), (1536, 4, 1)]
+    assert list(depthwise.net_layers("mobilenetv1")) == mobilenet
+    assert list(depthwise.net_layers("xception")) == xception
+    table = depthwise.layer_table()
+    assert [row[1:] for row in table] == list(dict.fromkeys(mobilenet + xception))
+    assert dict((row[1:], row[0]) for row in table)[(1024, 4, 1)] == "mobilenet_v1+xception"
+    assert set(depthwise.QUICK["shapes"]) <= {row[1:] for row in table}
+

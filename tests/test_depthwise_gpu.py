@@ -12,8 +12,9 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 # ||out - ref|| / ||ref|| against a float64 reference (see tests/test_depthwise.py).
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
-# (N, C, H, stride, epilogue): MobileNetV1 / Xception depthwise layers at batch 128-256 (C=728 is not a
-# multiple of 16), with (scale, shift, relu) on some. Each case is a separate Triton compilation.
+# (N, C, H, stride, epilogue): channel counts and sizes of MobileNetV1's and Xception's depthwise layers
+# (bench/depthwise.py lists the layers themselves) at batch 128-256 (C=728 is not a multiple of 16), with
+# (scale, shift, relu) on some. Each case is a separate Triton compilation.
 CASES = [(256, 32, 32, 1, False), (128, 64, 32, 2, True), (256, 256, 8, 2, False), (256, 728, 4, 1, True),
          (256, 1024, 2, 1, False)]
 COMPILE_CASE = (64, 128, 16, 1, True)  # torch.compile tests: bfloat16
