@@ -131,16 +131,23 @@ KERNELS = "(4) compiled + kernels"
 GRAPHS = "(3g) compiled + CUDA graphs (state in place)"
 KERNELS_GRAPHS = "(4g) compiled + kernels + CUDA graphs (state in place)"
 WITH_KERNELS = (KERNELS, KERNELS_GRAPHS)  # the variants that run the Triton kernels
-SUMMARY_LABELS = {COMPILED: "(3)", GRAPHS: "(3g)", KERNELS: "(4)", KERNELS_GRAPHS: "(4g)"}
-VARIANT_LABELS = ("1", "2", "3", "3g", "4", "4g")  # the labels variants= takes
+VARIANTS = (BASELINE, FUNCTIONAL, COMPILED, GRAPHS, KERNELS, KERNELS_GRAPHS)
+
+
+def label(variant: str) -> str:
+    """A variant's short label, what variants= takes and the summary writes in parentheses: "3g" for GRAPHS."""
+    return variant[1:variant.index(")")]
+
+
+VARIANT_LABELS = tuple(label(v) for v in VARIANTS)
 
 
 def variants_of(name: str, only: tuple[str, ...] = ()) -> list[str]:
     """The variants measured for `name`: all that apply, or those whose label ("1", "3g", ...) is in `only`;
     the eager baseline (1) always, as every ratio's reference."""
     kernels = "kernels" in nets.options(name)
-    every = [BASELINE, FUNCTIONAL, COMPILED, GRAPHS] + (list(WITH_KERNELS) if kernels else [])
-    return [v for v in every if v == BASELINE or not only or v[1:v.index(")")] in only]
+    every = [v for v in VARIANTS if kernels or v not in WITH_KERNELS]
+    return [v for v in every if v == BASELINE or not only or label(v) in only]
 
 
 def prepare_net(name, device, variants=None, gpu_turn=None) -> tuple[dict, dict, dict]:
@@ -316,13 +323,12 @@ def measure(device: str = "cuda", quick: bool = False, names=None, parallel: boo
             per = {r["variant"]: r["vs (1)"] for r in rows
                    if r["net"] == name and r.get("cudnn.benchmark") == setting}
             tag = " cudnn.benchmark" if bench else ""
-            for variant, label in SUMMARY_LABELS.items():
+            for variant in (COMPILED, GRAPHS, KERNELS, KERNELS_GRAPHS):
                 if variant in per:
-                    summary[f"{name} {label}/(1){tag}"] = per[variant]
+                    summary[f"{name} ({label(variant)})/(1){tag}"] = per[variant]
             for kernels, without in ((KERNELS, COMPILED), (KERNELS_GRAPHS, GRAPHS)):
                 if kernels in per and without in per:  # the kernels' own effect on the whole compiled step
-                    summary[f"{name} {SUMMARY_LABELS[kernels]}/{SUMMARY_LABELS[without]}{tag}"] = (
-                        per[kernels] / per[without])
+                    summary[f"{name} ({label(kernels)})/({label(without)}){tag}"] = per[kernels] / per[without]
     return {
         "title": f"Training step, batch {BATCH}, bf16 autocast, channels_last, on {device_name(device)}",
         "columns": ["net", "variant", "cudnn.benchmark", "train images/s", "vs (1)", "inference images/s",
