@@ -169,9 +169,9 @@ def _compile_job(job: tuple) -> None:
     w = torch.randn(C, 1, K, K, device="cuda")
     cfg = dw.LaunchConfig(*config) if config else None
     if kind == "fwd":
-        dw.launch_fwd(x, w, None, None, stride, False, config=cfg)
+        dw.launch_fwd(x, w, None, None, stride, False, config=cfg, variant="tiles")  # the tuner's tiles
     elif kind == "bwd_input":
-        dw.launch_bwd_input(g, w, x, stride, config=cfg)
+        dw.launch_bwd_input(g, w, x, stride, config=cfg, variant="tiles")
     else:
         dw.launch_bwd_weight(g, x, w, None, None, stride, False, False, config=cfg, programs=programs,
                              variant="gather")  # the tuner's tiles are gather's
@@ -389,9 +389,14 @@ COLUMNS = ["net", "N", "C", "H", "stride", "dtype", "layout", "torch fwd us", "t
 # ---------------------------------------------------------------------------------------------------------
 # Tuning: time each kernel alone over candidate launch configurations (bf16, batch 256).
 
-TUNE_SHAPES = [(True, 32, 32, 1), (True, 64, 32, 2), (True, 128, 16, 1), (True, 256, 8, 1), (True, 512, 4, 2),
-               (True, 1024, 2, 1), (True, 728, 8, 1),
-               (False, 32, 32, 1), (False, 256, 8, 1), (False, 1024, 2, 1)]  # (channels_last, C, H, stride)
+# NCHW shapes tuned besides every layer in channels_last: the nets train in channels_last (train/, bench/step.py).
+TUNE_NCHW = ((32, 32, 1), (256, 8, 1), (1024, 4, 1))
+
+
+def tune_shapes() -> list[tuple[bool, int, int, int]]:
+    """(channels_last, C, H, stride) the tuner sweeps: every layer of the nets (layer_table) in channels_last,
+    then TUNE_NCHW (a hand-written list had gone stale with the nets, as the benchmark's own had)."""
+    return [(True, C, H, s) for _, C, H, s in layer_table()] + [(False, *shape) for shape in TUNE_NCHW]
 
 
 def _candidates(kind: str, cl: bool, C: int, H: int, stride: int) -> list[tuple]:
@@ -425,25 +430,33 @@ def _candidates(kind: str, cl: bool, C: int, H: int, stride: int) -> list[tuple]
 def _kernel_call(kind, xs, gs, w, stride, config, programs):
     """call(i): one kernel alone on input set i."""
     if kind == "fwd":
-        return lambda i: dw.launch_fwd(xs[i], w, None, None, stride, False, config=config)
+        return lambda i: dw.launch_fwd(xs[i], w, None, None, stride, False, config=config, variant="tiles")
     if kind == "bwd_input":
-        return lambda i: dw.launch_bwd_input(gs[i], w, xs[i], stride, config=config)
+        return lambda i: dw.launch_bwd_input(gs[i], w, xs[i], stride, config=config, variant="tiles")
     return lambda i: dw.launch_bwd_weight(gs[i], xs[i], w, None, None, stride, False, False, config=config,
                                           programs=programs, variant="gather")  # the tuner's tiles are gather's
 
 
+def tuned_kinds(channels_last: bool, N: int, C: int, H: int, stride: int) -> tuple[str, ...]:
+    """The kernels tune() sweeps at a shape: the weight pass only where launch_bwd_weight runs "gather" (whose
+    tiles the sweep varies) in bfloat16; "taps" has its own sweep, bench/wgrad.py."""
+    gather = dw.wgrad_variant(channels_last, torch.bfloat16, N, C, H, H, stride) == "gather"
+    return ("fwd", "bwd_input") + (("bwd_weight",) if gather else ())
+
+
 def tune(device: str = "cuda") -> list[dict]:
     """Time fwd / bwd_input / bwd_weight alone per candidate config; print the best per shape."""
-    jobs, plan = [], []
-    for cl, C, H, s in TUNE_SHAPES:
-        for kind in ("fwd", "bwd_input", "bwd_weight"):
+    jobs, plan, N = [], [], 256
+    shapes = tune_shapes()
+    for cl, C, H, s in shapes:
+        for kind in tuned_kinds(cl, N, C, H, s):
             for cfg, programs in _candidates(kind, cl, C, H, s):
                 jobs.append((kind, cl, C, H, s, cfg, programs))
                 plan.append((kind, cl, C, H, s, cfg, programs))
     print(f"tune: {len(plan)} candidates, precompile {_timed_s(dw._in_processes, _compile_job, jobs):.0f} s",
           flush=True)
-    results, N = [], 256
-    for cl, C, H, s in TUNE_SHAPES:
+    results = []
+    for cl, C, H, s in shapes:
         fmt = torch.channels_last if cl else torch.contiguous_format
         OH = (H - 1) // s + 1
         n = n_sets_for(N * C * H * H * 2 * 2)
@@ -459,7 +472,7 @@ def tune(device: str = "cuda") -> list[dict]:
             us = graph_us(call, n)
             results.append({"kind": kind, "channels_last": cl, "C": C, "H": H, "stride": s, "config": cfg,
                             "programs": programs, "us": us})
-        for kind in ("fwd", "bwd_input", "bwd_weight"):  # print as we go: a cut-off run keeps its lines
+        for kind in tuned_kinds(cl, N, C, H, s):  # print as we go: a cut-off run keeps its lines
             rs = [r for r in results if (r["kind"], r["channels_last"], r["C"], r["H"], r["stride"])
                   == (kind, cl, C, H, s)]
             default = next(r for r in rs if r["config"] is None and r["programs"] == dw._WGRAD_TARGET_PROGRAMS)

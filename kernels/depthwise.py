@@ -37,6 +37,9 @@ contiguous dimension is the vectorised one:
     weight pass, "taps" (channels_last 3x3 only; launch_bwd_weight picks it where faster, wgrad_variant): the same
                             sums from nine shifted (rows, cols) x tiles, as in the forward, and nine
                             (rows, cols) accumulators, reduced over rows once at the end; no padded tap lanes.
+    forward and stride-1 input pass, "rows" (channels_last 3x3; kernels/depthwise_rows.py, picked where
+                            faster by pointwise_variant): a program walks down whole output rows of one image,
+                            keeping the three input rows under its window in registers.
 
 Autograd: `_DepthwiseConv2dFn`, a torch.autograd.Function with a separate setup_context. In plain eager mode
 it calls the launchers directly (a custom op's dispatch costs tens of microseconds per call); under
@@ -48,7 +51,7 @@ impl="auto" on CUDA uses the kernels where they measured faster than PyTorch on 
 everywhere in NCHW and with a fused epilogue, only for stride-2 and small-output layers in channels_last.
 `precompile(layers)` compiles a net's kernel variants ahead, in parallel processes.
 
-Launch configurations come from `pointwise_config` / `wgrad_config`, a table measured on an H100 with
+Launch configurations come from `pointwise_config` / `wgrad_config`, a table measured on an H100 and an H200 with
 `python3 bench/depthwise.py --tune` rather than Triton's autotuner: with C, H, W, the layout, dtype and
 epilogue all compile-time, an autotuner multiplies compilations by its config count (the GPU tests timed out
 that way) and re-benchmarks every new layer shape at its first call. CPU tensors run the same kernels in
@@ -146,18 +149,27 @@ class LaunchConfig(NamedTuple):
     num_warps: int
 
 
-# Measured with `python3 bench/depthwise.py --tune` (H100, torch 2.11, triton 3.6, bfloat16, batch 256,
-# bench/results/depthwise-h100.md): the fastest launch configuration per (kernel, C, H, stride), channels_last,
-# 3x3, as (BLOCK_R, BLOCK_K, num_warps). Shapes not listed use the rules in the functions below, which these
-# measurements suggested (tiles of 2048-4096 elements; the weight gradient wants 32-channel slices).
+# Measured with `python3 bench/depthwise.py --tune`: the fastest launch configuration per (kernel, C, H, stride),
+# channels_last, 3x3, bfloat16, batch 256, as (BLOCK_R, BLOCK_K, num_warps). The first entries of each kernel
+# come from an H100 at the benchmark's old shape list (bench/results/depthwise-h100.md); the H200 entries from the
+# sweep at the nets' own layers (results/h200-2026-12-01j.log), where it beat the rules below by 3% or more (it
+# confirmed the H100 entries within 3%). Shapes not listed use the rules (tiles of 2048-4096 elements; the
+# weight gradient wants 32-channel slices).
 _MEASURED_CL = {
     "fwd": {(32, 32, 1): (64, 32, 4), (64, 32, 2): (32, 64, 4), (128, 16, 1): (16, 128, 4),
             (256, 8, 1): (16, 128, 4), (512, 4, 2): (64, 32, 4), (1024, 2, 1): (16, 128, 4),
-            (728, 8, 1): (8, 256, 4)},
+            (728, 8, 1): (8, 256, 4),
+            # H200: 1.46x, 1.05x, 1.04x, 1.29x over the rules
+            (64, 32, 1): (64, 64, 4), (128, 32, 1): (64, 64, 4), (256, 32, 1): (64, 64, 4), (256, 8, 2): (64, 32, 4)},
     "bwd_input": {(32, 32, 1): (128, 32, 4), (64, 32, 2): (128, 32, 4), (128, 16, 1): (64, 64, 4),
                   (256, 8, 1): (16, 128, 4), (512, 4, 2): (32, 128, 4), (1024, 2, 1): (16, 128, 4),
-                  (728, 8, 1): (8, 256, 4)},
-    "bwd_weight": {(512, 4, 2): (4, 32, 2), (1024, 2, 1): (1, 128, 4)},
+                  (728, 8, 1): (8, 256, 4),
+                  # H200: 1.04x, 1.08x, 1.13x, 1.07x, 1.04x, 1.13x, 1.12x over the rules
+                  (64, 32, 1): (64, 64, 4), (128, 32, 1): (16, 128, 4), (256, 32, 1): (16, 128, 4),
+                  (256, 16, 1): (16, 128, 4), (728, 16, 1): (8, 256, 4), (128, 16, 2): (64, 64, 4),
+                  (256, 8, 2): (64, 64, 4)},
+    "bwd_weight": {(512, 4, 2): (4, 32, 2), (1024, 2, 1): (1, 128, 4),
+                   (256, 8, 2): (4, 32, 2)},  # H200: 1.10x over the rule
 }  # fmt: skip
 _MEASURED_NCHW_WGRAD = {(256, 8, 1): (2, 64, 4)}
 
@@ -205,19 +217,20 @@ def wgrad_config(channels_last: bool, C: int, H: int, W: int, stride: int, K: in
 WGRAD_VARIANTS = ("gather", "taps")  # launch_bwd_weight(variant=...): the 3-D tap gather, or 9 shifted 2-D loads
 
 
-def wgrad_variant(channels_last: bool, dtype: torch.dtype, N: int, H: int, W: int, stride: int, K: int = 3) -> str:
+def wgrad_variant(channels_last: bool, dtype: torch.dtype, N: int, C: int, H: int, W: int, stride: int,
+                  K: int = 3) -> str:
     """The weight-gradient kernel launch_bwd_weight uses by default: "taps" where it measured faster than
-    "gather" on an H200 (bench/results/wgrad-h200.md, 2026-12-01, both with the fused epilogue, batch 256 and
-    512): in float32 at all 30 layer cases (1.32-3.11x); in bfloat16 at stride 1 from 8192 output rows
-    (N x OH x OW: every 8x8-and-up layer, and 4x4 at batch 512; 1.04-1.85x) and at stride 2 from 32x32 inputs
-    (1.12-1.39x), while gather was faster at the other stride-2 layers and at fewer rows (0.55-1.04x).
+    "gather" on an H200 (bench/results/wgrad-h200.md, 2026-12-01, at the nets' 15 layers, both with the fused
+    epilogue, batch 256 and 512): in float32 at all 30 cases (1.31-3.42x); in bfloat16 from 2**22 output
+    elements (N x C x OH x OW; 1.04-1.87x, and 1.05x at the one stride-2 case on the line), while gather was
+    faster below, at the smaller stride-2 layers and at 4x4 outputs of 512 channels at batch 256 (0.56-0.89x).
     float16 follows bfloat16 (same loads; not measured apart). "taps" exists for channels_last 3x3 only."""
     if not (channels_last and K == 3):
         return "gather"
     if dtype == torch.float32:
         return "taps"
     OH, OW = _output_hw(H, W, stride)
-    return "taps" if (stride == 1 and N * OH * OW >= 8192) or (stride == 2 and H * W >= 1024) else "gather"
+    return "taps" if N * C * OH * OW >= 1 << 22 else "gather"
 
 
 _TAPS_TILE = 1024  # elements of each (BLOCK_R, BLOCK_K) tile: 9 float32 accumulators + 9 x tiles in registers
@@ -647,13 +660,41 @@ def _empty(shape, like: torch.Tensor, channels_last: bool, dtype=None) -> torch.
     return torch.empty(shape, device=like.device, dtype=dtype or like.dtype, memory_format=fmt)
 
 
-def launch_fwd(x, weight, scale, shift, stride: int, relu: bool, wrap: bool = False, config=None):
-    """y = relu(dwconv(x) * scale + shift): (N, C, OH, OW) in x's dtype and memory format."""
+POINTWISE_VARIANTS = ("tiles", "rows")  # launch_fwd / launch_bwd_input(variant=...); see pointwise_variant
+
+
+def pointwise_variant(kind: str, channels_last: bool, dtype: torch.dtype, H: int, W: int, stride: int,
+                      K: int = 3) -> str:
+    """The schedule launch_fwd ("fwd") / launch_bwd_input ("bwd_input") use by default: "rows"
+    (kernels/depthwise_rows.py: a program walks down whole output rows) where it measured faster than the tiles
+    on an H200 (results/h200-2026-12-01k.log, each kernel alone at the nets' 15 layers, batch 256 and 512): in
+    16-bit everywhere (forward 1.03-1.46x, stride-1 grad-input 1.05-1.45x); in float32 below 32x32 inputs
+    (forward 1.02-2.11x; at 32x32 0.96-1.10x) and for every stride-1 grad-input (0.94-2.18x, geomean 1.55).
+    It exists for channels_last 3x3 only, and for the grad-input pass at stride 1 only (a flipped forward)."""
+    if not (channels_last and K == 3) or (kind == "bwd_input" and stride != 1):
+        return "tiles"
+    return "tiles" if kind == "fwd" and dtype == torch.float32 and H * W >= 1024 else "rows"
+
+
+def _pointwise_variant(variant, config, kind, cl, dtype, H, W, stride, K) -> str:
+    """variant as given, else "tiles" for an explicit config (the tuner's tiles), else pointwise_variant."""
+    variant = variant or ("tiles" if config else pointwise_variant(kind, cl, dtype, H, W, stride, K))
+    if variant not in POINTWISE_VARIANTS:
+        raise ValueError(f"variant must be one of {POINTWISE_VARIANTS}, got {variant!r}")
+    return variant
+
+
+def launch_fwd(x, weight, scale, shift, stride: int, relu: bool, wrap: bool = False, config=None,
+               variant: str | None = None):
+    """y = relu(dwconv(x) * scale + shift): (N, C, OH, OW) in x's dtype and memory format.
+    variant: "tiles", "rows" or None (pointwise_variant's choice); a config is a tile of the variant."""
     N, C, H, W = x.shape
     K = weight.shape[-1]
     OH, OW = _output_hw(H, W, stride)
     cl = _is_channels_last(x)
     x = _dense(x, cl)
+    if _pointwise_variant(variant, config, "fwd", cl, x.dtype, H, W, stride, K) == "rows":
+        return _rows.launch_rows(x, weight, scale, shift, stride, relu, wrap=wrap, config=config)
     y = _empty((N, C, OH, OW), x, cl)
     cfg = config or pointwise_config("fwd", cl, C, H, W, stride, K, cpu=not x.is_cuda)
     rows, cols = (N * OH * OW, C) if cl else (N * C, OH * OW)
@@ -668,12 +709,17 @@ def launch_fwd(x, weight, scale, shift, stride: int, relu: bool, wrap: bool = Fa
     return y
 
 
-def launch_bwd_input(grad_z, weight, x, stride: int, wrap: bool = False, config=None):
-    """Gradient w.r.t. x given grad_z, the gradient w.r.t. the conv output; x gives shape, dtype, layout."""
+def launch_bwd_input(grad_z, weight, x, stride: int, wrap: bool = False, config=None, variant: str | None = None):
+    """Gradient w.r.t. x given grad_z, the gradient w.r.t. the conv output; x gives shape, dtype, layout.
+    variant as in launch_fwd ("rows": the stride-1 forward of grad_z with the kernel flipped)."""
     N, C, H, W = x.shape
     K = weight.shape[-1]
     cl = _is_channels_last(x)
     grad_z = _dense(grad_z, cl)
+    if _pointwise_variant(variant, config, "bwd_input", cl, x.dtype, H, W, stride, K) == "rows":
+        if stride != 1:
+            raise ValueError(f"variant='rows' computes the grad-input pass at stride 1 only, got stride {stride}")
+        return _rows.launch_rows(grad_z, weight, None, None, 1, False, flip=True, wrap=wrap, config=config)
     dx = _empty((N, C, H, W), x, cl)
     cfg = config or pointwise_config("bwd_input", cl, C, H, W, stride, K, cpu=not x.is_cuda)
     rows, cols = (N * H * W, C) if cl else (N * C, H * W)
@@ -711,7 +757,7 @@ def launch_bwd_weight(grad_y, x, weight, scale, shift, stride: int, relu: bool, 
     K = weight.shape[-1]
     OH, OW = _output_hw(H, W, stride)
     cl = _is_channels_last(x)
-    variant = variant or wgrad_variant(cl, x.dtype, N, H, W, stride, K)
+    variant = variant or wgrad_variant(cl, x.dtype, N, C, H, W, stride, K)
     if variant not in WGRAD_VARIANTS:
         raise ValueError(f"variant must be one of {WGRAD_VARIANTS}, got {variant!r}")
     if variant == "taps" and not (cl and K == 3):
@@ -940,6 +986,9 @@ def triton_preferred(channels_last: bool, dtype: torch.dtype, H: int, W: int, st
     wins unfused). Unfused channels_last: in 16-bit, cuDNN was faster at stride 1 with outputs of 8x8 pixels
     or more (the kernels reached 0.71-0.95 of its speed), the kernels at stride 2 (1.1-2.3x) and at 4x4 and
     2x2 (1.1-3.9x); in float32, cuDNN was faster everywhere except at 2x2 outputs (1.3-1.7x).
+    With the rows schedule and at the nets' own layers (H200, bench/results/depthwise-h200.md) the kernels
+    were faster than cuDNN at more shapes than this rule gives them (bf16 channels_last: 1.01-1.60x at all but
+    one of 30 cases); the rule stays until impl="auto" under a new one is measured in a whole step.
     """
     if fused or not channels_last:
         return True
@@ -977,3 +1026,8 @@ def depthwise_conv2d(
         return reference_depthwise_conv2d(x, weight, stride, scale, shift, relu)
     _check_triton_args(x, weight)
     return _DepthwiseConv2dFn.apply(x, weight, scale, shift, stride, bool(relu))
+
+
+# The rows schedule lives in its own file and imports this module's helpers, so it is imported last (either
+# module may be imported first: the package attribute falls back to sys.modules while one is initialising).
+from kernels import depthwise_rows as _rows  # noqa: E402

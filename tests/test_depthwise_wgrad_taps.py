@@ -122,11 +122,11 @@ def test_wgrad_variant_follows_the_committed_measurement():
             continue
         if abs(r["speedup vs gather"] - 1) > 0.1:
             faster = "taps" if r["speedup vs gather"] > 1 else "gather"
-            assert wgrad_variant(True, dtypes[r["dtype"]], r["N"], r["H"], r["H"], r["stride"]) == faster, r
+            assert wgrad_variant(True, dtypes[r["dtype"]], r["N"], r["C"], r["H"], r["H"], r["stride"]) == faster, r
             checked += 1
     assert checked >= 50  # of the 60 (layer, batch, dtype) cases
-    assert wgrad_variant(False, torch.float32, 512, 32, 32, 1) == "gather"  # taps is channels_last only
-    assert wgrad_variant(True, torch.float32, 512, 32, 32, 1, K=5) == "gather"  # and 3x3 only
+    assert wgrad_variant(False, torch.float32, 512, 32, 32, 32, 1) == "gather"  # taps is channels_last only
+    assert wgrad_variant(True, torch.float32, 512, 32, 32, 32, 1, K=5) == "gather"  # and 3x3 only
 
 
 # ---------------------------------------------------------------------------------------------------------

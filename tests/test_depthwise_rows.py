@@ -1,0 +1,91 @@
+"""The "rows" schedule (kernels/depthwise_rows.py) against the float64 reference: the forward with and without
+its epilogue, stride 1 and 2, and the flipped stride-1 pass against autograd's grad_x; its argument checks and
+the launchers' choice of it (through the launchers, tests/test_depthwise.py checks it with the autograd binding).
+In Triton's interpreter without CUDA (tests/conftest.py sets TRITON_INTERPRET); the shapes are tiny.
+"""
+
+import pytest
+import torch
+from test_depthwise import (  # noqa: F401 (one_cpu_thread: an autouse fixture, active where imported)
+    DEVICE,
+    TOL,
+    float64_twins,
+    make_inputs,
+    needs_triton,
+    one_cpu_thread,
+    rel_err,
+)
+
+from kernels.depthwise import LaunchConfig, launch_bwd_input, launch_fwd, pointwise_variant, reference_depthwise_conv2d
+from kernels.depthwise_rows import launch_rows
+
+# (N, C, H, W, stride, epilogue, config): odd sizes (7 rows: not a multiple of ROWS; 5 and 7 columns: off the
+# power-of-2 row tile), batch 1, C = 20 off BLOCK_K = 8 (three channel blocks, the last partial).
+CASES = [
+    (2, 20, 7, 5, 1, "scale,shift,relu", LaunchConfig(4, 8, 1)),
+    (1, 20, 7, 5, 2, "scale,shift,relu", LaunchConfig(2, 8, 1)),
+    (2, 6, 6, 7, 2, None, None),
+    (1, 12, 5, 6, 1, "shift", LaunchConfig(8, 16, 1)),
+]
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(v).replace(" ", "") for v in c))
+def test_rows_forward_equals_the_float64_reference(case, dtype):
+    N, C, H, W, stride, epilogue, config = case
+    ep = epilogue or ""
+    x, w, sc, sh = make_inputs(N, C, H, W, 3, dtype, "channels_last", "scale" in ep, "shift" in ep)
+    y = launch_rows(x.detach(), w.detach(), sc, sh, stride, "relu" in ep, config=config)
+    x64, w64, sc64, sh64 = float64_twins((x, w, sc, sh))
+    ref = reference_depthwise_conv2d(x64, w64, stride, sc64, sh64, "relu" in ep)
+    assert y.shape == ref.shape and y.dtype == dtype
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(y, ref) < TOL[dtype]
+
+
+@needs_triton
+@pytest.mark.parametrize("shape", [(2, 20, 7, 5), (1, 8, 4, 4)])
+def test_rows_flipped_is_the_stride_1_input_gradient(shape):
+    N, C, H, W = shape
+    x, w, _, _ = make_inputs(N, C, H, W, 3, torch.float32, "channels_last")
+    grad_z = torch.randn(N, C, H, W, device=DEVICE).to(memory_format=torch.channels_last)
+    dx = launch_rows(grad_z, w.detach(), None, None, 1, False, flip=True, config=LaunchConfig(4, 8, 1))
+    x64, w64 = float64_twins((x, w))
+    (ref,) = torch.autograd.grad(reference_depthwise_conv2d(x64, w64, 1), x64, grad_z.double().cpu())
+    assert rel_err(dx, ref) < TOL[torch.float32]
+
+
+def test_rows_rejects_what_it_does_not_take():
+    w = torch.randn(4, 1, 3, 3)
+    with pytest.raises(ValueError, match="channels_last x and a 3x3"):
+        launch_rows(torch.randn(1, 4, 5, 5), w, None, None, 1, False)  # NCHW
+    x = torch.randn(1, 4, 5, 5).to(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="channels_last x and a 3x3"):
+        launch_rows(x, torch.randn(4, 1, 5, 5), None, None, 1, False)
+    with pytest.raises(ValueError, match="stride 1 and no scale"):
+        launch_rows(x, w, None, None, 2, False, flip=True)
+
+
+def test_launchers_pick_rows_where_it_measured_faster():
+    """pointwise_variant as its docstring states the H200 measurement: channels_last 3x3 only, the grad-input
+    pass at stride 1 only, float32 forwards at 32x32 inputs left to the tiles."""
+    bf16, f32 = torch.bfloat16, torch.float32
+    assert pointwise_variant("fwd", True, bf16, 32, 32, 1) == "rows"
+    assert pointwise_variant("fwd", True, bf16, 32, 32, 2) == "rows"
+    assert pointwise_variant("fwd", True, f32, 32, 32, 1) == "tiles"
+    assert pointwise_variant("fwd", True, f32, 16, 16, 1) == "rows"
+    assert pointwise_variant("bwd_input", True, f32, 32, 32, 1) == "rows"
+    assert pointwise_variant("bwd_input", True, bf16, 16, 16, 2) == "tiles"
+    assert pointwise_variant("fwd", False, bf16, 8, 8, 1) == "tiles"
+    assert pointwise_variant("fwd", True, bf16, 8, 8, 1, K=5) == "tiles"
+
+
+@needs_triton
+def test_launchers_reject_a_variant_they_do_not_have():
+    x = torch.randn(1, 4, 6, 6).to(memory_format=torch.channels_last)
+    w = torch.randn(4, 1, 3, 3)
+    with pytest.raises(ValueError, match="variant must be one of"):
+        launch_fwd(x, w, None, None, 1, False, variant="row")
+    with pytest.raises(ValueError, match="at stride 1 only"):
+        launch_bwd_input(torch.randn(1, 4, 3, 3).to(memory_format=torch.channels_last), w, x, 2, variant="rows")
