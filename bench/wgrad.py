@@ -1,19 +1,20 @@
 """The depthwise 3x3 weight gradient alone, channels_last: the "gather" kernel (its default launch configuration)
-against the experimental "taps" kernel over a few candidate configurations, at every depthwise layer of the
-CIFAR MobileNetV1 and Xception (bench/depthwise.py's layer table), batch 256 and 512, bfloat16 and float32.
+against the "taps" kernel and the experimental "rows" one (kernels/depthwise_rows.py), each over a few
+candidate configurations, at every depthwise layer of the CIFAR MobileNetV1 and Xception (bench/depthwise.py's
+layer table), batch 256 and 512, bfloat16 and float32.
 
     python3 bench/wgrad.py [PREFIX]   -> PREFIX.json + PREFIX.md (default bench/results/wgrad-<gpu slug>)
 
 Each call is kernels.depthwise.launch_bwd_weight as the nets' backward calls it (_DepthwiseConv2dFn.backward
 with a folded BatchNorm and relu): scale, shift, relu, store_grad_z=True; float32 weight, scale and shift.
-It is the weight-gradient kernel plus the small kernel that adds the partial sums (identical for both
-variants). Every kernel variant is compiled first, in parallel processes (kernels.depthwise._in_processes),
+It is the weight-gradient kernel plus the small kernel that adds the partial sums (identical for every
+variant). Every kernel variant is compiled first, in parallel processes (kernels.depthwise._in_processes),
 and each timed call is warmed up; times are bench/depthwise.py's CUDA-graph medians over rotating input sets
 (`graph_us`, `n_sets_for`: small layers would otherwise be read from the L2).
 
 Bytes are the fewest the pass must move: read x and grad_y, write grad_z (N*C*(H*W + 2*OH*OW) elements);
 "% copy" relates them to a device-to-device copy measured in the same run (bench.common.copy_gbs). "rel err"
-is the largest ||taps - gather|| / ||gather|| over grad_weight, grad_scale, grad_shift and grad_z; "grad_z flips"
+is the largest ||variant - gather|| / ||gather|| over grad_weight, grad_scale, grad_shift and grad_z; "grad_z flips"
 counts the grad_z elements that one kernel zeroes (relu's mask) and the other does not (see MATCH_TOL).
 """
 
@@ -32,6 +33,7 @@ from bench.common import copy_gbs as copy_bandwidth_gbs  # noqa: E402
 from bench.common import fine_cell, geomean, publish, results_prefix, script_header, table  # noqa: E402
 from bench.depthwise import BATCHES, DTYPES, K, graph_us, layer_table, n_sets_for  # noqa: E402
 from kernels import depthwise as dw  # noqa: E402
+from kernels.depthwise_rows import rows_wgrad_config  # noqa: E402
 
 TAPS_BLOCK_K = (32, 64, 128)  # channels per tile, capped at C (rounded up to a power of 2)
 TAPS_TILES = ((1024, 4), (2048, 8))  # (BLOCK_R * BLOCK_K elements, num_warps): 8 elements per thread and tile
@@ -48,7 +50,8 @@ CASE_KEYS = ("net", "N", "C", "H", "stride", "dtype")
 COLUMNS = ["net", "N", "C", "H", "stride", "dtype", "variant", "config", "us", "GB/s", "% copy",
            "speedup vs gather", "rel err", "grad_z flips"]  # fmt: skip
 BEST_COLUMNS = ["net", "N", "C", "H", "stride", "dtype", "gather config", "gather us", "gather GB/s",
-                "gather % copy", "best taps config", "taps us", "taps GB/s", "taps % copy", "speedup"]  # fmt: skip
+                "gather % copy", "best taps config", "taps us", "taps GB/s", "taps % copy", "speedup",
+                "best rows config", "rows us", "rows % copy", "rows speedup"]  # fmt: skip
 
 
 def wgrad_bytes(N: int, C: int, H: int, stride: int, elt: int) -> int:
@@ -65,9 +68,20 @@ def taps_candidates(C: int, H: int, stride: int) -> list[dw.LaunchConfig]:
     return list(dict.fromkeys([dw.wgrad_taps_config(C, H, H, stride), *sweep]))  # unique, in order
 
 
+def rows_candidates(C: int, H: int, stride: int) -> list[dw.LaunchConfig]:
+    """The configurations tried for the experimental "rows" pass: rows_wgrad_config's default first, then
+    ROWS 2 and 8, 4 warps, half and twice the channels."""
+    base = rows_wgrad_config(C, H, H, stride)
+    out = [base, base._replace(block_r=2), base._replace(block_r=8), base._replace(num_warps=4)]
+    out += [base._replace(block_k=base.block_k // 2)] if base.block_k > 16 else []
+    out += [base._replace(block_k=base.block_k * 2)] if base.block_k < min(256, dw._next_pow2(C)) else []
+    return list(dict.fromkeys(out))
+
+
 def variants(C: int, H: int, stride: int) -> list[tuple[str, dw.LaunchConfig | None]]:
     """(variant, config) per timed call of a layer; config None = the variant's default (gather's)."""
-    return [("gather", None)] + [("taps", cfg) for cfg in taps_candidates(C, H, stride)]
+    return ([("gather", None)] + [("taps", cfg) for cfg in taps_candidates(C, H, stride)]
+            + [("rows", cfg) for cfg in rows_candidates(C, H, stride)])
 
 
 def _epilogue_params(C: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -135,7 +149,7 @@ def measure_case(net, N, C, H, stride, dname, copy_gbs, device, time_us=graph_us
 
 
 def best_rows(rows: list[dict]) -> list[dict]:
-    """Per layer, batch and dtype: gather next to the fastest taps configuration."""
+    """Per layer, batch and dtype: gather next to the fastest taps and rows configurations."""
     cases: dict[tuple, list[dict]] = {}
     for row in rows:
         cases.setdefault(tuple(row[k] for k in CASE_KEYS), []).append(row)
@@ -143,11 +157,13 @@ def best_rows(rows: list[dict]) -> list[dict]:
     for case_rows in cases.values():
         gather = next(r for r in case_rows if r["variant"] == "gather")
         taps = min((r for r in case_rows if r["variant"] == "taps"), key=lambda r: r["us"])
+        rows_ = min((r for r in case_rows if r["variant"] == "rows"), key=lambda r: r["us"])
         out.append({
             **{k: gather[k] for k in CASE_KEYS}, "gather config": gather["config"], "gather us": gather["us"],
             "gather GB/s": gather["GB/s"], "gather % copy": gather["% copy"], "best taps config": taps["config"],
             "taps us": taps["us"], "taps GB/s": taps["GB/s"], "taps % copy": taps["% copy"],
-            "speedup": gather["us"] / taps["us"],
+            "speedup": gather["us"] / taps["us"], "best rows config": rows_["config"], "rows us": rows_["us"],
+            "rows % copy": rows_["% copy"], "rows speedup": gather["us"] / rows_["us"],
         })  # fmt: skip
     return out
 
@@ -177,8 +193,17 @@ def summarize(rows: list[dict], best: list[dict], copy_gbs: float) -> dict:
                 round(statistics.median(r["taps % copy"] for r in b), 1)],
             f"most frequent best taps configs, {dname}": collections.Counter(
                 r["best taps config"] for r in b).most_common(3),
+            f"geomean speedup, best rows config vs gather, {dname}": geomean([r["rows speedup"] for r in b]),
+            f"geomean speedup, best rows config vs best taps config, {dname}": geomean(
+                [r["taps us"] / r["rows us"] for r in b]),
+            f"min / max speedup, best rows vs best taps, {dname}": [
+                round(min(r["taps us"] / r["rows us"] for r in b), 2),
+                round(max(r["taps us"] / r["rows us"] for r in b), 2)],
+            f"median % copy, best rows, {dname}": round(statistics.median(r["rows % copy"] for r in b), 1),
+            f"most frequent best rows configs, {dname}": collections.Counter(
+                r["best rows config"] for r in b).most_common(3),
         }  # fmt: skip
-    summary["max rel err taps vs gather"] = max(r["rel err"] for r in rows)
+    summary["max rel err taps or rows vs gather"] = max(r["rel err"] for r in rows)
     over = [r for r in rows if r["rel err"] > MATCH_TOL[r["dtype"]]]
     summary["rows with rel err over MATCH_TOL"] = len(over)
     summary["of them without a relu-mask flip in grad_z"] = sum(r["grad_z flips"] == 0 for r in over)

@@ -214,7 +214,9 @@ def wgrad_config(channels_last: bool, C: int, H: int, W: int, stride: int, K: in
     return LaunchConfig(max(1, 2048 // (kkp * block_k)), block_k, 4)
 
 
-WGRAD_VARIANTS = ("gather", "taps")  # launch_bwd_weight(variant=...): the 3-D tap gather, or 9 shifted 2-D loads
+# launch_bwd_weight(variant=...): the 3-D tap gather, 9 shifted 2-D loads, or the rows schedule (the last two
+# channels_last 3x3 only; "rows" is experimental: not measured yet, so wgrad_variant never picks it)
+WGRAD_VARIANTS = ("gather", "taps", "rows")
 
 
 def wgrad_variant(channels_last: bool, dtype: torch.dtype, N: int, C: int, H: int, W: int, stride: int,
@@ -495,6 +497,26 @@ def _store_part_row(part_ptr, ROW: tl.constexpr, acc, c, C: tl.constexpr):
     tl.store(part_ptr + ROW * C + c, tl.sum(acc, axis=0), mask=c < C)
 
 
+@triton.jit
+def _store_parts3x3(part_ptr, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, acc8, acc_scale, acc_shift, c,
+                    C: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr):
+    """The program's row of the (G, 9 + 2, C) partial sums: per tap (row-major), then dscale and dshift."""
+    part = part_ptr + tl.program_id(0) * ((9 + 2) * C)
+    _store_part_row(part, 0, acc0, c, C)
+    _store_part_row(part, 1, acc1, c, C)
+    _store_part_row(part, 2, acc2, c, C)
+    _store_part_row(part, 3, acc3, c, C)
+    _store_part_row(part, 4, acc4, c, C)
+    _store_part_row(part, 5, acc5, c, C)
+    _store_part_row(part, 6, acc6, c, C)
+    _store_part_row(part, 7, acc7, c, C)
+    _store_part_row(part, 8, acc8, c, C)
+    if HAS_SCALE:
+        _store_part_row(part, 9, acc_scale, c, C)
+    if HAS_SHIFT:
+        _store_part_row(part, 10, acc_shift, c, C)
+
+
 @triton.jit(do_not_specialize=["N", "STEPS"])
 def _dwconv_bwd_weight_taps_kernel(
     # pointers: as _dwconv_bwd_weight_kernel (gz_ptr receives grad_z when STORE_GZ; part_ptr the partial sums)
@@ -576,20 +598,8 @@ def _dwconv_bwd_weight_taps_kernel(
         acc20 += gz * x20
         acc21 += gz * x21
         acc22 += gz * x22
-    part_base = part_ptr + tl.program_id(0) * ((9 + 2) * C)
-    _store_part_row(part_base, 0, acc00, c1, C)
-    _store_part_row(part_base, 1, acc01, c1, C)
-    _store_part_row(part_base, 2, acc02, c1, C)
-    _store_part_row(part_base, 3, acc10, c1, C)
-    _store_part_row(part_base, 4, acc11, c1, C)
-    _store_part_row(part_base, 5, acc12, c1, C)
-    _store_part_row(part_base, 6, acc20, c1, C)
-    _store_part_row(part_base, 7, acc21, c1, C)
-    _store_part_row(part_base, 8, acc22, c1, C)
-    if HAS_SCALE:
-        _store_part_row(part_base, 9, acc_scale, c1, C)
-    if HAS_SHIFT:
-        _store_part_row(part_base, 10, acc_shift, c1, C)
+    _store_parts3x3(part_ptr, acc00, acc01, acc02, acc10, acc11, acc12, acc20, acc21, acc22, acc_scale, acc_shift,
+                    c1, C, HAS_SCALE, HAS_SHIFT)
 
 
 @triton.jit(do_not_specialize=["G"])
@@ -751,8 +761,9 @@ def launch_bwd_weight(grad_y, x, weight, scale, shift, stride: int, relu: bool, 
     """(grad_weight, grad_scale, grad_shift, grad_z); see the triton_op dwconv_bwd_weight.
 
     variant: "gather" (the (rows, taps, cols) kernel, every layout and kernel size), "taps" (nine shifted 2-D
-    loads, channels_last 3x3 only, `wgrad_taps_config`), or None: `wgrad_variant`'s choice. Both fill the
-    same partial sums. A `config` is a tile of the variant it is given with (name the variant with it)."""
+    loads, channels_last 3x3 only, `wgrad_taps_config`), "rows" (kernels/depthwise_rows.py, channels_last
+    3x3 only, `rows_wgrad_config`), or None: `wgrad_variant`'s choice. All fill the same partial sums. A
+    `config` is a tile of the variant it is given with (name the variant with it)."""
     N, C, H, W = x.shape
     K = weight.shape[-1]
     OH, OW = _output_hw(H, W, stride)
@@ -760,26 +771,33 @@ def launch_bwd_weight(grad_y, x, weight, scale, shift, stride: int, relu: bool, 
     variant = variant or wgrad_variant(cl, x.dtype, N, C, H, W, stride, K)
     if variant not in WGRAD_VARIANTS:
         raise ValueError(f"variant must be one of {WGRAD_VARIANTS}, got {variant!r}")
-    if variant == "taps" and not (cl and K == 3):
-        raise ValueError(f"variant='taps' takes channels_last x and a 3x3 kernel, got "
+    if variant != "gather" and not (cl and K == 3):
+        raise ValueError(f"variant={variant!r} takes channels_last x and a 3x3 kernel, got "
                          f"{'channels_last' if cl else 'NCHW'} x and a {K}x{K} kernel")
     x, grad_y = _dense(x, cl), _dense(grad_y, cl)
-    if variant == "taps":
-        cfg = config or wgrad_taps_config(C, H, W, stride, cpu=not x.is_cuda)
+    cpu = not x.is_cuda
+    if variant == "rows":
+        cfg = config or _rows.rows_wgrad_config(C, H, W, stride, cpu=cpu)
+        steps, groups, col_programs = _rows.rows_wgrad_grid(N, C, H, W, stride, cfg, programs)
     else:
-        cfg = config or wgrad_config(cl, C, H, W, stride, K, cpu=not x.is_cuda)
-    steps, groups, col_programs = wgrad_steps(cl, N, C, H, W, stride, cfg, programs)
+        cfg = config or (wgrad_taps_config(C, H, W, stride, cpu=cpu) if variant == "taps" else
+                         wgrad_config(cl, C, H, W, stride, K, cpu=cpu))
+        steps, groups, col_programs = wgrad_steps(cl, N, C, H, W, stride, cfg, programs)
     gz = _empty((N, C, OH, OW), x, cl) if store_grad_z else x.new_empty((0, 0, 0, 0))
     part = torch.empty((groups, K * K + 2, C), device=x.device, dtype=torch.float32)
     pointers = (x, grad_y, weight.contiguous(), scale if scale is not None else x,
                 shift if shift is not None else x, gz if store_grad_z else x, part)
     epilogue = dict(HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, RELU=relu,
                     NEED_Z=relu or scale is not None, STORE_GZ=store_grad_z)
-    kernel, layout = ((_dwconv_bwd_weight_taps_kernel, {}) if variant == "taps" else  # 3x3 channels_last only
-                      (_dwconv_bwd_weight_kernel, dict(K=K, KKP=_next_pow2(K * K), CHANNELS_LAST=cl)))
+    kernel, tile = {  # the first two 3x3 channels_last only
+        "rows": (_rows._dwconv_bwd_weight_rows_kernel, dict(ROWS=cfg.block_r, BLOCK_W=_next_pow2(OW))),
+        "taps": (_dwconv_bwd_weight_taps_kernel, dict(BLOCK_R=cfg.block_r)),
+        "gather": (_dwconv_bwd_weight_kernel,
+                   dict(K=K, KKP=_next_pow2(K * K), CHANNELS_LAST=cl, BLOCK_R=cfg.block_r)),
+    }[variant]
     _launch(
         kernel, (groups, col_programs), wrap, cfg.num_warps, x.device, *pointers, N, steps,
-        C=C, H=H, W=W, STRIDE=stride, **layout, **epilogue, BLOCK_R=cfg.block_r, BLOCK_K=cfg.block_k,
+        C=C, H=H, W=W, STRIDE=stride, **tile, **epilogue, BLOCK_K=cfg.block_k,
     )  # fmt: skip
     grad_w = torch.empty((C, 1, K, K), device=x.device, dtype=weight.dtype)
     grad_scale = torch.empty((C,) if scale is not None else (0,), device=x.device,

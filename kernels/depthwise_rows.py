@@ -21,9 +21,17 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.depthwise import LaunchConfig, _cdiv, _launch, _next_pow2, _output_hw
+from kernels.depthwise import (
+    LaunchConfig,
+    _cdiv,
+    _launch,
+    _next_pow2,
+    _output_hw,
+    _store_parts3x3,
+    _weight_pass_epilogue,
+)
 
-__all__ = ["launch_rows", "rows_config"]
+__all__ = ["launch_rows", "rows_config", "rows_wgrad_config", "rows_wgrad_grid"]
 
 
 # The fastest (ROWS, BLOCK_K, num_warps) per (C, H, stride) of the nets' layers where it beat the rule in
@@ -47,19 +55,42 @@ def rows_config(C: int, H: int, W: int, stride: int, cpu: bool = False) -> Launc
 
 
 @triton.jit
-def _row(x_ptr, row, ok, col0, col1, col2, ok0, ok1, ok2, H: tl.constexpr, W: tl.constexpr, C: tl.constexpr):
+def _row(x_ptr, row, ok, col0, col1, col2, ok0, ok1, ok2, H: tl.constexpr, W: tl.constexpr, C: tl.constexpr,
+         UPCAST: tl.constexpr):
     """Input row `row` of the program's image under the three kernel columns: three (BLOCK_W, BLOCK_K) tiles in
-    x's dtype, 0 outside the image (row < 0 or >= H, or a padded column)."""
+    x's dtype (float32 if UPCAST), 0 outside the image (row < 0 or >= H, or a padded column)."""
     ok = ok & (row >= 0) & (row < H)
     base = x_ptr + row * (W * C)
-    return (tl.load(base + col0, mask=ok & ok0, other=0.0), tl.load(base + col1, mask=ok & ok1, other=0.0),
-            tl.load(base + col2, mask=ok & ok2, other=0.0))  # fmt: skip
+    t0 = tl.load(base + col0, mask=ok & ok0, other=0.0)
+    t1 = tl.load(base + col1, mask=ok & ok1, other=0.0)
+    t2 = tl.load(base + col2, mask=ok & ok2, other=0.0)
+    if UPCAST:  # (one return statement: Triton's code generator takes no early return here)
+        t0, t1, t2 = t0.to(tl.float32), t1.to(tl.float32), t2.to(tl.float32)
+    return t0, t1, t2
 
 
 @triton.jit
 def _w(w_ptr, c, c_ok, T: tl.constexpr, FLIP: tl.constexpr):
     """weight[c, tap T] (or tap 8 - T when FLIP) of a (C, 9) weight, float32, as a (1, BLOCK_K) row."""
     return tl.load(w_ptr + c * 9 + (8 - T if FLIP else T), mask=c_ok, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _program_setup(w_ptr, scale_ptr, shift_ptr, c, c_ok, iw, W: tl.constexpr, C: tl.constexpr,
+                   FLIP: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr):
+    """What a program computes once: the three kernel columns' offsets and masks (iw = each output column's
+    first input column), the nine weights (float32, (1, BLOCK_K)) and the epilogue's scale and shift."""
+    cols = iw * C + c, (iw + 1) * C + c, (iw + 2) * C + c
+    oks = iw >= 0, iw + 1 < W, iw + 2 < W
+    ws = (_w(w_ptr, c, c_ok, 0, FLIP), _w(w_ptr, c, c_ok, 1, FLIP), _w(w_ptr, c, c_ok, 2, FLIP),
+          _w(w_ptr, c, c_ok, 3, FLIP), _w(w_ptr, c, c_ok, 4, FLIP), _w(w_ptr, c, c_ok, 5, FLIP),
+          _w(w_ptr, c, c_ok, 6, FLIP), _w(w_ptr, c, c_ok, 7, FLIP), _w(w_ptr, c, c_ok, 8, FLIP))  # fmt: skip
+    sc, sh = 1.0, 0.0  # the identity where the epilogue has no scale or shift
+    if HAS_SCALE:
+        sc = tl.load(scale_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    if HAS_SHIFT:
+        sh = tl.load(shift_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    return cols, oks, ws, sc, sh
 
 
 @triton.jit
@@ -71,7 +102,7 @@ def _dot3(a0, a1, a2, w0, w1, w2):
 def _dwconv_rows_kernel(
     x_ptr, w_ptr, scale_ptr, shift_ptr, y_ptr, N,
     C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, STRIDE: tl.constexpr, FLIP: tl.constexpr,
-    HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, RELU: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, RELU: tl.constexpr, UPCAST: tl.constexpr,
     ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     OH: tl.constexpr = (H - 1) // STRIDE + 1
@@ -83,25 +114,16 @@ def _dwconv_rows_kernel(
     c = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)[None, :]  # (1, BLOCK_K)
     c_ok = c < C
     ok = (ow < OW) & c_ok
-    iw = ow * STRIDE - 1  # the window's first column
-    ok0, ok1, ok2 = iw >= 0, iw + 1 < W, iw + 2 < W
-    col0, col1, col2 = iw * C + c, (iw + 1) * C + c, (iw + 2) * C + c
+    (col0, col1, col2), (ok0, ok1, ok2), (w0, w1, w2, w3, w4, w5, w6, w7, w8), sc, sh = _program_setup(
+        w_ptr, scale_ptr, shift_ptr, c, c_ok, ow * STRIDE - 1, W, C, FLIP, HAS_SCALE, HAS_SHIFT)
     x_img = x_ptr + n * (H * W * C)
     y_img = y_ptr + n * (OH * OW * C)
-    w0, w1, w2 = _w(w_ptr, c, c_ok, 0, FLIP), _w(w_ptr, c, c_ok, 1, FLIP), _w(w_ptr, c, c_ok, 2, FLIP)
-    w3, w4, w5 = _w(w_ptr, c, c_ok, 3, FLIP), _w(w_ptr, c, c_ok, 4, FLIP), _w(w_ptr, c, c_ok, 5, FLIP)
-    w6, w7, w8 = _w(w_ptr, c, c_ok, 6, FLIP), _w(w_ptr, c, c_ok, 7, FLIP), _w(w_ptr, c, c_ok, 8, FLIP)
-    sc, sh = 1.0, 0.0
-    if HAS_SCALE:
-        sc = tl.load(scale_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
-    if HAS_SHIFT:
-        sh = tl.load(shift_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
     top = oh0 * STRIDE - 1  # the input row under the window's first row, at output row oh0
-    a0, a1, a2 = _row(x_img, top, ok, col0, col1, col2, ok0, ok1, ok2, H, W, C)
-    b0, b1, b2 = _row(x_img, top + 1, ok, col0, col1, col2, ok0, ok1, ok2, H, W, C)
+    a0, a1, a2 = _row(x_img, top, ok, col0, col1, col2, ok0, ok1, ok2, H, W, C, UPCAST)
+    b0, b1, b2 = _row(x_img, top + 1, ok, col0, col1, col2, ok0, ok1, ok2, H, W, C, UPCAST)
     for i in range(ROWS):
         oh = oh0 + i
-        d0, d1, d2 = _row(x_img, oh * STRIDE + 1, ok, col0, col1, col2, ok0, ok1, ok2, H, W, C)
+        d0, d1, d2 = _row(x_img, oh * STRIDE + 1, ok, col0, col1, col2, ok0, ok1, ok2, H, W, C, UPCAST)
         acc = _dot3(a0, a1, a2, w0, w1, w2) + _dot3(b0, b1, b2, w3, w4, w5) + _dot3(d0, d1, d2, w6, w7, w8)
         if HAS_SCALE:
             acc = acc * sc
@@ -115,13 +137,16 @@ def _dwconv_rows_kernel(
             b0, b1, b2 = d0, d1, d2
         else:  # two rows: the last row becomes the first, the middle one is new
             a0, a1, a2 = d0, d1, d2
-            b0, b1, b2 = _row(x_img, oh * STRIDE + 2, ok, col0, col1, col2, ok0, ok1, ok2, H, W, C)
+            b0, b1, b2 = _row(x_img, oh * STRIDE + 2, ok, col0, col1, col2, ok0, ok1, ok2, H, W, C, UPCAST)
 
 
 def launch_rows(x: torch.Tensor, weight: torch.Tensor, scale, shift, stride: int, relu: bool,
-                flip: bool = False, wrap: bool = False, config: LaunchConfig | None = None) -> torch.Tensor:
+                flip: bool = False, wrap: bool = False, config: LaunchConfig | None = None,
+                upcast: bool = False) -> torch.Tensor:
     """The rows schedule of kernels.depthwise.launch_fwd, for a channels_last x and a 3x3 weight (C, 1, 3, 3);
-    flip=True (stride 1, no epilogue) gives grad_x from grad_z passed as x."""
+    flip=True (stride 1, no epilogue) gives grad_x from grad_z passed as x. upcast=True converts each input
+    tile to float32 once, as it is loaded, rather than at each of its three uses (16-bit x: fewer conversions,
+    more registers; not measured yet, so off by default)."""
     N, C, H, W = x.shape
     if weight.shape[-2:] != (3, 3) or not x.is_contiguous(memory_format=torch.channels_last):
         raise ValueError(f"launch_rows takes a channels_last x and a 3x3 weight, got x strides {x.stride()} "
@@ -136,6 +161,92 @@ def launch_rows(x: torch.Tensor, weight: torch.Tensor, scale, shift, stride: int
         _dwconv_rows_kernel, grid, wrap, cfg.num_warps, x.device,
         x, weight.contiguous(), scale if scale is not None else x, shift if shift is not None else x, y, N,
         C=C, H=H, W=W, STRIDE=stride, FLIP=flip, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
-        RELU=relu, ROWS=cfg.block_r, BLOCK_W=_next_pow2(OW), BLOCK_K=cfg.block_k,
+        RELU=relu, UPCAST=upcast, ROWS=cfg.block_r, BLOCK_W=_next_pow2(OW), BLOCK_K=cfg.block_k,
     )  # fmt: skip
     return y
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The weight pass on the same schedule (kernels.depthwise.launch_bwd_weight(variant="rows"); not measured yet,
+# so wgrad_variant does not pick it). Each program takes STEPS units of ROWS output rows of one image, walks
+# down them as the forward does, and sums gz * x per tap into nine (BLOCK_W, BLOCK_K) float32 accumulators,
+# reduced over the rows once at the end into the (G, 9 + 2, C) partial sums of the other weight passes. The
+# taps kernel computes each x tile's address and mask per element and tap (nine times an output element);
+# here the columns' offsets and masks are computed once per program and each row costs a scalar offset.
+
+def rows_wgrad_config(C: int, H: int, W: int, stride: int, cpu: bool = False) -> LaunchConfig:
+    """(ROWS, BLOCK_K, num_warps) of the rows weight pass: 4 rows, tiles of about 1024 elements, 8 warps (four
+    float32 values a thread per tile: 9 accumulators, 9 x tiles and the gradient stay in registers)."""
+    if cpu:
+        return LaunchConfig(4, 64, 1)
+    OW = _output_hw(H, W, stride)[1]
+    return LaunchConfig(4, max(16, min(256, _next_pow2(C), 1024 // _next_pow2(OW))), 8)
+
+
+def rows_wgrad_grid(N: int, C: int, H: int, W: int, stride: int, cfg: LaunchConfig, programs: int):
+    """(STEPS units per program, programs along axis 0, along axis 1), a unit being ROWS output rows of one
+    image: about `programs` programs in all, as kernels.depthwise.wgrad_steps aims for."""
+    units = N * _cdiv(_output_hw(H, W, stride)[0], cfg.block_r)
+    col_programs = _cdiv(C, cfg.block_k)
+    steps = _cdiv(units, max(1, min(units, programs // col_programs)))
+    return steps, _cdiv(units, steps), col_programs
+
+
+@triton.jit(do_not_specialize=["N", "STEPS"])
+def _dwconv_bwd_weight_rows_kernel(
+    x_ptr, g_ptr, w_ptr, scale_ptr, shift_ptr, gz_ptr, part_ptr, N, STEPS,
+    C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, STRIDE: tl.constexpr,
+    HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, RELU: tl.constexpr, NEED_Z: tl.constexpr,
+    STORE_GZ: tl.constexpr, ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    OH: tl.constexpr = (H - 1) // STRIDE + 1
+    OW: tl.constexpr = (W - 1) // STRIDE + 1
+    CHUNKS: tl.constexpr = (OH + ROWS - 1) // ROWS
+    ow = tl.arange(0, BLOCK_W)[:, None]
+    c1 = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)  # (BLOCK_K,): channels, fixed per program
+    c = c1[None, :]
+    c_ok = c < C
+    col_ok = (ow < OW) & c_ok
+    # the weights are read even without NEED_Z (nine (1, BLOCK_K) loads a program), to share _program_setup
+    (col0, col1, col2), (ok0, ok1, ok2), (w0, w1, w2, w3, w4, w5, w6, w7, w8), sc, sh = _program_setup(
+        w_ptr, scale_ptr, shift_ptr, c, c_ok, ow * STRIDE - 1, W, C, False, HAS_SCALE, HAS_SHIFT)
+    zero = tl.zeros((BLOCK_W, BLOCK_K), dtype=tl.float32)
+    acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, acc8 = zero, zero, zero, zero, zero, zero, zero, zero, zero
+    acc_scale, acc_shift = zero, zero
+    for i in range(STEPS):
+        unit = tl.program_id(0) * STEPS + i
+        n = unit // CHUNKS
+        oh0 = (unit % CHUNKS) * ROWS
+        ok = col_ok & (n < N)
+        x_img = x_ptr + n * (H * W * C)
+        top = oh0 * STRIDE - 1
+        a0, a1, a2 = _row(x_img, top, ok, col0, col1, col2, ok0, ok1, ok2, H, W, C, True)
+        b0, b1, b2 = _row(x_img, top + 1, ok, col0, col1, col2, ok0, ok1, ok2, H, W, C, True)
+        for j in range(ROWS):
+            oh = oh0 + j
+            d0, d1, d2 = _row(x_img, oh * STRIDE + 1, ok, col0, col1, col2, ok0, ok1, ok2, H, W, C, True)
+            valid = ok & (oh < OH)
+            g_off = ((n * OH + oh) * OW + ow) * C + c
+            g = tl.load(g_ptr + g_off, mask=valid, other=0.0).to(tl.float32)
+            z = 0.0
+            if NEED_Z:
+                z = _dot3(a0, a1, a2, w0, w1, w2) + _dot3(b0, b1, b2, w3, w4, w5) + _dot3(d0, d1, d2, w6, w7, w8)
+            gz, acc_scale, acc_shift = _weight_pass_epilogue(g, z, sc, sh, acc_scale, acc_shift, gz_ptr, g_off,
+                                                             valid, HAS_SCALE, HAS_SHIFT, RELU, NEED_Z, STORE_GZ)
+            acc0 += gz * a0
+            acc1 += gz * a1
+            acc2 += gz * a2
+            acc3 += gz * b0
+            acc4 += gz * b1
+            acc5 += gz * b2
+            acc6 += gz * d0
+            acc7 += gz * d1
+            acc8 += gz * d2
+            if STRIDE == 1:
+                a0, a1, a2 = b0, b1, b2
+                b0, b1, b2 = d0, d1, d2
+            else:
+                a0, a1, a2 = d0, d1, d2
+                b0, b1, b2 = _row(x_img, oh * STRIDE + 2, ok, col0, col1, col2, ok0, ok1, ok2, H, W, C, True)
+    _store_parts3x3(part_ptr, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, acc8, acc_scale, acc_shift, c1, C,
+                    HAS_SCALE, HAS_SHIFT)

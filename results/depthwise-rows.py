@@ -1,8 +1,9 @@
 """Device experiment for issue 4: the "rows" schedule (kernels/depthwise_rows.py) against the tiled kernels of
 kernels/depthwise.py, each kernel alone, channels_last, at every depthwise layer of the nets (bench/depthwise.py's
 layer_table), batch 256 and 512, bfloat16 and float32: the forward (no epilogue; cuDNN's time beside it) and the
-stride-1 grad-input pass (rows with the kernel flipped). Times are bench/depthwise.py's CUDA-graph medians over
-rotating input sets; % copy = (input + output bytes) / time against a copy measured in the same run.
+stride-1 grad-input pass (rows with the kernel flipped); rows with and without upcast (float32 tiles at the
+load). Times are bench/depthwise.py's CUDA-graph medians over rotating input sets; % copy = (input + output
+bytes) / time against a copy measured in the same run.
 Usage (on a GPU, from the repository root): python3 results/depthwise-rows.py OUT.json  (prints a table too)."""
 
 import json
@@ -20,6 +21,7 @@ from kernels import depthwise as dw  # noqa: E402
 from kernels.depthwise_rows import launch_rows, rows_config  # noqa: E402
 
 BATCHES = (256, 512)
+UPCAST = (False, True)  # launch_rows(upcast=...): each tile converted to float32 at its load, or at each use
 
 
 def rows_candidates(C: int, H: int, stride: int) -> list[dw.LaunchConfig]:
@@ -39,12 +41,15 @@ def calls(kind, xs, w, stride):
         yield "torch", lambda i: F.conv2d(xs[i], w.to(xs[i].dtype), stride=stride, padding=1, groups=w.shape[0])
         yield "tiles", lambda i: dw.launch_fwd(xs[i], w, None, None, stride, False, variant="tiles")
         for cfg in rows_candidates(w.shape[0], xs[0].shape[2], stride):
-            yield f"rows{tuple(cfg)}", lambda i, cfg=cfg: launch_rows(xs[i], w, None, None, stride, False, config=cfg)
+            for up in UPCAST:
+                yield f"rows{'+upcast' * up}{tuple(cfg)}", lambda i, cfg=cfg, up=up: launch_rows(
+                    xs[i], w, None, None, stride, False, config=cfg, upcast=up)
     else:  # the stride-1 grad-input pass; xs stand for grad_z (same shape as x at stride 1)
         yield "tiles", lambda i: dw.launch_bwd_input(xs[i], w, xs[i], 1, variant="tiles")
         for cfg in rows_candidates(w.shape[0], xs[0].shape[2], 1):
-            yield f"rows{tuple(cfg)}", lambda i, cfg=cfg: launch_rows(xs[i], w, None, None, 1, False, flip=True,
-                                                                      config=cfg)
+            for up in UPCAST:
+                yield f"rows{'+upcast' * up}{tuple(cfg)}", lambda i, cfg=cfg, up=up: launch_rows(
+                    xs[i], w, None, None, 1, False, flip=True, config=cfg, upcast=up)
 
 
 def cases():
@@ -100,6 +105,16 @@ def main(out: Path) -> None:
     for (kind, dname), s in speedups.items():
         gm = statistics.geometric_mean(s)
         print(f"geomean rows/tiles speedup {kind} {dname}: {gm:.2f} (min {min(s):.2f}, max {max(s):.2f})")
+    upcast = {}  # best plain rows time / best upcast time, per case
+    for r in rows:
+        if r["variant"] == "tiles":
+            same = [q for q in rows if all(q[k] == r[k] for k in ("kind", "C", "H", "stride", "dtype", "N"))]
+            plain = min(q["us"] for q in same if q["variant"].startswith("rows("))
+            up = min(q["us"] for q in same if q["variant"].startswith("rows+upcast("))
+            upcast.setdefault((r["kind"], r["dtype"]), []).append(plain / up)
+    for (kind, dname), s in upcast.items():
+        print(f"geomean upcast speedup (best rows / best rows+upcast) {kind} {dname}: "
+              f"{statistics.geometric_mean(s):.2f} (min {min(s):.2f}, max {max(s):.2f})")
     out.write_text(json.dumps({"copy GB/s": copy, "rows": rows}, indent=1))
 
 

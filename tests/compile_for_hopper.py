@@ -49,7 +49,10 @@ def variants():
                                                          BLOCK_R=8, BLOCK_K=32)
                 if cl:
                     yield dw._rows._dwconv_rows_kernel, dict(C=64, H=16, W=16, STRIDE=stride, FLIP=not ep, **flags,
-                                                             ROWS=4, BLOCK_W=16 // stride, BLOCK_K=64)
+                                                             UPCAST=ep, ROWS=4, BLOCK_W=16 // stride, BLOCK_K=64)
+                    yield dw._rows._dwconv_bwd_weight_rows_kernel, dict(C=64, H=16, W=16, STRIDE=stride, **flags,
+                                                                        NEED_Z=ep, STORE_GZ=ep, ROWS=4,
+                                                                        BLOCK_W=16 // stride, BLOCK_K=64)
                     yield dw._dwconv_bwd_weight_taps_kernel, dict(C=64, H=16, W=16, STRIDE=stride, **flags,
                                                                   NEED_Z=ep, STORE_GZ=ep, BLOCK_R=32, BLOCK_K=32)
             yield dw._dwconv_bwd_input_kernel, dict(C=64, H=16, W=16, STRIDE=stride, K=3, CHANNELS_LAST=cl,

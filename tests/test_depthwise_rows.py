@@ -30,13 +30,14 @@ CASES = [
 
 
 @needs_triton
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("dtype", "upcast"), [(torch.float32, False), (torch.bfloat16, False), (torch.bfloat16, True)],
+                         ids=["fp32", "bf16", "bf16-upcast"])  # upcast converts 16-bit tiles only
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(v).replace(" ", "") for v in c))
-def test_rows_forward_equals_the_float64_reference(case, dtype):
+def test_rows_forward_equals_the_float64_reference(case, dtype, upcast):
     N, C, H, W, stride, epilogue, config = case
     ep = epilogue or ""
     x, w, sc, sh = make_inputs(N, C, H, W, 3, dtype, "channels_last", "scale" in ep, "shift" in ep)
-    y = launch_rows(x.detach(), w.detach(), sc, sh, stride, "relu" in ep, config=config)
+    y = launch_rows(x.detach(), w.detach(), sc, sh, stride, "relu" in ep, config=config, upcast=upcast)
     x64, w64, sc64, sh64 = float64_twins((x, w, sc, sh))
     ref = reference_depthwise_conv2d(x64, w64, stride, sc64, sh64, "relu" in ep)
     assert y.shape == ref.shape and y.dtype == dtype

@@ -1,6 +1,6 @@
-"""The experimental "taps" weight gradient of kernels.depthwise against the "gather" kernel and the float64
-reference, its argument checks, and the CPU-side bookkeeping of bench/wgrad.py (shapes, bytes, configs, and
-the whole measurement with a fake timer).
+"""The "taps" weight gradient of kernels.depthwise and the experimental "rows" one (kernels/depthwise_rows.py)
+against the "gather" kernel and the float64 reference, their argument checks, and the CPU-side bookkeeping of
+bench/wgrad.py (shapes, bytes, configs, and the whole measurement with a fake timer).
 
 Without CUDA the kernels run in Triton's interpreter (tests/conftest.py and test_depthwise set TRITON_INTERPRET
 before triton is imported); the shapes are tiny for it.
@@ -62,7 +62,23 @@ def _case_id(case) -> str:
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_taps_matches_gather_and_reference(case, dtype, store_grad_z):
+    check_against_gather_and_reference(case, dtype, store_grad_z, "taps")
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_rows_matches_gather_and_reference(case, dtype):
+    """The rows weight pass (kernels/depthwise_rows.py) over the same cases; where the case names a taps tile,
+    ROWS = 2 and BLOCK_K = 8 instead (three channel blocks; with programs = 3, one program per block looping
+    over every (image, row chunk) unit)."""
+    check_against_gather_and_reference(case, dtype, True, "rows")
+
+
+def check_against_gather_and_reference(case, dtype, store_grad_z, variant):
     N, C, H, W, stride, epilogue, config, programs = case
+    if variant == "rows" and config:
+        config = (2, 8, 1)
     epilogue = epilogue or ""
     relu = "relu" in epilogue
     x, w, sc, sh = (t.detach() if t is not None else None
@@ -71,7 +87,7 @@ def test_taps_matches_gather_and_reference(case, dtype, store_grad_z):
     OH, OW = (H - 1) // stride + 1, (W - 1) // stride + 1
     grad_y = torch.randn(N, C, OH, OW, device=DEVICE, dtype=dtype).to(memory_format=torch.channels_last)
     args = (grad_y, x, w, sc, sh, stride, relu, store_grad_z)
-    taps = launch_bwd_weight(*args, config=config and LaunchConfig(*config), programs=programs, variant="taps")
+    taps = launch_bwd_weight(*args, config=config and LaunchConfig(*config), programs=programs, variant=variant)
     gather = launch_bwd_weight(*args, variant="gather")  # its own default configuration
     ref = reference_wgrad(x, w, sc, sh, stride, relu, grad_y)
     # grad_z is written only where the epilogue changes it (relu or scale), as the nets' backward asks for it

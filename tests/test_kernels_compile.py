@@ -18,5 +18,6 @@ def test_every_depthwise_kernel_variant_compiles_for_hopper():
     assert out.returncode == 0, (lines[-1:] or [out.stderr.strip()[-500:]])[0]
     kernels = {line.split()[1] for line in lines if line.startswith("compiled ")}
     assert kernels == {"_dwconv_fwd_kernel", "_dwconv_bwd_input_kernel", "_dwconv_bwd_weight_kernel",
-                       "_dwconv_bwd_weight_taps_kernel", "_dwconv_wgrad_finish_kernel", "_dwconv_rows_kernel"}
-    assert len(lines) == 30
+                       "_dwconv_bwd_weight_taps_kernel", "_dwconv_wgrad_finish_kernel", "_dwconv_rows_kernel",
+                       "_dwconv_bwd_weight_rows_kernel"}
+    assert len(lines) == 34
