@@ -25,6 +25,7 @@ from kernels.depthwise import (
     wgrad_taps_config,
     wgrad_variant,
 )
+from kernels.depthwise_rows import rows_wgrad_config
 
 OUTPUTS = ("grad_weight", "grad_scale", "grad_shift", "grad_z")
 DTYPES = [torch.float32, torch.bfloat16]
@@ -163,13 +164,22 @@ def test_bench_shapes_bytes_and_configs():
         for cfg in configs:
             assert cfg.block_k in wgrad.TAPS_BLOCK_K and cfg.block_k <= max(32, C)
             assert cfg.block_r * cfg.block_k in (1024, 2048) and cfg.num_warps in (4, 8)
+        rows = wgrad.rows_candidates(C, H, s)
+        assert 4 <= len(rows) <= 6 and len(set(rows)) == len(rows)
+        assert rows[0] == rows_wgrad_config(C, H, H, s)
+        assert all(cfg.block_r in (2, 4, 8) and 16 <= cfg.block_k <= max(16, C) for cfg in rows)
 
 
 @needs_triton
-def test_bench_measure_with_fake_timer():
-    """The whole measurement on two tiny layers (interpreted without CUDA): rows, best configs, summary, text."""
+def test_bench_measure_with_fake_timer(monkeypatch):
+    """The whole measurement on two tiny layers (interpreted without CUDA): rows, best configs, summary, text.
+    Two configurations per swept variant, to stay quick in the interpreter (the sweeps' own lists are checked
+    by test_bench_shapes_bytes_and_configs)."""
     from bench import common, wgrad
 
+    taps, rows_ = wgrad.taps_candidates, wgrad.rows_candidates
+    monkeypatch.setattr(wgrad, "taps_candidates", lambda *shape: taps(*shape)[:2])
+    monkeypatch.setattr(wgrad, "rows_candidates", lambda *shape: rows_(*shape)[:2])
     timed = []
 
     def fake_us(call, n_sets):
