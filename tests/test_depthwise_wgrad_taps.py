@@ -59,8 +59,9 @@ def _case_id(case) -> str:
 
 
 @needs_triton
-@pytest.mark.parametrize("store_grad_z", [True, False], ids=["gz", "no-gz"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(("dtype", "store_grad_z"), [(torch.float32, True), (torch.float32, False),
+                                                     (torch.bfloat16, True)],
+                         ids=["fp32-gz", "fp32-no-gz", "bf16-gz"])  # STORE_GZ's branch does not depend on dtype
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_taps_matches_gather_and_reference(case, dtype, store_grad_z):
     check_against_gather_and_reference(case, dtype, store_grad_z, "taps")
