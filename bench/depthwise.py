@@ -167,14 +167,7 @@ def _compile_job(job: tuple) -> None:
     x = torch.randn(N, C, H, H, device="cuda", dtype=torch.bfloat16).to(memory_format=fmt)
     g = torch.randn(N, C, OH, OH, device="cuda", dtype=torch.bfloat16).to(memory_format=fmt)
     w = torch.randn(C, 1, K, K, device="cuda")
-    cfg = dw.LaunchConfig(*config) if config else None
-    if kind == "fwd":
-        dw.launch_fwd(x, w, None, None, stride, False, config=cfg, variant="tiles")  # the tuner's tiles
-    elif kind == "bwd_input":
-        dw.launch_bwd_input(g, w, x, stride, config=cfg, variant="tiles")
-    else:
-        dw.launch_bwd_weight(g, x, w, None, None, stride, False, False, config=cfg, programs=programs,
-                             variant="gather")  # the tuner's tiles are gather's
+    _kernel_call(kind, [x], [g], w, stride, dw.LaunchConfig(*config) if config else None, programs)(0)
     torch.cuda.synchronize()
 
 
@@ -428,13 +421,24 @@ def _candidates(kind: str, cl: bool, C: int, H: int, stride: int) -> list[tuple]
 
 
 def _kernel_call(kind, xs, gs, w, stride, config, programs):
-    """call(i): one kernel alone on input set i."""
+    """call(i): one kernel alone on input set i, in the tiled schedules the tuner sweeps."""
     if kind == "fwd":
         return lambda i: dw.launch_fwd(xs[i], w, None, None, stride, False, config=config, variant="tiles")
     if kind == "bwd_input":
         return lambda i: dw.launch_bwd_input(gs[i], w, xs[i], stride, config=config, variant="tiles")
     return lambda i: dw.launch_bwd_weight(gs[i], xs[i], w, None, None, stride, False, False, config=config,
                                           programs=programs, variant="gather")  # the tuner's tiles are gather's
+
+
+def rows_sweep(base: dw.LaunchConfig, C: int, min_block_k: int) -> list[dw.LaunchConfig]:
+    """Launch configurations tried around a rows-schedule default (kernels/depthwise_rows.py; bench/wgrad.py,
+    results/depthwise-rows.py): the default first, then ROWS 2 and 8, the other warp count (4 or 8), half the
+    channels (not below min_block_k) and twice (up to 256 and C)."""
+    out = [base, base._replace(block_r=2), base._replace(block_r=8),
+           base._replace(num_warps=8 if base.num_warps == 4 else 4)]
+    out += [base._replace(block_k=base.block_k // 2)] if base.block_k > min_block_k else []
+    out += [base._replace(block_k=base.block_k * 2)] if base.block_k < min(256, dw._next_pow2(C)) else []
+    return list(dict.fromkeys(out))
 
 
 def tuned_kinds(channels_last: bool, N: int, C: int, H: int, stride: int) -> tuple[str, ...]:

@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from bench.common import copy_gbs as copy_bandwidth_gbs  # noqa: E402
 from bench.common import fine_cell, geomean, publish, results_prefix, script_header, table  # noqa: E402
-from bench.depthwise import BATCHES, DTYPES, K, graph_us, layer_table, n_sets_for  # noqa: E402
+from bench.depthwise import BATCHES, DTYPES, K, graph_us, layer_table, n_sets_for, rows_sweep  # noqa: E402
 from kernels import depthwise as dw  # noqa: E402
 from kernels.depthwise_rows import rows_wgrad_config  # noqa: E402
 
@@ -69,13 +69,9 @@ def taps_candidates(C: int, H: int, stride: int) -> list[dw.LaunchConfig]:
 
 
 def rows_candidates(C: int, H: int, stride: int) -> list[dw.LaunchConfig]:
-    """The configurations tried for the experimental "rows" pass: rows_wgrad_config's default first, then
-    ROWS 2 and 8, 4 warps, half and twice the channels."""
-    base = rows_wgrad_config(C, H, H, stride)
-    out = [base, base._replace(block_r=2), base._replace(block_r=8), base._replace(num_warps=4)]
-    out += [base._replace(block_k=base.block_k // 2)] if base.block_k > 16 else []
-    out += [base._replace(block_k=base.block_k * 2)] if base.block_k < min(256, dw._next_pow2(C)) else []
-    return list(dict.fromkeys(out))
+    """The configurations tried for the experimental "rows" pass: bench/depthwise.py's rows_sweep around
+    rows_wgrad_config (16 channels at least)."""
+    return rows_sweep(rows_wgrad_config(C, H, H, stride), C, 16)
 
 
 def variants(C: int, H: int, stride: int) -> list[tuple[str, dw.LaunchConfig | None]]:

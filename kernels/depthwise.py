@@ -253,6 +253,18 @@ def wgrad_taps_config(C: int, H: int, W: int, stride: int, cpu: bool = False) ->
 # Kernels. Tensors are dense in the kernel's layout: channels_last offsets are ((n*H + h)*W + w)*C + c, NCHW
 # offsets ((n*C + c)*H + h)*W + w; the weight is read as (C, K*K). Index arithmetic is int32.
 
+@triton.jit
+def _affine_relu(acc, sc, sh, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, RELU: tl.constexpr):
+    """The forward epilogue: relu(acc * sc + sh), each step only if the kernel has it."""
+    if HAS_SCALE:
+        acc = acc * sc
+    if HAS_SHIFT:
+        acc = acc + sh
+    if RELU:
+        acc = tl.maximum(acc, 0.0)
+    return acc
+
+
 @triton.jit(do_not_specialize=["N"])  # any batch size reuses one compilation
 def _dwconv_fwd_kernel(
     # pointers
@@ -297,12 +309,12 @@ def _dwconv_fwd_kernel(
             xv = tl.load(x_ptr + x_off, mask=ok, other=0.0)
             wv = tl.load(w_ptr + c * (K * K) + (kh * K + kw), mask=c_ok, other=0.0)
             acc += xv.to(tl.float32) * wv.to(tl.float32)
+    sc, sh = 1.0, 0.0
     if HAS_SCALE:
-        acc = acc * tl.load(scale_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+        sc = tl.load(scale_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
     if HAS_SHIFT:
-        acc = acc + tl.load(shift_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
-    if RELU:
-        acc = tl.maximum(acc, 0.0)
+        sh = tl.load(shift_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    acc = _affine_relu(acc, sc, sh, HAS_SCALE, HAS_SHIFT, RELU)
     tl.store(y_ptr + y_off, acc.to(y_ptr.dtype.element_ty), mask=valid)
 
 
@@ -747,11 +759,15 @@ def wgrad_steps(channels_last: bool, N: int, C: int, H: int, W: int, stride: int
     """(loop steps per program, programs along axis 0, along axis 1) for the weight-gradient kernel."""
     OH, OW = _output_hw(H, W, stride)
     if channels_last:  # steps of BLOCK_R pixels; channels along axis 1
-        total, col_programs = _cdiv(N * OH * OW, cfg.block_r), _cdiv(C, cfg.block_k)
-    else:  # steps of one (image, pixel block); channels along axis 1
-        total, col_programs = N * _cdiv(OH * OW, cfg.block_k), _cdiv(C, cfg.block_r)
-    chunks = max(1, min(total, programs // col_programs))
-    steps = _cdiv(total, chunks)
+        return _split(_cdiv(N * OH * OW, cfg.block_r), _cdiv(C, cfg.block_k), programs)
+    # steps of one (image, pixel block); channels along axis 1
+    return _split(N * _cdiv(OH * OW, cfg.block_k), _cdiv(C, cfg.block_r), programs)
+
+
+def _split(total: int, col_programs: int, programs: int):
+    """(steps per program, programs along axis 0, col_programs): `total` loop steps split over about
+    `programs` programs in all, col_programs of them along axis 1."""
+    steps = _cdiv(total, max(1, min(total, programs // col_programs)))
     return steps, _cdiv(total, steps), col_programs
 
 
@@ -789,12 +805,13 @@ def launch_bwd_weight(grad_y, x, weight, scale, shift, stride: int, relu: bool, 
                 shift if shift is not None else x, gz if store_grad_z else x, part)
     epilogue = dict(HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, RELU=relu,
                     NEED_Z=relu or scale is not None, STORE_GZ=store_grad_z)
-    kernel, tile = {  # the first two 3x3 channels_last only
-        "rows": (_rows._dwconv_bwd_weight_rows_kernel, dict(ROWS=cfg.block_r, BLOCK_W=_next_pow2(OW))),
-        "taps": (_dwconv_bwd_weight_taps_kernel, dict(BLOCK_R=cfg.block_r)),
-        "gather": (_dwconv_bwd_weight_kernel,
-                   dict(K=K, KKP=_next_pow2(K * K), CHANNELS_LAST=cl, BLOCK_R=cfg.block_r)),
-    }[variant]
+    if variant == "rows":  # rows and taps: 3x3 channels_last only
+        kernel, tile = _rows._dwconv_bwd_weight_rows_kernel, dict(ROWS=cfg.block_r, BLOCK_W=_next_pow2(OW))
+    elif variant == "taps":
+        kernel, tile = _dwconv_bwd_weight_taps_kernel, dict(BLOCK_R=cfg.block_r)
+    else:
+        kernel, tile = _dwconv_bwd_weight_kernel, dict(K=K, KKP=_next_pow2(K * K), CHANNELS_LAST=cl,
+                                                       BLOCK_R=cfg.block_r)
     _launch(
         kernel, (groups, col_programs), wrap, cfg.num_warps, x.device, *pointers, N, steps,
         C=C, H=H, W=W, STRIDE=stride, **tile, **epilogue, BLOCK_K=cfg.block_k,

@@ -23,10 +23,12 @@ import triton.language as tl
 
 from kernels.depthwise import (
     LaunchConfig,
+    _affine_relu,
     _cdiv,
     _launch,
     _next_pow2,
     _output_hw,
+    _split,
     _store_parts3x3,
     _weight_pass_epilogue,
 )
@@ -98,6 +100,26 @@ def _dot3(a0, a1, a2, w0, w1, w2):
     return a0.to(tl.float32) * w0 + a1.to(tl.float32) * w1 + a2.to(tl.float32) * w2
 
 
+@triton.jit
+def _window_conv(a0, a1, a2, b0, b1, b2, d0, d1, d2, w0, w1, w2, w3, w4, w5, w6, w7, w8):
+    """The 3x3 convolution at each pixel of an output row from its window's three rows, in float32."""
+    return _dot3(a0, a1, a2, w0, w1, w2) + _dot3(b0, b1, b2, w3, w4, w5) + _dot3(d0, d1, d2, w6, w7, w8)
+
+
+@triton.jit
+def _slide(b0, b1, b2, d0, d1, d2, x_img, next_row, ok, col0, col1, col2, ok0, ok1, ok2,
+           H: tl.constexpr, W: tl.constexpr, C: tl.constexpr, STRIDE: tl.constexpr, UPCAST: tl.constexpr):
+    """The window's first two rows at the next output row: at stride 1 one row down (the middle and last rows
+    move up); at stride 2 two rows down (the last row becomes the first, and input row next_row is loaded)."""
+    if STRIDE == 1:
+        a0, a1, a2 = b0, b1, b2
+        b0, b1, b2 = d0, d1, d2
+    else:
+        a0, a1, a2 = d0, d1, d2
+        b0, b1, b2 = _row(x_img, next_row, ok, col0, col1, col2, ok0, ok1, ok2, H, W, C, UPCAST)
+    return a0, a1, a2, b0, b1, b2
+
+
 @triton.jit(do_not_specialize=["N"])
 def _dwconv_rows_kernel(
     x_ptr, w_ptr, scale_ptr, shift_ptr, y_ptr, N,
@@ -124,20 +146,11 @@ def _dwconv_rows_kernel(
     for i in range(ROWS):
         oh = oh0 + i
         d0, d1, d2 = _row(x_img, oh * STRIDE + 1, ok, col0, col1, col2, ok0, ok1, ok2, H, W, C, UPCAST)
-        acc = _dot3(a0, a1, a2, w0, w1, w2) + _dot3(b0, b1, b2, w3, w4, w5) + _dot3(d0, d1, d2, w6, w7, w8)
-        if HAS_SCALE:
-            acc = acc * sc
-        if HAS_SHIFT:
-            acc = acc + sh
-        if RELU:
-            acc = tl.maximum(acc, 0.0)
+        acc = _window_conv(a0, a1, a2, b0, b1, b2, d0, d1, d2, w0, w1, w2, w3, w4, w5, w6, w7, w8)
+        acc = _affine_relu(acc, sc, sh, HAS_SCALE, HAS_SHIFT, RELU)
         tl.store(y_img + (oh * OW + ow) * C + c, acc.to(y_ptr.dtype.element_ty), mask=ok & (oh < OH))
-        if STRIDE == 1:  # the window moves down one input row
-            a0, a1, a2 = b0, b1, b2
-            b0, b1, b2 = d0, d1, d2
-        else:  # two rows: the last row becomes the first, the middle one is new
-            a0, a1, a2 = d0, d1, d2
-            b0, b1, b2 = _row(x_img, oh * STRIDE + 2, ok, col0, col1, col2, ok0, ok1, ok2, H, W, C, UPCAST)
+        a0, a1, a2, b0, b1, b2 = _slide(b0, b1, b2, d0, d1, d2, x_img, oh * STRIDE + 2, ok, col0, col1, col2,
+                                        ok0, ok1, ok2, H, W, C, STRIDE, UPCAST)
 
 
 def launch_rows(x: torch.Tensor, weight: torch.Tensor, scale, shift, stride: int, relu: bool,
@@ -186,10 +199,7 @@ def rows_wgrad_config(C: int, H: int, W: int, stride: int, cpu: bool = False) ->
 def rows_wgrad_grid(N: int, C: int, H: int, W: int, stride: int, cfg: LaunchConfig, programs: int):
     """(STEPS units per program, programs along axis 0, along axis 1), a unit being ROWS output rows of one
     image: about `programs` programs in all, as kernels.depthwise.wgrad_steps aims for."""
-    units = N * _cdiv(_output_hw(H, W, stride)[0], cfg.block_r)
-    col_programs = _cdiv(C, cfg.block_k)
-    steps = _cdiv(units, max(1, min(units, programs // col_programs)))
-    return steps, _cdiv(units, steps), col_programs
+    return _split(N * _cdiv(_output_hw(H, W, stride)[0], cfg.block_r), _cdiv(C, cfg.block_k), programs)
 
 
 @triton.jit(do_not_specialize=["N", "STEPS"])
@@ -230,7 +240,7 @@ def _dwconv_bwd_weight_rows_kernel(
             g = tl.load(g_ptr + g_off, mask=valid, other=0.0).to(tl.float32)
             z = 0.0
             if NEED_Z:
-                z = _dot3(a0, a1, a2, w0, w1, w2) + _dot3(b0, b1, b2, w3, w4, w5) + _dot3(d0, d1, d2, w6, w7, w8)
+                z = _window_conv(a0, a1, a2, b0, b1, b2, d0, d1, d2, w0, w1, w2, w3, w4, w5, w6, w7, w8)
             gz, acc_scale, acc_shift = _weight_pass_epilogue(g, z, sc, sh, acc_scale, acc_shift, gz_ptr, g_off,
                                                              valid, HAS_SCALE, HAS_SHIFT, RELU, NEED_Z, STORE_GZ)
             acc0 += gz * a0
@@ -242,11 +252,7 @@ def _dwconv_bwd_weight_rows_kernel(
             acc6 += gz * d0
             acc7 += gz * d1
             acc8 += gz * d2
-            if STRIDE == 1:
-                a0, a1, a2 = b0, b1, b2
-                b0, b1, b2 = d0, d1, d2
-            else:
-                a0, a1, a2 = d0, d1, d2
-                b0, b1, b2 = _row(x_img, oh * STRIDE + 2, ok, col0, col1, col2, ok0, ok1, ok2, H, W, C, True)
+            a0, a1, a2, b0, b1, b2 = _slide(b0, b1, b2, d0, d1, d2, x_img, oh * STRIDE + 2, ok, col0, col1, col2,
+                                            ok0, ok1, ok2, H, W, C, STRIDE, True)
     _store_parts3x3(part_ptr, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, acc8, acc_scale, acc_shift, c1, C,
                     HAS_SCALE, HAS_SHIFT)

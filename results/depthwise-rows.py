@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import copy_gbs  # noqa: E402
-from bench.depthwise import DTYPES, graph_us, layer_table, n_sets_for  # noqa: E402
+from bench.depthwise import DTYPES, graph_us, layer_table, n_sets_for, rows_sweep  # noqa: E402
 from kernels import depthwise as dw  # noqa: E402
 from kernels.depthwise_rows import launch_rows, rows_config  # noqa: E402
 
@@ -25,14 +25,8 @@ UPCAST = (False, True)  # launch_rows(upcast=...): each tile converted to float3
 
 
 def rows_candidates(C: int, H: int, stride: int) -> list[dw.LaunchConfig]:
-    """rows_config first, then ROWS 2 / 8, half and double the channels, 8 warps."""
-    base = rows_config(C, H, H, stride)
-    out = [base, base._replace(block_r=2), base._replace(block_r=8), base._replace(num_warps=8)]
-    if base.block_k > 32:
-        out.append(base._replace(block_k=base.block_k // 2))
-    if base.block_k < min(256, dw._next_pow2(C)):
-        out.append(base._replace(block_k=base.block_k * 2))
-    return list(dict.fromkeys(out))
+    """bench/depthwise.py's rows_sweep around rows_config (32 channels at least)."""
+    return rows_sweep(rows_config(C, H, H, stride), C, 32)
 
 
 def calls(kind, xs, w, stride):
@@ -71,6 +65,7 @@ def main(out: Path) -> None:
     dw._in_processes(_compile_job, list(cases()))
     copy = copy_gbs("cuda")
     rows = []
+    speedups, upcast = {}, {}  # per (kind, dtype): tiles / best rows, and best plain rows / best rows+upcast
     for kind, C, H, stride, dname in cases():
         for N in BATCHES:
             OH = (H - 1) // stride + 1
@@ -80,41 +75,30 @@ def main(out: Path) -> None:
             xs = [torch.randn(N, C, H, H, device="cuda", dtype=DTYPES[dname]).to(memory_format=torch.channels_last)
                   for _ in range(n)]  # fmt: skip
             w = torch.randn(C, 1, 3, 3, device="cuda") / 3
-            ref = None
+            ref, case = None, []
             for name, call in calls(kind, xs, w, stride):
                 y = call(0)
                 ref = y if name == "tiles" else ref
                 err = ((y.double() - ref.double()).norm() / ref.double().norm()).item() if ref is not None else 0.0
                 us = graph_us(call, n)
-                rows.append(dict(kind=kind, C=C, H=H, stride=stride, dtype=dname, N=N, variant=name, us=us,
+                case.append(dict(kind=kind, C=C, H=H, stride=stride, dtype=dname, N=N, variant=name, us=us,
                                  copy_pct=100 * n_bytes / us / 1e3 / copy, rel_err=err))
-            case = [r for r in rows if (r["kind"], r["C"], r["H"], r["stride"], r["dtype"], r["N"])
-                    == (kind, C, H, stride, dname, N)]  # fmt: skip
+            rows += case
             tiles = next(r["us"] for r in case if r["variant"] == "tiles")
             best = min((r for r in case if r["variant"].startswith("rows")), key=lambda r: r["us"])
+            plain = min(r["us"] for r in case if r["variant"].startswith("rows("))
+            up = min(r["us"] for r in case if r["variant"].startswith("rows+upcast("))
+            speedups.setdefault((kind, dname), []).append(tiles / best["us"])
+            upcast.setdefault((kind, dname), []).append(plain / up)
             torch_us = next((r["us"] for r in case if r["variant"] == "torch"), float("nan"))
             print(f"{kind:9s} C={C:4d} H={H:2d} s={stride} {dname} N={N}: torch {torch_us:7.1f} tiles {tiles:7.1f} "
                   f"rows {best['us']:7.1f} {best['variant']} ({best['copy_pct']:.0f}% copy), rows/tiles "
                   f"{tiles / best['us']:.2f}, err {max(r['rel_err'] for r in case):.1e}", flush=True)
-    speedups = {}
-    for r in rows:
-        if r["variant"] == "tiles":
-            best = min(q["us"] for q in rows if q["variant"].startswith("rows") and
-                       all(q[k] == r[k] for k in ("kind", "C", "H", "stride", "dtype", "N")))
-            speedups.setdefault((r["kind"], r["dtype"]), []).append(r["us"] / best)
-    for (kind, dname), s in speedups.items():
-        gm = statistics.geometric_mean(s)
-        print(f"geomean rows/tiles speedup {kind} {dname}: {gm:.2f} (min {min(s):.2f}, max {max(s):.2f})")
-    upcast = {}  # best plain rows time / best upcast time, per case
-    for r in rows:
-        if r["variant"] == "tiles":
-            same = [q for q in rows if all(q[k] == r[k] for k in ("kind", "C", "H", "stride", "dtype", "N"))]
-            plain = min(q["us"] for q in same if q["variant"].startswith("rows("))
-            up = min(q["us"] for q in same if q["variant"].startswith("rows+upcast("))
-            upcast.setdefault((r["kind"], r["dtype"]), []).append(plain / up)
-    for (kind, dname), s in upcast.items():
-        print(f"geomean upcast speedup (best rows / best rows+upcast) {kind} {dname}: "
-              f"{statistics.geometric_mean(s):.2f} (min {min(s):.2f}, max {max(s):.2f})")
+    for title, ratios in (("rows/tiles speedup", speedups),
+                          ("upcast speedup (best rows / best rows+upcast)", upcast)):
+        for (kind, dname), s in ratios.items():
+            print(f"geomean {title} {kind} {dname}: {statistics.geometric_mean(s):.2f} "
+                  f"(min {min(s):.2f}, max {max(s):.2f})")
     out.write_text(json.dumps({"copy GB/s": copy, "rows": rows}, indent=1))
 
 
