@@ -431,7 +431,7 @@ def _kernel_call(kind, xs, gs, w, stride, config, programs):
 
 
 def rows_sweep(base: dw.LaunchConfig, C: int, min_block_k: int) -> list[dw.LaunchConfig]:
-    """Launch configurations tried around a rows-schedule default (kernels/depthwise_rows.py; bench/wgrad.py,
+    """Launch configurations tried around a rows-schedule default (kernels/depthwise_rows.py;
     results/depthwise-rows.py): the default first, then ROWS 2 and 8, the other warp count (4 or 8), half the
     channels (not below min_block_k) and twice (up to 256 and C)."""
     out = [base, base._replace(block_r=2), base._replace(block_r=8),

@@ -1,7 +1,8 @@
 """The depthwise 3x3 weight gradient alone, channels_last: the "gather" kernel (its default launch configuration)
-against the "taps" kernel and the experimental "rows" one (kernels/depthwise_rows.py), each over a few
-candidate configurations, at every depthwise layer of the CIFAR MobileNetV1 and Xception (bench/depthwise.py's
-layer table), batch 256 and 512, bfloat16 and float32.
+against the "taps" kernel over a few candidate configurations, at every depthwise layer of the CIFAR MobileNetV1
+and Xception (bench/depthwise.py's layer table), batch 256 and 512, bfloat16 and float32. (Until 2026-12-01 a
+third, on kernels/depthwise_rows.py's schedule, was timed beside them; bench/results/wgrad-h200.md has its last
+figures, 0.99x taps in bf16 and 0.89x in fp32, after which it was removed.)
 
     python3 bench/wgrad.py [PREFIX]   -> PREFIX.json + PREFIX.md (default bench/results/wgrad-<gpu slug>)
 
@@ -31,9 +32,8 @@ import torch  # noqa: E402
 
 from bench.common import copy_gbs as copy_bandwidth_gbs  # noqa: E402
 from bench.common import fine_cell, geomean, publish, results_prefix, script_header, table  # noqa: E402
-from bench.depthwise import BATCHES, DTYPES, K, graph_us, layer_table, n_sets_for, rows_sweep  # noqa: E402
+from bench.depthwise import BATCHES, DTYPES, K, graph_us, layer_table, n_sets_for  # noqa: E402
 from kernels import depthwise as dw  # noqa: E402
-from kernels.depthwise_rows import rows_wgrad_config  # noqa: E402
 
 TAPS_BLOCK_K = (32, 64, 128)  # channels per tile, capped at C (rounded up to a power of 2)
 TAPS_TILES = ((1024, 4), (2048, 8))  # (BLOCK_R * BLOCK_K elements, num_warps): 8 elements per thread and tile
@@ -50,8 +50,7 @@ CASE_KEYS = ("net", "N", "C", "H", "stride", "dtype")
 COLUMNS = ["net", "N", "C", "H", "stride", "dtype", "variant", "config", "us", "GB/s", "% copy",
            "speedup vs gather", "rel err", "grad_z flips"]  # fmt: skip
 BEST_COLUMNS = ["net", "N", "C", "H", "stride", "dtype", "gather config", "gather us", "gather GB/s",
-                "gather % copy", "best taps config", "taps us", "taps GB/s", "taps % copy", "speedup",
-                "best rows config", "rows us", "rows % copy", "rows speedup"]  # fmt: skip
+                "gather % copy", "best taps config", "taps us", "taps GB/s", "taps % copy", "speedup"]  # fmt: skip
 
 
 def wgrad_bytes(N: int, C: int, H: int, stride: int, elt: int) -> int:
@@ -68,16 +67,9 @@ def taps_candidates(C: int, H: int, stride: int) -> list[dw.LaunchConfig]:
     return list(dict.fromkeys([dw.wgrad_taps_config(C, H, H, stride), *sweep]))  # unique, in order
 
 
-def rows_candidates(C: int, H: int, stride: int) -> list[dw.LaunchConfig]:
-    """The configurations tried for the experimental "rows" pass: bench/depthwise.py's rows_sweep around
-    rows_wgrad_config (16 channels at least)."""
-    return rows_sweep(rows_wgrad_config(C, H, H, stride), C, 16)
-
-
 def variants(C: int, H: int, stride: int) -> list[tuple[str, dw.LaunchConfig | None]]:
     """(variant, config) per timed call of a layer; config None = the variant's default (gather's)."""
-    return ([("gather", None)] + [("taps", cfg) for cfg in taps_candidates(C, H, stride)]
-            + [("rows", cfg) for cfg in rows_candidates(C, H, stride)])
+    return [("gather", None)] + [("taps", cfg) for cfg in taps_candidates(C, H, stride)]
 
 
 def _epilogue_params(C: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -145,7 +137,7 @@ def measure_case(net, N, C, H, stride, dname, copy_gbs, device, time_us=graph_us
 
 
 def best_rows(rows: list[dict]) -> list[dict]:
-    """Per layer, batch and dtype: gather next to the fastest taps and rows configurations."""
+    """Per layer, batch and dtype: gather next to the fastest taps configuration."""
     cases: dict[tuple, list[dict]] = {}
     for row in rows:
         cases.setdefault(tuple(row[k] for k in CASE_KEYS), []).append(row)
@@ -153,13 +145,11 @@ def best_rows(rows: list[dict]) -> list[dict]:
     for case_rows in cases.values():
         gather = next(r for r in case_rows if r["variant"] == "gather")
         taps = min((r for r in case_rows if r["variant"] == "taps"), key=lambda r: r["us"])
-        rows_ = min((r for r in case_rows if r["variant"] == "rows"), key=lambda r: r["us"])
         out.append({
             **{k: gather[k] for k in CASE_KEYS}, "gather config": gather["config"], "gather us": gather["us"],
             "gather GB/s": gather["GB/s"], "gather % copy": gather["% copy"], "best taps config": taps["config"],
             "taps us": taps["us"], "taps GB/s": taps["GB/s"], "taps % copy": taps["% copy"],
-            "speedup": gather["us"] / taps["us"], "best rows config": rows_["config"], "rows us": rows_["us"],
-            "rows % copy": rows_["% copy"], "rows speedup": gather["us"] / rows_["us"],
+            "speedup": gather["us"] / taps["us"],
         })  # fmt: skip
     return out
 
@@ -189,17 +179,8 @@ def summarize(rows: list[dict], best: list[dict], copy_gbs: float) -> dict:
                 round(statistics.median(r["taps % copy"] for r in b), 1)],
             f"most frequent best taps configs, {dname}": collections.Counter(
                 r["best taps config"] for r in b).most_common(3),
-            f"geomean speedup, best rows config vs gather, {dname}": geomean([r["rows speedup"] for r in b]),
-            f"geomean speedup, best rows config vs best taps config, {dname}": geomean(
-                [r["taps us"] / r["rows us"] for r in b]),
-            f"min / max speedup, best rows vs best taps, {dname}": [
-                round(min(r["taps us"] / r["rows us"] for r in b), 2),
-                round(max(r["taps us"] / r["rows us"] for r in b), 2)],
-            f"median % copy, best rows, {dname}": round(statistics.median(r["rows % copy"] for r in b), 1),
-            f"most frequent best rows configs, {dname}": collections.Counter(
-                r["best rows config"] for r in b).most_common(3),
         }  # fmt: skip
-    summary["max rel err taps or rows vs gather"] = max(r["rel err"] for r in rows)
+    summary["max rel err taps vs gather"] = max(r["rel err"] for r in rows)
     over = [r for r in rows if r["rel err"] > MATCH_TOL[r["dtype"]]]
     summary["rows with rel err over MATCH_TOL"] = len(over)
     summary["of them without a relu-mask flip in grad_z"] = sum(r["grad_z flips"] == 0 for r in over)

@@ -214,9 +214,10 @@ def wgrad_config(channels_last: bool, C: int, H: int, W: int, stride: int, K: in
     return LaunchConfig(max(1, 2048 // (kkp * block_k)), block_k, 4)
 
 
-# launch_bwd_weight(variant=...): the 3-D tap gather, 9 shifted 2-D loads, or the rows schedule (the last two
-# channels_last 3x3 only; "rows" is experimental: not measured yet, so wgrad_variant never picks it)
-WGRAD_VARIANTS = ("gather", "taps", "rows")
+# launch_bwd_weight(variant=...): the 3-D tap gather, or 9 shifted 2-D loads (channels_last 3x3 only). A third,
+# on the rows schedule of kernels/depthwise_rows.py, measured 0.99x taps in bf16 and 0.89x in fp32 (geometric
+# means, 0.82-1.26x per layer, bench/results/wgrad-h200.md, 2026-12-01) and was removed after that run.
+WGRAD_VARIANTS = ("gather", "taps")
 
 
 def wgrad_variant(channels_last: bool, dtype: torch.dtype, N: int, C: int, H: int, W: int, stride: int,
@@ -777,9 +778,8 @@ def launch_bwd_weight(grad_y, x, weight, scale, shift, stride: int, relu: bool, 
     """(grad_weight, grad_scale, grad_shift, grad_z); see the triton_op dwconv_bwd_weight.
 
     variant: "gather" (the (rows, taps, cols) kernel, every layout and kernel size), "taps" (nine shifted 2-D
-    loads, channels_last 3x3 only, `wgrad_taps_config`), "rows" (kernels/depthwise_rows.py, channels_last
-    3x3 only, `rows_wgrad_config`), or None: `wgrad_variant`'s choice. All fill the same partial sums. A
-    `config` is a tile of the variant it is given with (name the variant with it)."""
+    loads, channels_last 3x3 only, `wgrad_taps_config`), or None: `wgrad_variant`'s choice. Both fill the
+    same partial sums. A `config` is a tile of the variant it is given with (name the variant with it)."""
     N, C, H, W = x.shape
     K = weight.shape[-1]
     OH, OW = _output_hw(H, W, stride)
@@ -792,22 +792,16 @@ def launch_bwd_weight(grad_y, x, weight, scale, shift, stride: int, relu: bool, 
                          f"{'channels_last' if cl else 'NCHW'} x and a {K}x{K} kernel")
     x, grad_y = _dense(x, cl), _dense(grad_y, cl)
     cpu = not x.is_cuda
-    if variant == "rows":
-        cfg = config or _rows.rows_wgrad_config(C, H, W, stride, cpu=cpu)
-        steps, groups, col_programs = _rows.rows_wgrad_grid(N, C, H, W, stride, cfg, programs)
-    else:
-        cfg = config or (wgrad_taps_config(C, H, W, stride, cpu=cpu) if variant == "taps" else
-                         wgrad_config(cl, C, H, W, stride, K, cpu=cpu))
-        steps, groups, col_programs = wgrad_steps(cl, N, C, H, W, stride, cfg, programs)
+    cfg = config or (wgrad_taps_config(C, H, W, stride, cpu=cpu) if variant == "taps" else
+                     wgrad_config(cl, C, H, W, stride, K, cpu=cpu))
+    steps, groups, col_programs = wgrad_steps(cl, N, C, H, W, stride, cfg, programs)
     gz = _empty((N, C, OH, OW), x, cl) if store_grad_z else x.new_empty((0, 0, 0, 0))
     part = torch.empty((groups, K * K + 2, C), device=x.device, dtype=torch.float32)
     pointers = (x, grad_y, weight.contiguous(), scale if scale is not None else x,
                 shift if shift is not None else x, gz if store_grad_z else x, part)
     epilogue = dict(HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, RELU=relu,
                     NEED_Z=relu or scale is not None, STORE_GZ=store_grad_z)
-    if variant == "rows":  # rows and taps: 3x3 channels_last only
-        kernel, tile = _rows._dwconv_bwd_weight_rows_kernel, dict(ROWS=cfg.block_r, BLOCK_W=_next_pow2(OW))
-    elif variant == "taps":
+    if variant == "taps":
         kernel, tile = _dwconv_bwd_weight_taps_kernel, dict(BLOCK_R=cfg.block_r)
     else:
         kernel, tile = _dwconv_bwd_weight_kernel, dict(K=K, KKP=_next_pow2(K * K), CHANNELS_LAST=cl,

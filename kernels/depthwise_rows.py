@@ -15,43 +15,45 @@ FLIP reads w[c, 2 - kh, 2 - kw]: with stride 1 and no epilogue that is grad_x fr
 convolution). kernels.depthwise's launchers run it where it measured faster (pointwise_variant). The tests
 compare it with kernels.depthwise.reference_depthwise_conv2d (tests/test_depthwise_rows.py, and through the
 launchers tests/test_depthwise.py); results/depthwise-rows.py times it against the tiles.
+
+A weight pass on this schedule (nine accumulators per program, gz * x summed down the rows) ran 0.99x the taps
+kernel in bf16 and 0.89x in fp32 (bench/results/wgrad-h200.md, 2026-12-01) and was removed after that run.
 """
 
 import torch
 import triton
 import triton.language as tl
 
-from kernels.depthwise import (
-    LaunchConfig,
-    _affine_relu,
-    _cdiv,
-    _launch,
-    _next_pow2,
-    _output_hw,
-    _split,
-    _store_parts3x3,
-    _weight_pass_epilogue,
-)
+from kernels.depthwise import LaunchConfig, _affine_relu, _cdiv, _launch, _next_pow2, _output_hw
 
-__all__ = ["launch_rows", "rows_config", "rows_wgrad_config", "rows_wgrad_grid"]
+__all__ = ["launch_rows", "rows_config"]
 
 
 # The fastest (ROWS, BLOCK_K, num_warps) per (C, H, stride) of the nets' layers where it beat the rule in
-# rows_config by 3% or more, bfloat16, geometric mean over batch 256 and 512, forward and stride-1 grad-input
-# alike (H200, results/h200-2026-12-01k.log). Float32 runs the same tiles (not tuned apart).
-_MEASURED = {(32, 32, 1): (8, 32, 4), (64, 32, 1): (8, 32, 4), (128, 32, 1): (4, 64, 4), (256, 32, 1): (4, 64, 4),
-             (128, 16, 1): (4, 32, 4), (256, 16, 1): (4, 128, 4), (728, 16, 1): (4, 128, 4), (256, 8, 1): (8, 128, 4),
+# rows_config by 3% or more, geometric mean over batch 256 and 512, forward and stride-1 grad-input alike (H200):
+# for 16-bit inputs from bfloat16 runs (results/h200-2026-12-01k.log; then the 128- and 256-channel tiles at
+# 128x32, 256x32, 256x16 and 728x16, 1.12-1.19x over the k run's, results/h200-2026-12-01n.log); for float32
+# from the n run's float32 rows (the k run's tiles where none beat them by 3%). They part where 16-bit tiles
+# grew: float32's registers run out first (256 channels at 32x32: 444 against 367 µs at BLOCK_K 128 and 64).
+_MEASURED = {(32, 32, 1): (8, 32, 4), (64, 32, 1): (8, 32, 4), (128, 32, 1): (4, 128, 4), (256, 32, 1): (4, 128, 4),
+             (128, 16, 1): (4, 32, 4), (256, 16, 1): (4, 256, 4), (728, 16, 1): (4, 256, 4), (256, 8, 1): (8, 128, 4),
              (728, 8, 1): (8, 128, 4), (256, 8, 2): (2, 256, 4)}  # fmt: skip
+_MEASURED_FP32 = {(32, 32, 1): (8, 32, 4), (64, 32, 1): (8, 32, 4), (64, 32, 2): (4, 32, 4), (128, 32, 1): (4, 64, 8),
+                  (256, 32, 1): (4, 64, 8), (128, 16, 1): (4, 64, 4), (128, 16, 2): (2, 128, 4),
+                  (256, 16, 1): (4, 128, 4), (728, 16, 1): (2, 128, 4), (256, 8, 1): (8, 128, 4),
+                  (728, 8, 1): (8, 128, 4), (256, 8, 2): (2, 128, 4)}  # fmt: skip
 
 
-def rows_config(C: int, H: int, W: int, stride: int, cpu: bool = False) -> LaunchConfig:
-    """(ROWS, BLOCK_K, num_warps): _MEASURED at the nets' layers; elsewhere 4 output rows a program and BLOCK_K
-    channels so that a row tile holds about 1024 elements (ten of them live at once: nine shifted inputs and
-    the accumulator)."""
+def rows_config(C: int, H: int, W: int, stride: int, dtype: torch.dtype = torch.bfloat16,
+                cpu: bool = False) -> LaunchConfig:
+    """(ROWS, BLOCK_K, num_warps) for x of `dtype`: _MEASURED (16-bit) or _MEASURED_FP32 at the nets' layers;
+    elsewhere 4 output rows a program and BLOCK_K channels so that a row tile holds about 1024 elements (ten
+    of them live at once: nine shifted inputs and the accumulator)."""
     if cpu:  # the interpreter: few programs
         return LaunchConfig(8, 64, 1)
-    if H == W and (C, H, stride) in _MEASURED:
-        return LaunchConfig(*_MEASURED[C, H, stride])
+    table = _MEASURED_FP32 if dtype == torch.float32 else _MEASURED
+    if H == W and (C, H, stride) in table:
+        return LaunchConfig(*table[C, H, stride])
     OW = _output_hw(H, W, stride)[1]
     return LaunchConfig(4, max(32, min(256, _next_pow2(C), 1024 // _next_pow2(OW))), 4)
 
@@ -82,17 +84,17 @@ def _program_setup(w_ptr, scale_ptr, shift_ptr, c, c_ok, iw, W: tl.constexpr, C:
                    FLIP: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr):
     """What a program computes once: the three kernel columns' offsets and masks (iw = each output column's
     first input column), the nine weights (float32, (1, BLOCK_K)) and the epilogue's scale and shift."""
-    cols = iw * C + c, (iw + 1) * C + c, (iw + 2) * C + c
-    oks = iw >= 0, iw + 1 < W, iw + 2 < W
-    ws = (_w(w_ptr, c, c_ok, 0, FLIP), _w(w_ptr, c, c_ok, 1, FLIP), _w(w_ptr, c, c_ok, 2, FLIP),
-          _w(w_ptr, c, c_ok, 3, FLIP), _w(w_ptr, c, c_ok, 4, FLIP), _w(w_ptr, c, c_ok, 5, FLIP),
-          _w(w_ptr, c, c_ok, 6, FLIP), _w(w_ptr, c, c_ok, 7, FLIP), _w(w_ptr, c, c_ok, 8, FLIP))  # fmt: skip
     sc, sh = 1.0, 0.0  # the identity where the epilogue has no scale or shift
     if HAS_SCALE:
         sc = tl.load(scale_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
     if HAS_SHIFT:
         sh = tl.load(shift_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
-    return cols, oks, ws, sc, sh
+    # one flat tuple: Triton 3.6's cache key (jit.py's DependenciesFinder) fails on a nested tuple target at
+    # the call ("unhashable type: 'list'"), though Triton 3.8 and the interpreter accept it
+    return (iw * C + c, (iw + 1) * C + c, (iw + 2) * C + c, iw >= 0, iw + 1 < W, iw + 2 < W,
+            _w(w_ptr, c, c_ok, 0, FLIP), _w(w_ptr, c, c_ok, 1, FLIP), _w(w_ptr, c, c_ok, 2, FLIP),
+            _w(w_ptr, c, c_ok, 3, FLIP), _w(w_ptr, c, c_ok, 4, FLIP), _w(w_ptr, c, c_ok, 5, FLIP),
+            _w(w_ptr, c, c_ok, 6, FLIP), _w(w_ptr, c, c_ok, 7, FLIP), _w(w_ptr, c, c_ok, 8, FLIP), sc, sh)  # fmt: skip
 
 
 @triton.jit
@@ -136,7 +138,7 @@ def _dwconv_rows_kernel(
     c = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)[None, :]  # (1, BLOCK_K)
     c_ok = c < C
     ok = (ow < OW) & c_ok
-    (col0, col1, col2), (ok0, ok1, ok2), (w0, w1, w2, w3, w4, w5, w6, w7, w8), sc, sh = _program_setup(
+    col0, col1, col2, ok0, ok1, ok2, w0, w1, w2, w3, w4, w5, w6, w7, w8, sc, sh = _program_setup(
         w_ptr, scale_ptr, shift_ptr, c, c_ok, ow * STRIDE - 1, W, C, FLIP, HAS_SCALE, HAS_SHIFT)
     x_img = x_ptr + n * (H * W * C)
     y_img = y_ptr + n * (OH * OW * C)
@@ -159,7 +161,10 @@ def launch_rows(x: torch.Tensor, weight: torch.Tensor, scale, shift, stride: int
     """The rows schedule of kernels.depthwise.launch_fwd, for a channels_last x and a 3x3 weight (C, 1, 3, 3);
     flip=True (stride 1, no epilogue) gives grad_x from grad_z passed as x. upcast=True converts each input
     tile to float32 once, as it is loaded, rather than at each of its three uses (16-bit x: fewer conversions,
-    more registers; not measured yet, so off by default)."""
+    more registers). Measured in bf16 on the H200 (results/depthwise-rows.py, bench/results/depthwise-rows-h200.json):
+    0.96x in geometric mean forward, 0.93x grad-input; faster at the stride-2 layers (1.01-1.14x) and the 4x4
+    layers of 1024 and 1536 channels (1.06-1.15x), slower at most stride-1 layers of 8x8 and up (0.74-1.03x).
+    Off by default; no launcher picks it per layer yet, the gains being a few µs at the smallest layers."""
     N, C, H, W = x.shape
     if weight.shape[-2:] != (3, 3) or not x.is_contiguous(memory_format=torch.channels_last):
         raise ValueError(f"launch_rows takes a channels_last x and a 3x3 weight, got x strides {x.stride()} "
@@ -168,7 +173,7 @@ def launch_rows(x: torch.Tensor, weight: torch.Tensor, scale, shift, stride: int
         raise ValueError("flip=True is the stride-1 grad-input pass: stride 1 and no scale, shift or relu")
     OH, OW = _output_hw(H, W, stride)
     y = torch.empty((N, C, OH, OW), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
-    cfg = config or rows_config(C, H, W, stride, cpu=not x.is_cuda)
+    cfg = config or rows_config(C, H, W, stride, x.dtype, cpu=not x.is_cuda)
     grid = (N * _cdiv(OH, cfg.block_r), _cdiv(C, cfg.block_k))
     _launch(
         _dwconv_rows_kernel, grid, wrap, cfg.num_warps, x.device,
@@ -177,82 +182,3 @@ def launch_rows(x: torch.Tensor, weight: torch.Tensor, scale, shift, stride: int
         RELU=relu, UPCAST=upcast, ROWS=cfg.block_r, BLOCK_W=_next_pow2(OW), BLOCK_K=cfg.block_k,
     )  # fmt: skip
     return y
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The weight pass on the same schedule (kernels.depthwise.launch_bwd_weight(variant="rows"); not measured yet,
-# so wgrad_variant does not pick it). Each program takes STEPS units of ROWS output rows of one image, walks
-# down them as the forward does, and sums gz * x per tap into nine (BLOCK_W, BLOCK_K) float32 accumulators,
-# reduced over the rows once at the end into the (G, 9 + 2, C) partial sums of the other weight passes. The
-# taps kernel computes each x tile's address and mask per element and tap (nine times an output element);
-# here the columns' offsets and masks are computed once per program and each row costs a scalar offset.
-
-def rows_wgrad_config(C: int, H: int, W: int, stride: int, cpu: bool = False) -> LaunchConfig:
-    """(ROWS, BLOCK_K, num_warps) of the rows weight pass: 4 rows, tiles of about 1024 elements, 8 warps (four
-    float32 values a thread per tile: 9 accumulators, 9 x tiles and the gradient stay in registers)."""
-    if cpu:
-        return LaunchConfig(4, 64, 1)
-    OW = _output_hw(H, W, stride)[1]
-    return LaunchConfig(4, max(16, min(256, _next_pow2(C), 1024 // _next_pow2(OW))), 8)
-
-
-def rows_wgrad_grid(N: int, C: int, H: int, W: int, stride: int, cfg: LaunchConfig, programs: int):
-    """(STEPS units per program, programs along axis 0, along axis 1), a unit being ROWS output rows of one
-    image: about `programs` programs in all, as kernels.depthwise.wgrad_steps aims for."""
-    return _split(N * _cdiv(_output_hw(H, W, stride)[0], cfg.block_r), _cdiv(C, cfg.block_k), programs)
-
-
-@triton.jit(do_not_specialize=["N", "STEPS"])
-def _dwconv_bwd_weight_rows_kernel(
-    x_ptr, g_ptr, w_ptr, scale_ptr, shift_ptr, gz_ptr, part_ptr, N, STEPS,
-    C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, STRIDE: tl.constexpr,
-    HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, RELU: tl.constexpr, NEED_Z: tl.constexpr,
-    STORE_GZ: tl.constexpr, ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    OH: tl.constexpr = (H - 1) // STRIDE + 1
-    OW: tl.constexpr = (W - 1) // STRIDE + 1
-    CHUNKS: tl.constexpr = (OH + ROWS - 1) // ROWS
-    ow = tl.arange(0, BLOCK_W)[:, None]
-    c1 = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)  # (BLOCK_K,): channels, fixed per program
-    c = c1[None, :]
-    c_ok = c < C
-    col_ok = (ow < OW) & c_ok
-    # the weights are read even without NEED_Z (nine (1, BLOCK_K) loads a program), to share _program_setup
-    (col0, col1, col2), (ok0, ok1, ok2), (w0, w1, w2, w3, w4, w5, w6, w7, w8), sc, sh = _program_setup(
-        w_ptr, scale_ptr, shift_ptr, c, c_ok, ow * STRIDE - 1, W, C, False, HAS_SCALE, HAS_SHIFT)
-    zero = tl.zeros((BLOCK_W, BLOCK_K), dtype=tl.float32)
-    acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, acc8 = zero, zero, zero, zero, zero, zero, zero, zero, zero
-    acc_scale, acc_shift = zero, zero
-    for i in range(STEPS):
-        unit = tl.program_id(0) * STEPS + i
-        n = unit // CHUNKS
-        oh0 = (unit % CHUNKS) * ROWS
-        ok = col_ok & (n < N)
-        x_img = x_ptr + n * (H * W * C)
-        top = oh0 * STRIDE - 1
-        a0, a1, a2 = _row(x_img, top, ok, col0, col1, col2, ok0, ok1, ok2, H, W, C, True)
-        b0, b1, b2 = _row(x_img, top + 1, ok, col0, col1, col2, ok0, ok1, ok2, H, W, C, True)
-        for j in range(ROWS):
-            oh = oh0 + j
-            d0, d1, d2 = _row(x_img, oh * STRIDE + 1, ok, col0, col1, col2, ok0, ok1, ok2, H, W, C, True)
-            valid = ok & (oh < OH)
-            g_off = ((n * OH + oh) * OW + ow) * C + c
-            g = tl.load(g_ptr + g_off, mask=valid, other=0.0).to(tl.float32)
-            z = 0.0
-            if NEED_Z:
-                z = _window_conv(a0, a1, a2, b0, b1, b2, d0, d1, d2, w0, w1, w2, w3, w4, w5, w6, w7, w8)
-            gz, acc_scale, acc_shift = _weight_pass_epilogue(g, z, sc, sh, acc_scale, acc_shift, gz_ptr, g_off,
-                                                             valid, HAS_SCALE, HAS_SHIFT, RELU, NEED_Z, STORE_GZ)
-            acc0 += gz * a0
-            acc1 += gz * a1
-            acc2 += gz * a2
-            acc3 += gz * b0
-            acc4 += gz * b1
-            acc5 += gz * b2
-            acc6 += gz * d0
-            acc7 += gz * d1
-            acc8 += gz * d2
-            a0, a1, a2, b0, b1, b2 = _slide(b0, b1, b2, d0, d1, d2, x_img, oh * STRIDE + 2, ok, col0, col1, col2,
-                                            ok0, ok1, ok2, H, W, C, STRIDE, True)
-    _store_parts3x3(part_ptr, acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7, acc8, acc_scale, acc_shift, c1, C,
-                    HAS_SCALE, HAS_SHIFT)

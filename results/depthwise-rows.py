@@ -24,9 +24,9 @@ BATCHES = (256, 512)
 UPCAST = (False, True)  # launch_rows(upcast=...): each tile converted to float32 at its load, or at each use
 
 
-def rows_candidates(C: int, H: int, stride: int) -> list[dw.LaunchConfig]:
+def rows_candidates(C: int, H: int, stride: int, dtype: torch.dtype) -> list[dw.LaunchConfig]:
     """bench/depthwise.py's rows_sweep around rows_config (32 channels at least)."""
-    return rows_sweep(rows_config(C, H, H, stride), C, 32)
+    return rows_sweep(rows_config(C, H, H, stride, dtype), C, 32)
 
 
 def calls(kind, xs, w, stride):
@@ -34,13 +34,13 @@ def calls(kind, xs, w, stride):
     if kind == "fwd":
         yield "torch", lambda i: F.conv2d(xs[i], w.to(xs[i].dtype), stride=stride, padding=1, groups=w.shape[0])
         yield "tiles", lambda i: dw.launch_fwd(xs[i], w, None, None, stride, False, variant="tiles")
-        for cfg in rows_candidates(w.shape[0], xs[0].shape[2], stride):
+        for cfg in rows_candidates(w.shape[0], xs[0].shape[2], stride, xs[0].dtype):
             for up in UPCAST:
                 yield f"rows{'+upcast' * up}{tuple(cfg)}", lambda i, cfg=cfg, up=up: launch_rows(
                     xs[i], w, None, None, stride, False, config=cfg, upcast=up)
     else:  # the stride-1 grad-input pass; xs stand for grad_z (same shape as x at stride 1)
         yield "tiles", lambda i: dw.launch_bwd_input(xs[i], w, xs[i], 1, variant="tiles")
-        for cfg in rows_candidates(w.shape[0], xs[0].shape[2], 1):
+        for cfg in rows_candidates(w.shape[0], xs[0].shape[2], 1, xs[0].dtype):
             for up in UPCAST:
                 yield f"rows{'+upcast' * up}{tuple(cfg)}", lambda i, cfg=cfg, up=up: launch_rows(
                     xs[i], w, None, None, 1, False, flip=True, config=cfg, upcast=up)

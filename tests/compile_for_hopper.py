@@ -1,7 +1,8 @@
 """Compiles kernels.depthwise's Triton kernels (and kernels/depthwise_rows.py's) to an sm_90 (H100/H200) cubin
 on a machine without a GPU, in a process of its own with TRITON_INTERPRET=0: Triton's front end, its MLIR
 passes and ptxas all run on the CPU, so this catches what the interpreter cannot (code generation: constexpr
-branches, jit helpers, types), though not numbers or speed.
+branches, jit helpers, types), though not numbers or speed, nor what this Triton accepts and an older one does
+not (tests/test_kernels_compile.py checks one such case in the source).
 Prints one line per kernel variant; exits 1 on the first failure.
 
     python3 tests/compile_for_hopper.py
@@ -50,9 +51,6 @@ def variants():
                 if cl:
                     yield dw._rows._dwconv_rows_kernel, dict(C=64, H=16, W=16, STRIDE=stride, FLIP=not ep, **flags,
                                                              UPCAST=ep, ROWS=4, BLOCK_W=16 // stride, BLOCK_K=64)
-                    yield dw._rows._dwconv_bwd_weight_rows_kernel, dict(C=64, H=16, W=16, STRIDE=stride, **flags,
-                                                                        NEED_Z=ep, STORE_GZ=ep, ROWS=4,
-                                                                        BLOCK_W=16 // stride, BLOCK_K=64)
                     yield dw._dwconv_bwd_weight_taps_kernel, dict(C=64, H=16, W=16, STRIDE=stride, **flags,
                                                                   NEED_Z=ep, STORE_GZ=ep, BLOCK_R=32, BLOCK_K=32)
             yield dw._dwconv_bwd_input_kernel, dict(C=64, H=16, W=16, STRIDE=stride, K=3, CHANNELS_LAST=cl,

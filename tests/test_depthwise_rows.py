@@ -16,8 +16,9 @@ from test_depthwise import (  # noqa: F401 (one_cpu_thread: an autouse fixture, 
     rel_err,
 )
 
+from kernels import depthwise_rows
 from kernels.depthwise import LaunchConfig, launch_bwd_input, launch_fwd, pointwise_variant, reference_depthwise_conv2d
-from kernels.depthwise_rows import launch_rows
+from kernels.depthwise_rows import launch_rows, rows_config
 
 # (N, C, H, W, stride, epilogue, config): odd sizes (7 rows: not a multiple of ROWS; 5 and 7 columns: off the
 # power-of-2 row tile), batch 1, C = 20 off BLOCK_K = 8 (three channel blocks, the last partial).
@@ -80,6 +81,21 @@ def test_launchers_pick_rows_where_it_measured_faster():
     assert pointwise_variant("bwd_input", True, bf16, 16, 16, 2) == "tiles"
     assert pointwise_variant("fwd", False, bf16, 8, 8, 1) == "tiles"
     assert pointwise_variant("fwd", True, bf16, 8, 8, 1, K=5) == "tiles"
+
+
+def test_rows_tiles_follow_the_dtype():
+    """16-bit and float32 inputs have their own measured tiles (kernels/depthwise_rows.py's tables): at 256
+    channels 32x32 float32 measured 444 µs at BLOCK_K 128, the bf16 tile, against 367 at 64 (H200). No
+    float32 tile holds more than 2048 elements a row (BLOCK_W x BLOCK_K), half the largest 16-bit one; off
+    the tables, the rule; the interpreter's tile on the CPU."""
+    assert rows_config(256, 32, 32, 1, torch.bfloat16) == rows_config(256, 32, 32, 1, torch.float16) == (4, 128, 4)
+    assert rows_config(256, 32, 32, 1, torch.float32) == (4, 64, 8)
+    for table, limit in ((depthwise_rows._MEASURED, 4096), (depthwise_rows._MEASURED_FP32, 2048)):
+        for (C, H, stride), (rows, block_k, warps) in table.items():
+            block_w = 1 << ((H - 1) // stride).bit_length()  # next power of 2 of the output width
+            assert block_w * block_k <= limit and rows in (2, 4, 8) and warps in (4, 8), (C, H, stride)
+    assert rows_config(96, 12, 12, 1, torch.float32) == rows_config(96, 12, 12, 1) == (4, 64, 4)
+    assert rows_config(256, 32, 32, 1, torch.float32, cpu=True) == (8, 64, 1)
 
 
 @needs_triton

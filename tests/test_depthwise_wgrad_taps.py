@@ -1,6 +1,6 @@
-"""The "taps" weight gradient of kernels.depthwise and the experimental "rows" one (kernels/depthwise_rows.py)
-against the "gather" kernel and the float64 reference, their argument checks, and the CPU-side bookkeeping of
-bench/wgrad.py (shapes, bytes, configs, and the whole measurement with a fake timer).
+"""The "taps" weight gradient of kernels.depthwise against the "gather" kernel and the float64 reference, their
+argument checks, and the CPU-side bookkeeping of bench/wgrad.py (shapes, bytes, configs, and the whole measurement
+with a fake timer).
 
 Without CUDA the kernels run in Triton's interpreter (tests/conftest.py and test_depthwise set TRITON_INTERPRET
 before triton is imported); the shapes are tiny for it.
@@ -25,10 +25,8 @@ from kernels.depthwise import (
     wgrad_taps_config,
     wgrad_variant,
 )
-from kernels.depthwise_rows import rows_wgrad_config
 
 OUTPUTS = ("grad_weight", "grad_scale", "grad_shift", "grad_z")
-DTYPES = [torch.float32, torch.bfloat16]
 # (N, C, H, W, stride, epilogue, config, programs): odd sizes (5x7: 35 or 12 output pixels, off BLOCK_R),
 # batch 1, C = 20 off BLOCK_K = 8; config None = wgrad_taps_config's interpreter tile; programs = 3 with
 # 3 channel blocks gives one program per channel block, looping over 3 steps (the last one partial).
@@ -64,23 +62,7 @@ def _case_id(case) -> str:
                          ids=["fp32-gz", "fp32-no-gz", "bf16-gz"])  # STORE_GZ's branch does not depend on dtype
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_taps_matches_gather_and_reference(case, dtype, store_grad_z):
-    check_against_gather_and_reference(case, dtype, store_grad_z, "taps")
-
-
-@needs_triton
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("case", CASES, ids=_case_id)
-def test_rows_matches_gather_and_reference(case, dtype):
-    """The rows weight pass (kernels/depthwise_rows.py) over the same cases; where the case names a taps tile,
-    ROWS = 2 and BLOCK_K = 8 instead (three channel blocks; with programs = 3, one program per block looping
-    over every (image, row chunk) unit)."""
-    check_against_gather_and_reference(case, dtype, True, "rows")
-
-
-def check_against_gather_and_reference(case, dtype, store_grad_z, variant):
     N, C, H, W, stride, epilogue, config, programs = case
-    if variant == "rows" and config:
-        config = (2, 8, 1)
     epilogue = epilogue or ""
     relu = "relu" in epilogue
     x, w, sc, sh = (t.detach() if t is not None else None
@@ -89,7 +71,7 @@ def check_against_gather_and_reference(case, dtype, store_grad_z, variant):
     OH, OW = (H - 1) // stride + 1, (W - 1) // stride + 1
     grad_y = torch.randn(N, C, OH, OW, device=DEVICE, dtype=dtype).to(memory_format=torch.channels_last)
     args = (grad_y, x, w, sc, sh, stride, relu, store_grad_z)
-    taps = launch_bwd_weight(*args, config=config and LaunchConfig(*config), programs=programs, variant=variant)
+    taps = launch_bwd_weight(*args, config=config and LaunchConfig(*config), programs=programs, variant="taps")
     gather = launch_bwd_weight(*args, variant="gather")  # its own default configuration
     ref = reference_wgrad(x, w, sc, sh, stride, relu, grad_y)
     # grad_z is written only where the epilogue changes it (relu or scale), as the nets' backward asks for it
@@ -165,22 +147,17 @@ def test_bench_shapes_bytes_and_configs():
         for cfg in configs:
             assert cfg.block_k in wgrad.TAPS_BLOCK_K and cfg.block_k <= max(32, C)
             assert cfg.block_r * cfg.block_k in (1024, 2048) and cfg.num_warps in (4, 8)
-        rows = wgrad.rows_candidates(C, H, s)
-        assert 4 <= len(rows) <= 6 and len(set(rows)) == len(rows)
-        assert rows[0] == rows_wgrad_config(C, H, H, s)
-        assert all(cfg.block_r in (2, 4, 8) and 16 <= cfg.block_k <= max(16, C) for cfg in rows)
 
 
 @needs_triton
 def test_bench_measure_with_fake_timer(monkeypatch):
     """The whole measurement on two tiny layers (interpreted without CUDA): rows, best configs, summary, text.
-    Two configurations per swept variant, to stay quick in the interpreter (the sweeps' own lists are checked
+    Two taps configurations, to stay quick in the interpreter (the sweeps' own lists are checked
     by test_bench_shapes_bytes_and_configs)."""
     from bench import common, wgrad
 
-    taps, rows_ = wgrad.taps_candidates, wgrad.rows_candidates
+    taps = wgrad.taps_candidates
     monkeypatch.setattr(wgrad, "taps_candidates", lambda *shape: taps(*shape)[:2])
-    monkeypatch.setattr(wgrad, "rows_candidates", lambda *shape: rows_(*shape)[:2])
     timed = []
 
     def fake_us(call, n_sets):

@@ -307,15 +307,22 @@ def test_cudnn_benchmark_key_sets_the_flag_the_convolutions_read(flag, ten_image
 def test_cuda_graph_run_trains_as_the_run_without_graphs(model, cifar10_pickles, tmp_path, monkeypatch):
     """cudagraphs=true (the state written in place by the graph; warm_up restores it) gives the epochs of
     cudagraphs=false: ResNet-18 through torch.func, MobileNetV1 with its Triton kernels ("autograd" form).
-    fp32 without TF32, deterministic cuDNN (each setting then repeats bit for bit). Compared: every epoch's
-    train loss and the first epoch's val loss, within 1%. The later val losses are left out: on these random
+    fp32 without TF32, deterministic cuDNN, and Inductor's deterministic mode: without it, Inductor picks
+    among its kernels' configurations by timing them, so two runs of one setting need not sum in the same
+    order. The MobileNetV1 case failed in 4 of 5 runs on 2026-12-01, with the depthwise rows schedule or the
+    tiles alike, one of its losses 1.2-2.2% apart (results/h200-2026-12-01m.log, -n-gpu-tests.log); that
+    Inductor's timing is the cause is not yet checked on the GPU. Compared: every epoch's train loss and the
+    first epoch's val loss, within 1%. The later val losses are left out: on these random
     labels they are chaotic, 5.55 and 4.41 at epoch 3 for two runs without graphs that differed only in
     cuDNN's algorithms and TF32, while their train losses stayed within 0.7% (results/graphs-diverge.py,
     results/h200-2026-12-01h-diverge.log). A step that did not write its state back would leave the train
     loss where it started, 2.35, against 1.98 and 1.63 at epochs 2 and 3 there."""
+    import torch._inductor.config
+
     monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch._inductor.config, "deterministic", True)
     name, option = model.split()
     metrics = {}
     for graphs in ("false", "true"):
@@ -329,5 +336,6 @@ def test_cuda_graph_run_trains_as_the_run_without_graphs(model, cifar10_pickles,
         assert f"cudagraphs={graphs == 'true'}" in lines[0]
         metrics[graphs] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = {graphs: [r["train_loss"] for r in rows] + [rows[0]["val_loss"]] for graphs, rows in metrics.items()}
-    torch.testing.assert_close(torch.tensor(losses["true"]), torch.tensor(losses["false"]), rtol=1e-2, atol=0)
+    torch.testing.assert_close(torch.tensor(losses["true"]), torch.tensor(losses["false"]), rtol=1e-2, atol=0,
+                               msg=lambda m: f"{m}\nlosses with graphs {losses['true']}, without {losses['false']}")
 
