@@ -11,6 +11,9 @@
 # (3) results/depthwise-rows.py: the sweep around the new tiles (256 channels at 32x32 only went from 64 to 128
 #     channels a tile; 256 was not tried there).
 # (4) MobileNetV1 and Xception, (3g) against (4g), alternating in one process each.
+# (5) python3 -m bench.step_profile for MobileNetV1: the depthwise layers' share of the step's GPU time, (3)
+#     cuDNN's against (4) the kernels' (the profile now has (4) and depthwise categories): how much of the step
+#     the kernels can move at all, which the whole-step item of the issue turns on.
 # If an H100 is lent, run results/h200-2026-12-01g.sh (every family, every variant; issue 6's acceptance run)
 # first instead: it works on any GPU and writes bench/results/<device>.md.
 # Started as `results/background.sh start /tmp/s env END_AT=<epoch second> bash results/next-job.sh /tmp/s/runs`
@@ -38,3 +41,7 @@ for net in mobilenetv1 xception; do
     timeout $limit python3 -m bench step nets=$net variants=3g,4g out="$root/$net" >"$root/$net.log" 2>&1
     stamp "$net: $(grep -ho 'Summary.*' "$root/$net/"*.md)"
 done
+if (($(left) > 150)); then
+    timeout $(($(left) - 10)) python3 -m bench.step_profile nets=mobilenetv1 out="$root/profile" >"$root/profile.log" 2>&1
+    stamp "profile ended: $(grep -i 'depthwise' "$root/profile/step-profile.md" | head -n 4 | tr '\n' ';')"
+fi

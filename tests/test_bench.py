@@ -85,15 +85,19 @@ def test_profile_sorts_kernels_into_categories_and_sums_them_per_step():
         "triton_red_fused__native_batch_norm_legit_functional_relu_3": "Inductor (fused Triton)",
         "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<...>": "optimizer (foreach)",
         "void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<float>>": "elementwise",
+        "_dwconv_rows_kernel": "depthwise (kernels/, Triton)",
+        "_dwconv_bwd_weight_taps_kernel": "depthwise (kernels/, Triton)",
+        "void at::native::(anonymous namespace)::conv_depthwise2d_grad_weight_kernel<float>": "depthwise (PyTorch)",
         "some_unknown_kernel": "other",
     }
     assert {k: prof.category(k) for k in names} == names
     times = {k: 100.0 * (i + 1) for i, k in enumerate(names)}  # µs per step
-    cats, top = prof.breakdown("resnet18", "(3) compiled", times, wall_us=4000.0)
-    assert cats[0]["category"] == "other" and cats[0]["ms per step"] == 0.7  # the largest first
+    cats, top = prof.breakdown("mobilenetv1", "(4) compiled + kernels", times, wall_us=11000.0)
+    # the largest first: the two Triton depthwise kernels' 0.7 + 0.8 ms, summed
+    assert cats[0]["category"] == "depthwise (kernels/, Triton)" and cats[0]["ms per step"] == 1.5
     assert sum(r["% of GPU time"] for r in cats[:-1]) == pytest.approx(100)
-    assert cats[-1] == {"net": "resnet18", "variant": "(3) compiled", "category": "GPU busy / wall",
-                        "ms per step": 2.8, "% of GPU time": 70.0}
+    assert cats[-1] == {"net": "mobilenetv1", "variant": "(4) compiled + kernels", "category": "GPU busy / wall",
+                        "ms per step": 5.5, "% of GPU time": 50.0}
     assert [r["ms per step"] for r in top] == sorted((t / 1e3 for t in times.values()), reverse=True)
 
 
