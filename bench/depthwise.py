@@ -430,17 +430,6 @@ def _kernel_call(kind, xs, gs, w, stride, config, programs):
                                           programs=programs, variant="gather")  # the tuner's tiles are gather's
 
 
-def rows_sweep(base: dw.LaunchConfig, C: int, min_block_k: int) -> list[dw.LaunchConfig]:
-    """Launch configurations tried around a rows-schedule default (kernels/depthwise_rows.py;
-    results/depthwise-rows.py): the default first, then ROWS 2 and 8, the other warp count (4 or 8), half the
-    channels (not below min_block_k) and twice (up to 256 and C)."""
-    out = [base, base._replace(block_r=2), base._replace(block_r=8),
-           base._replace(num_warps=8 if base.num_warps == 4 else 4)]
-    out += [base._replace(block_k=base.block_k // 2)] if base.block_k > min_block_k else []
-    out += [base._replace(block_k=base.block_k * 2)] if base.block_k < min(256, dw._next_pow2(C)) else []
-    return list(dict.fromkeys(out))
-
-
 def tuned_kinds(channels_last: bool, N: int, C: int, H: int, stride: int) -> tuple[str, ...]:
     """The kernels tune() sweeps at a shape: the weight pass only where launch_bwd_weight runs "gather" (whose
     tiles the sweep varies) in bfloat16; "taps" has its own sweep, bench/wgrad.py."""

@@ -1017,7 +1017,8 @@ def triton_preferred(channels_last: bool, dtype: torch.dtype, H: int, W: int, st
     2x2 (1.1-3.9x); in float32, cuDNN was faster everywhere except at 2x2 outputs (1.3-1.7x).
     With the rows schedule and at the nets' own layers (H200, bench/results/depthwise-h200.md) the kernels
     were faster than cuDNN at more shapes than this rule gives them (bf16 channels_last: 1.01-1.60x at all but
-    one of 30 cases); the rule stays until impl="auto" under a new one is measured in a whole step.
+    one of 30 cases), yet MobileNetV1's whole step with the kernels at every 16-bit layer ran as fast as under
+    this rule (1.00x, bench/results/h200-mobilenetv1-rule.md), so the rule stays.
     """
     if fused or not channels_last:
         return True

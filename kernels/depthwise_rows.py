@@ -80,24 +80,6 @@ def _w(w_ptr, c, c_ok, T: tl.constexpr, FLIP: tl.constexpr):
 
 
 @triton.jit
-def _program_setup(w_ptr, scale_ptr, shift_ptr, c, c_ok, iw, W: tl.constexpr, C: tl.constexpr,
-                   FLIP: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr):
-    """What a program computes once: the three kernel columns' offsets and masks (iw = each output column's
-    first input column), the nine weights (float32, (1, BLOCK_K)) and the epilogue's scale and shift."""
-    sc, sh = 1.0, 0.0  # the identity where the epilogue has no scale or shift
-    if HAS_SCALE:
-        sc = tl.load(scale_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
-    if HAS_SHIFT:
-        sh = tl.load(shift_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
-    # one flat tuple: Triton 3.6's cache key (jit.py's DependenciesFinder) fails on a nested tuple target at
-    # the call ("unhashable type: 'list'"), though Triton 3.8 and the interpreter accept it
-    return (iw * C + c, (iw + 1) * C + c, (iw + 2) * C + c, iw >= 0, iw + 1 < W, iw + 2 < W,
-            _w(w_ptr, c, c_ok, 0, FLIP), _w(w_ptr, c, c_ok, 1, FLIP), _w(w_ptr, c, c_ok, 2, FLIP),
-            _w(w_ptr, c, c_ok, 3, FLIP), _w(w_ptr, c, c_ok, 4, FLIP), _w(w_ptr, c, c_ok, 5, FLIP),
-            _w(w_ptr, c, c_ok, 6, FLIP), _w(w_ptr, c, c_ok, 7, FLIP), _w(w_ptr, c, c_ok, 8, FLIP), sc, sh)  # fmt: skip
-
-
-@triton.jit
 def _dot3(a0, a1, a2, w0, w1, w2):
     return a0.to(tl.float32) * w0 + a1.to(tl.float32) * w1 + a2.to(tl.float32) * w2
 
@@ -138,8 +120,17 @@ def _dwconv_rows_kernel(
     c = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)[None, :]  # (1, BLOCK_K)
     c_ok = c < C
     ok = (ow < OW) & c_ok
-    col0, col1, col2, ok0, ok1, ok2, w0, w1, w2, w3, w4, w5, w6, w7, w8, sc, sh = _program_setup(
-        w_ptr, scale_ptr, shift_ptr, c, c_ok, ow * STRIDE - 1, W, C, FLIP, HAS_SCALE, HAS_SHIFT)
+    iw = ow * STRIDE - 1  # each output column's first input column
+    col0, col1, col2 = iw * C + c, (iw + 1) * C + c, (iw + 2) * C + c  # the three kernel columns' offsets
+    ok0, ok1, ok2 = iw >= 0, iw + 1 < W, iw + 2 < W  # and masks
+    w0, w1, w2 = _w(w_ptr, c, c_ok, 0, FLIP), _w(w_ptr, c, c_ok, 1, FLIP), _w(w_ptr, c, c_ok, 2, FLIP)
+    w3, w4, w5 = _w(w_ptr, c, c_ok, 3, FLIP), _w(w_ptr, c, c_ok, 4, FLIP), _w(w_ptr, c, c_ok, 5, FLIP)
+    w6, w7, w8 = _w(w_ptr, c, c_ok, 6, FLIP), _w(w_ptr, c, c_ok, 7, FLIP), _w(w_ptr, c, c_ok, 8, FLIP)
+    sc, sh = 1.0, 0.0  # the identity where the epilogue has no scale or shift
+    if HAS_SCALE:
+        sc = tl.load(scale_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
+    if HAS_SHIFT:
+        sh = tl.load(shift_ptr + c, mask=c_ok, other=0.0).to(tl.float32)
     x_img = x_ptr + n * (H * W * C)
     y_img = y_ptr + n * (OH * OW * C)
     top = oh0 * STRIDE - 1  # the input row under the window's first row, at output row oh0

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import copy_gbs  # noqa: E402
-from bench.depthwise import DTYPES, graph_us, layer_table, n_sets_for, rows_sweep  # noqa: E402
+from bench.depthwise import DTYPES, graph_us, layer_table, n_sets_for  # noqa: E402
 from kernels import depthwise as dw  # noqa: E402
 from kernels.depthwise_rows import launch_rows, rows_config  # noqa: E402
 
@@ -25,8 +25,14 @@ UPCAST = (False, True)  # launch_rows(upcast=...): each tile converted to float3
 
 
 def rows_candidates(C: int, H: int, stride: int, dtype: torch.dtype) -> list[dw.LaunchConfig]:
-    """bench/depthwise.py's rows_sweep around rows_config (32 channels at least)."""
-    return rows_sweep(rows_config(C, H, H, stride, dtype), C, 32)
+    """The launch configurations tried around rows_config's: it first, then ROWS 2 and 8, the other warp count
+    (4 or 8), half the channels (not below 32) and twice (up to 256 and C)."""
+    base = rows_config(C, H, H, stride, dtype)
+    out = [base, base._replace(block_r=2), base._replace(block_r=8),
+           base._replace(num_warps=8 if base.num_warps == 4 else 4)]
+    out += [base._replace(block_k=base.block_k // 2)] if base.block_k > 32 else []
+    out += [base._replace(block_k=base.block_k * 2)] if base.block_k < min(256, dw._next_pow2(C)) else []
+    return list(dict.fromkeys(out))
 
 
 def calls(kind, xs, w, stride):

@@ -13,20 +13,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import header, to_markdown, write_report  # noqa: E402
+from bench.common import header, publish, to_markdown  # noqa: E402
 from bench.step import (  # noqa: E402
     BASELINE,
     BATCH,
     CUDNN_LABELS,
     GRAPHS,
     KERNELS_GRAPHS,
-    functional_step,
     prepare_net,
     time_net,
-    warm,
 )
 from kernels import depthwise as dw  # noqa: E402
-from train.step import precision_for  # noqa: E402
 
 WIDE = "(4w) (4g) with triton_preferred true in 16 bits"
 CALLS, ROUNDS = 10, 5  # bench/step.py's measure, not quick
@@ -41,13 +38,12 @@ def measure(name: str, device: torch.device) -> list[dict]:
     trains, infers, compile_s = prepare_net(name, device, [BASELINE, GRAPHS, KERNELS_GRAPHS])
     rule = dw.triton_preferred
     dw.triton_preferred = wide_rule(rule)
-    try:
-        torch._dynamo.reset()
-        trains[WIDE], infers[WIDE] = functional_step(name, device, precision_for(device, "auto"), True, True,
-                                                     cudagraphs=True)
-        compile_s[WIDE] = warm(trains[WIDE], device) + warm(infers[WIDE], device)
+    try:  # (4g) once more, built and warmed up (traced, so the rule is read) under the wider rule
+        wide = prepare_net(name, device, [KERNELS_GRAPHS])
     finally:
         dw.triton_preferred = rule
+    for prepared, part in zip((trains, infers, compile_s), wide):
+        prepared[WIDE] = part[KERNELS_GRAPHS]
     return time_net(name, device, (trains, infers, compile_s), CALLS, ROUNDS)
 
 
@@ -72,8 +68,7 @@ def main(argv: list[str]) -> None:
                   "Inference: the eager module and the last variant (4w)."],
     }
     head = header(device, "python3 results/step-rule.py " + " ".join(argv))
-    write_report(prefix, result, head, "\n".join(f"{k}: {v}" for k, v in head.items()) + "\n\n" + to_markdown(result))
-    print(to_markdown(result))
+    publish(prefix, result, head, lambda r, h: "\n".join(f"{k}: {v}" for k, v in h.items()) + "\n\n" + to_markdown(r))
 
 
 if __name__ == "__main__":
