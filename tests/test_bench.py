@@ -88,17 +88,27 @@ def test_profile_sorts_kernels_into_categories_and_sums_them_per_step():
         "_dwconv_rows_kernel": "depthwise (kernels/, Triton)",
         "_dwconv_bwd_weight_taps_kernel": "depthwise (kernels/, Triton)",
         "void at::native::(anonymous namespace)::conv_depthwise2d_grad_weight_kernel<float>": "depthwise (PyTorch)",
+        "dgrad2d_c1_k1_nhwc_specialized": "depthwise (PyTorch)",  # cuDNN's channels_last depthwise kernels
+        "wgrad2d_c1_k1_nhwc_reduce": "depthwise (PyTorch)",
+        "conv2d_c1_k1_nhwc_specialized": "depthwise (PyTorch)",
         "some_unknown_kernel": "other",
     }
     assert {k: prof.category(k) for k in names} == names
     times = {k: 100.0 * (i + 1) for i, k in enumerate(names)}  # µs per step
     cats, top = prof.breakdown("mobilenetv1", "(4) compiled + kernels", times, wall_us=11000.0)
-    # the largest first: the two Triton depthwise kernels' 0.7 + 0.8 ms, summed
-    assert cats[0]["category"] == "depthwise (kernels/, Triton)" and cats[0]["ms per step"] == 1.5
+    # the largest first: the three cuDNN depthwise kernels' 1.0 + 1.1 + 1.2 ms and aten's 0.9, summed
+    assert cats[0]["category"] == "depthwise (PyTorch)" and cats[0]["ms per step"] == pytest.approx(4.2)
+    assert cats[1]["category"] == "depthwise (kernels/, Triton)" and cats[1]["ms per step"] == 1.5
     assert sum(r["% of GPU time"] for r in cats[:-1]) == pytest.approx(100)
     assert cats[-1] == {"net": "mobilenetv1", "variant": "(4) compiled + kernels", "category": "GPU busy / wall",
-                        "ms per step": 5.5, "% of GPU time": 50.0}
+                        "ms per step": 9.1, "% of GPU time": pytest.approx(82.72727)}
     assert [r["ms per step"] for r in top] == sorted((t / 1e3 for t in times.values()), reverse=True)
+    assert {r["kernel"] for r in top} == set(names)  # every kernel, by its full name
+    # The markdown lists each variant's TOP (12) longest: all but the shortest (the first name) of the 13.
+    result = {"title": "t", "columns": ["net", "variant", "category", "ms per step", "% of GPU time"],
+              "rows": cats, "kernels": top + [dict(r, variant="(3) compiled") for r in top]}
+    md = prof.report(result, {"device": "test"})
+    assert all(md.count(f"| {k} |") == 2 for k in list(names)[1:]) and next(iter(names)) not in md
 
 
 def test_depthwise_bench_has_every_depthwise_layer_of_the_nets_and_no_other():
