@@ -31,9 +31,10 @@ NETS = ("resnet18", "vgg16")  # the default nets: the two furthest from issue 6'
 # kernels name their pass (dgrad: grad-input, wgrad: grad-weight); Inductor's generated kernels start triton_;
 # kernels/depthwise.py's start _dwconv (before "conv", which would take them). PyTorch's own depthwise kernels
 # (aten's conv_depthwise2d_*) name themselves; cuDNN's channels_last ones are conv2d_, dgrad2d_ and
-# wgrad2d_c1_k1_nhwc* (one input and one output channel a group): in the top-kernel table of MobileNetV1's step
+# wgrad2d_c1_k1_nhwc* (c1_k1: one channel in and out a group, presumably). In the top-kernel table of MobileNetV1's step
 # (H200, bench/results/step-profile-mobilenetv1.md) they take 1.22 ms a step without the Triton kernels and 0.32
-# ms with them, which replace most depthwise layers and no other; the ResNet and VGG profiles have none.
+# ms with them, which replace most depthwise layers and no other; none is in the ResNet-18 and VGG-16 tables
+# (bench/results/step-profile.md).
 CATEGORIES = (
     ("depthwise (kernels/, Triton)", ("_dwconv",)),
     ("depthwise (PyTorch)", ("depthwise", "2d_c1_k1_")),
