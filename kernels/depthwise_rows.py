@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.depthwise import LaunchConfig, _affine_relu, _cdiv, _launch, _next_pow2, _output_hw
+from kernels.depthwise import LaunchConfig, _affine_relu, _cdiv, _empty, _launch, _next_pow2, _output_hw
 
 __all__ = ["launch_rows", "rows_config"]
 
@@ -163,7 +163,7 @@ def launch_rows(x: torch.Tensor, weight: torch.Tensor, scale, shift, stride: int
     if flip and (stride != 1 or scale is not None or shift is not None or relu):
         raise ValueError("flip=True is the stride-1 grad-input pass: stride 1 and no scale, shift or relu")
     OH, OW = _output_hw(H, W, stride)
-    y = torch.empty((N, C, OH, OW), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+    y = _empty((N, C, OH, OW), x, channels_last=True)  # by strides: see _empty
     cfg = config or rows_config(C, H, W, stride, x.dtype, cpu=not x.is_cuda)
     grid = (N * _cdiv(OH, cfg.block_r), _cdiv(C, cfg.block_k))
     _launch(

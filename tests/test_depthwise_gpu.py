@@ -91,6 +91,23 @@ def test_compiled_matches_eager(layout):
         assert rel_err(b, a) < 1e-3
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_compiled_graph_writes_the_outputs_once(layout):
+    """Inductor (torch 2.11) lowers a channels_last torch.empty inside a triton_op to an empty plus a copy that
+    writes NaN over it, a whole extra pass over each output before the kernel writes it (kernels.depthwise
+    ._empty allocates by strides instead): no kernel of the compiled graph may store a NaN constant."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    N, C, H, _, _ = COMPILE_CASE
+    inputs = _inputs(N, C, H, torch.bfloat16, layout, True)
+    with _trace_autograd_ops():
+        _, codes = run_and_get_code(torch.compile(_loss_and_grads), *inputs)
+    assert codes and "_dwconv_" in "".join(codes)
+    fills = [line.strip() for code in codes for line in code.splitlines() if 'float("nan")' in line]
+    assert not fills, fills
+
+
 def test_compiled_has_no_graph_breaks():
     if not hasattr(torch._dynamo.config, "trace_autograd_ops"):
         pytest.skip("this torch has no trace_autograd_ops: torch.autograd.grad breaks the graph")
