@@ -16,7 +16,9 @@ import types
 from pathlib import Path
 
 import torch
+from torch import nn
 
+from nets.core import Net
 from train.config import parse
 from train.loop import TIMING_KEYS, run
 
@@ -28,6 +30,17 @@ STEPS_PER_EPOCH = 18  # 180 training images / batch_size 10
 
 def train_args(data, out, *extra) -> list[str]:
     return [*TINY, f"data={data}", f"out={out}", *REFERENCE, *extra]
+
+
+def bn_net(num_classes: int = 10, width: int = 8) -> Net:
+    """Conv-BN-ReLU twice (the second at stride 2), pool, linear: BatchNorm state as the zoo's nets have, in 2
+    convolutions where a ResNet-18 has 20. The distributed tests' BatchNorm net; the compiled-loop test trains
+    it as a model (width: as ResNet's net.width), since dynamo's tracing of the 4-channel ResNet-18 took 38 s of
+    that test's 46 (cProfile, 2026-12-02)."""
+    return Net("bn_net", lambda: nn.Sequential(
+        nn.Conv2d(3, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.Conv2d(width, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes)), num_classes)
 
 
 @contextlib.contextmanager

@@ -24,6 +24,10 @@ REPO = Path(__file__).resolve().parents[1]
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO))  # the worker runs as a script, outside pytest's path setup
 
+# bn_net: the plain net below with BatchNorm after each convolution. Per-rank statistics make each rank's step
+# depend on which images share its batch, so only synchronised BN gives the large-batch step.
+from runs import bn_net  # noqa: E402
+
 import nets  # noqa: E402
 from nets.core import Net  # noqa: E402
 from train import distributed  # noqa: E402
@@ -52,15 +56,6 @@ def plain_net() -> Net:
     gradient, so averaged gradients give exactly the large-batch step."""
     return Net("plain", lambda: nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)), 10)
-
-
-def bn_net() -> Net:
-    """The plain net with BatchNorm after each convolution: per-rank statistics make each rank's step depend on
-    which images share its batch, so only synchronised BN gives the large-batch step."""
-    return Net("bn", lambda: nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10)), 10)
 
 

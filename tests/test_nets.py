@@ -30,9 +30,10 @@ PARAM_COUNTS = {
 }
 
 CASES = [(name, classes) for name in nets.names() for classes in (10, 100)]
-# The three deepest nets run test_contract at 10 classes only and skip test_init_is_seeded: the 100-class head
-# and the init are the same code as their families' smaller members check (resnet18-50, vit_tiny, vit_small),
-# and the three cost ~15 s of the 2-core CI's 10 minutes there (`pytest --durations`, 2026-12-01).
+# The three deepest nets run test_contract at 10 classes only and skip test_init_is_seeded and
+# test_functional_equals_module: the 100-class head, the init and the blocks are the same code as their
+# families' smaller members check (resnet18-50, vit_tiny, vit_small), and the three cost ~15 s of the 2-core
+# CI's 10 minutes in the first two and ~7 s in the third (`pytest --durations`, 2026-12-01 and -02).
 DEEPEST = {"resnet101", "resnet152", "vit_base"}
 CONTRACT_CASES = [(name, classes) for name, classes in CASES if classes == 10 or name not in DEEPEST]
 
@@ -49,11 +50,13 @@ def test_every_net_is_pinned():
 
 @pytest.mark.parametrize("name,classes", CASES)
 def test_param_count(name, classes):
+    """The count the skeleton reports, and (at 10 classes: init is the same code at 100) the tensors init makes."""
     net = nets.build(name, classes)
-    params, _ = net.init(torch.Generator().manual_seed(0))
     expected = PARAM_COUNTS[name][classes == 100]
     assert net.param_count() == expected
-    assert sum(p.numel() for p in params.values()) == expected
+    if classes == 10:
+        params, _ = net.init(torch.Generator().manual_seed(0))
+        assert sum(p.numel() for p in params.values()) == expected
 
 
 @pytest.mark.parametrize("name,classes", CONTRACT_CASES)
@@ -91,7 +94,7 @@ def test_contract(name, classes):
     assert loss_fn(stepped)[0] < loss
 
 
-@pytest.mark.parametrize("name", nets.names())
+@pytest.mark.parametrize("name", [n for n in nets.names() if n not in DEEPEST])
 def test_functional_equals_module(name):
     """apply(...) gives what the plain nn.Module gives with the same tensors loaded, in both modes."""
     net, params, state = fresh_net(name, 10)
