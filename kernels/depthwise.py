@@ -681,10 +681,10 @@ def _dense(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
 def _empty(shape, like: torch.Tensor, channels_last: bool, dtype=None) -> torch.Tensor:
     """An uninitialised (N, C, H, W) output in the layout, allocated by its strides, not memory_format=.
     Inside a triton_op, Inductor (torch 2.11) lowers empty(memory_format=channels_last) as a contiguous empty
-    (its `empty` lowering drops memory_format) and copies that into the strides the op was traced with: a
-    kernel that writes NaN over the whole output before ours writes it (20 launches, 0.10 ms of MobileNetV1's
-    3.73 ms step on the H200: results/h200-2026-12-01t-fills.txt, bench/results/step-profile-mobilenetv1-
-    fills.md). empty_strided stays a no-op there."""
+    (its `empty` lowering, torch/_inductor/lowering.py, drops memory_format) and copies that into the strides
+    the op was traced with: a kernel that writes NaN over the whole output before ours writes it (20 launches,
+    0.10 ms of MobileNetV1's 3.73 ms step on the H200: results/h200-2026-12-01t-fills.txt,
+    bench/results/step-profile-mobilenetv1-fills.md). empty_strided stays a no-op there."""
     N, C, H, W = shape
     strides = (H * W * C, 1, W * C, C) if channels_last else (C * H * W, H * W, W, 1)
     return torch.empty_strided(shape, strides, device=like.device, dtype=dtype or like.dtype)
