@@ -4,6 +4,10 @@ the launchers' choice of it (through the launchers, tests/test_depthwise.py chec
 In Triton's interpreter without CUDA (tests/conftest.py sets TRITON_INTERPRET); the shapes are tiny.
 """
 
+import json
+import math
+from pathlib import Path
+
 import pytest
 import torch
 from test_depthwise import (  # noqa: F401 (one_cpu_thread: an autouse fixture, active where imported)
@@ -103,10 +107,6 @@ def test_rows_tiles_follow_the_committed_sweep():
     results/depthwise-rows.py), the table's tile was timed and is within 10% of the best tile timed there, in
     geometric mean over both batches and both passes: the run of 2026-12-01 21:27 found at most 7.3%
     (float32, 64 channels 32x32 stride 2), and no 16-bit layer more than 3.7%."""
-    import json
-    import math
-    from pathlib import Path
-
     measured = json.loads((Path(__file__).parents[1] / "bench/results/depthwise-rows-h200.json").read_text())
     times: dict[tuple, dict[tuple, dict[str, float]]] = {}  # layer -> (pass, batch) -> tile -> µs
     for r in measured["rows"]:
