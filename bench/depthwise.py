@@ -24,7 +24,8 @@ Bandwidth counts the fewest bytes any implementation must move (x: N*C*H*W, y: N
     forward:           read x + write y                                      (+ the weight, negligible)
     forward+backward:  forward + read grad_y + read x again + write grad_x   = 3 x + 2 y
 "% copy" is that byte count over the time, relative to a device-to-device copy (bytes read + written)
-measured in the same run.
+measured in the same run. The summary's "ceiling" is PyTorch's best time over the time that byte count takes at
+the copy bandwidth: the speedup no kernel can pass, and from it the % of copy the speedup target needs.
 """
 
 import functools
@@ -325,6 +326,8 @@ def summarize(rows: list[dict], copy_gbs: float) -> dict:
     largest = sorted({r["bytes fwd+bwd"] for r in bf16_cl}, reverse=True)[:LARGEST]
     big = [r for r in bf16_cl if r["bytes fwd+bwd"] in largest]
     slowest = min(rows, key=lambda r: r["fwd+bwd speedup vs best"])
+    torch_pct = [100 * _copy_us(r, copy_gbs) / _best_us(r) for r in bf16_cl]
+    ceiling = geomean([_best_us(r) / _copy_us(r, copy_gbs) for r in bf16_cl])
     return {
         "copy GB/s": copy_gbs,
         "geomean fwd+bwd speedup bf16 channels_last vs best": geomean(
@@ -347,6 +350,12 @@ def summarize(rows: list[dict], copy_gbs: float) -> dict:
             [_torch_same_layout_us(r) / r["triton fwd+bwd us"] for r in rows if r["layout"] == "nchw"]),
         "geomean fwd+bwd speedup vs PyTorch in the same layout, channels_last": geomean(
             [_torch_same_layout_us(r) / r["triton fwd+bwd us"] for r in rows if r["layout"] == "channels_last"]),
+        # What any implementation could reach: the fewest bytes moved at the copy bandwidth, against PyTorch.
+        "ceiling: geomean fwd+bwd speedup vs best at 100% copy, bf16 channels_last": ceiling,
+        "ceiling: geomean fwd+bwd % copy the speedup target needs, bf16 channels_last": (
+            100 * TARGETS["geomean fwd+bwd speedup bf16"] / ceiling),
+        "best PyTorch fwd+bwd % copy, bf16 channels_last: geomean, min, max": [
+            geomean(torch_pct), min(torch_pct), max(torch_pct)],
         "impl=auto: geomean fwd+bwd speedup vs best, bf16 channels_last": geomean(
             [_best_us(r) / _auto_us(r) for r in bf16_cl]),
         "impl=auto: min fwd+bwd speedup vs PyTorch in the same layout": min(
@@ -362,6 +371,11 @@ def _torch_same_layout_us(r: dict) -> float:
 
 def _best_us(r: dict) -> float:
     return r["fwd+bwd speedup vs best"] * r["triton fwd+bwd us"]
+
+
+def _copy_us(r: dict, copy_gbs: float) -> float:
+    """µs to move the row's fewest forward+backward bytes (min_bytes) at the copy bandwidth: no kernel is faster."""
+    return r["bytes fwd+bwd"] / copy_gbs / 1e3
 
 
 def _auto_us(r: dict) -> float:

@@ -129,3 +129,27 @@ def test_depthwise_bench_has_every_depthwise_layer_of_the_nets_and_no_other():
     assert dict((row[1:], row[0]) for row in table)[(1024, 4, 1)] == "mobilenet_v1+xception"
     assert set(depthwise.QUICK["shapes"]) <= {row[1:] for row in table}
 
+
+
+def test_depthwise_summary_bounds_the_speedup_by_the_copy_bandwidth():
+    """The summary's ceiling is PyTorch's best time over the time to move min_bytes at the copy bandwidth:
+    at 1,000 GB/s, 1 MB takes 1 µs and 2 MB 2 µs; PyTorch's best at 4 and 18 µs gives ceilings 4 and 9, whose
+    geometric mean, 6, puts the 3x target at 50% of the copy bandwidth. NCHW rows do not count."""
+    from bench import depthwise
+
+    def row(layout, nbytes, torch_us, triton_us):
+        return {"net": "t", "N": 1, "C": 8, "H": 4, "stride": 1, "dtype": "bf16", "layout": layout,
+                "bytes fwd+bwd": nbytes, "torch fwd+bwd us": torch_us, "torch[bench] fwd+bwd us": torch_us,
+                "triton fwd+bwd us": triton_us, "fwd+bwd speedup vs best": torch_us / triton_us,
+                "fwd+bwd speedup vs default": torch_us / triton_us, "fwd speedup vs best": 1.0,
+                "eager fwd+bwd speedup vs best": 1.0, "triton fwd % copy": 50.0,
+                "triton fwd+bwd % copy": 100 * nbytes / 1e9 / triton_us, "out rel err": 0.0}
+
+    rows = [row("channels_last", 10**6, 4.0, 2.0), row("channels_last", 2 * 10**6, 18.0, 9.0),
+            row("nchw", 10**6, 100.0, 2.0)]
+    s = depthwise.summarize(rows, copy_gbs=1000.0)
+    assert s["ceiling: geomean fwd+bwd speedup vs best at 100% copy, bf16 channels_last"] == pytest.approx(6.0)
+    assert s["ceiling: geomean fwd+bwd % copy the speedup target needs, bf16 channels_last"] == pytest.approx(50.0)
+    pct = s["best PyTorch fwd+bwd % copy, bf16 channels_last: geomean, min, max"]
+    assert pct == pytest.approx([(25 * 100 / 9) ** 0.5, 100 / 9, 25.0])
+    assert s["geomean fwd+bwd speedup bf16 channels_last vs best"] == pytest.approx(2.0)
