@@ -1,13 +1,15 @@
 """The depthwise 3x3 weight gradient alone, channels_last: the "gather" kernel (its default launch configuration)
 against the "taps" kernel over a few candidate configurations, at every depthwise layer of the CIFAR MobileNetV1
 and Xception (bench/depthwise.py's layer table), batch 256 and 512, bfloat16 and float32. (Until 2026-12-01 a
-third, on kernels/depthwise_rows.py's schedule, was timed beside them; bench/results/wgrad-h200.md has its last
-figures, 0.99x taps in bf16 and 0.89x in fp32, after which it was removed.)
+third, on kernels/depthwise_rows.py's schedule, was timed beside them; bench/results/wgrad-h200-with-rows.md has
+its last figures, 0.99x taps in bf16 and 0.89x in fp32, after which it was removed.)
 
     python3 bench/wgrad.py [PREFIX]   -> PREFIX.json + PREFIX.md (default bench/results/wgrad-<gpu slug>)
 
-Each call is kernels.depthwise.launch_bwd_weight as the nets' backward calls it (_DepthwiseConv2dFn.backward
-with a folded BatchNorm and relu): scale, shift, relu, store_grad_z=True; float32 weight, scale and shift.
+Each call is kernels.depthwise.launch_bwd_weight as _DepthwiseConv2dFn.backward calls it under a fused epilogue
+(a folded BatchNorm and relu): scale, shift, relu, store_grad_z=True; float32 weight, scale and shift. (The nets
+call the convolution without one in training, BatchNorm needing the batch's statistics: their weight pass skips
+the recomputation of z and its tile follows bench/depthwise.py's runs; see kernels.depthwise.wgrad_taps_config.)
 It is the weight-gradient kernel plus the small kernel that adds the partial sums (identical for every
 variant). Every kernel variant is compiled first, in parallel processes (kernels.depthwise._in_processes),
 and each timed call is warmed up; times are bench/depthwise.py's CUDA-graph medians over rotating input sets
@@ -36,7 +38,9 @@ from bench.depthwise import BATCHES, DTYPES, K, graph_us, layer_table, n_sets_fo
 from kernels import depthwise as dw  # noqa: E402
 
 TAPS_BLOCK_K = (32, 64, 128)  # channels per tile, capped at C (rounded up to a power of 2)
-TAPS_TILES = ((1024, 4), (2048, 8))  # (BLOCK_R * BLOCK_K elements, num_warps): 8 elements per thread and tile
+# (BLOCK_R * BLOCK_K elements, num_warps): 8 elements per thread and tile, and 4 (16 bits' default since
+# results/wgrad-occupancy.py's sweep, bench/results/wgrad-occupancy-h200.md)
+TAPS_TILES = ((1024, 4), (2048, 8), (512, 4))
 NARROW_TILES = ((2048, 4), (1024, 8))  # added where only one BLOCK_K fits (C = 32): the other warp counts
 # ||taps - gather|| / ||gather|| allowed, as tests/test_depthwise.py's TOL: float32 sums in another order;
 # bfloat16 grad_z is rounded from float32 values that differ in their last bits. A relu-mask flip (the two
@@ -59,17 +63,20 @@ def wgrad_bytes(N: int, C: int, H: int, stride: int, elt: int) -> int:
     return N * C * (H * H + 2 * OH * OH) * elt
 
 
-def taps_candidates(C: int, H: int, stride: int) -> list[dw.LaunchConfig]:
-    """The launch configurations tried for "taps": wgrad_taps_config's default first, then the sweep."""
+def taps_candidates(C: int, H: int, stride: int, dname: str) -> list[dw.LaunchConfig]:
+    """The launch configurations tried for "taps" in dtype dname: wgrad_taps_config's default first, then the
+    sweep."""
     block_ks = [bk for bk in TAPS_BLOCK_K if bk <= max(TAPS_BLOCK_K[0], dw._next_pow2(C))]
     tiles = TAPS_TILES + (NARROW_TILES if len(block_ks) == 1 else ())
     sweep = [dw.LaunchConfig(elements // bk, bk, warps) for bk in block_ks for elements, warps in tiles]
-    return list(dict.fromkeys([dw.wgrad_taps_config(C, H, H, stride), *sweep]))  # unique, in order
+    # the epilogue's tile (need_z): it does not depend on the batch
+    default = dw.wgrad_taps_config(DTYPES[dname], BATCHES[0], C, H, H, stride, need_z=True)
+    return list(dict.fromkeys([default, *sweep]))  # unique, in order
 
 
-def variants(C: int, H: int, stride: int) -> list[tuple[str, dw.LaunchConfig | None]]:
-    """(variant, config) per timed call of a layer; config None = the variant's default (gather's)."""
-    return [("gather", None)] + [("taps", cfg) for cfg in taps_candidates(C, H, stride)]
+def variants(C: int, H: int, stride: int, dname: str) -> list[tuple[str, dw.LaunchConfig | None]]:
+    """(variant, config) per timed call of a layer in dtype dname; config None = the variant's default (gather's)."""
+    return [("gather", None)] + [("taps", cfg) for cfg in taps_candidates(C, H, stride, dname)]
 
 
 def _epilogue_params(C: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -119,7 +126,7 @@ def measure_case(net, N, C, H, stride, dname, copy_gbs, device, time_us=graph_us
     params = _epilogue_params(C, device)
     gather_cfg = dw.wgrad_config(True, C, H, H, stride, K, cpu=not xs[0].is_cuda)
     rows, ref = [], None
-    for variant, cfg in variants(C, H, stride):
+    for variant, cfg in variants(C, H, stride, dname):
         call = _wgrad_call(xs, gs, params, stride, variant, cfg)
         outs = call(0)  # also the warm-up of this kernel in this process
         ref = ref if ref is not None else outs  # gather's outputs, the first variant's
@@ -165,7 +172,8 @@ def summarize(rows: list[dict], best: list[dict], copy_gbs: float) -> dict:
             for r in rows
             if r["dtype"] == dname
             and r["variant"] == "taps"
-            and r["config"] == str(tuple(dw.wgrad_taps_config(r["C"], r["H"], r["H"], r["stride"])))
+            and r["config"] == str(tuple(dw.wgrad_taps_config(DTYPES[dname], r["N"], r["C"], r["H"], r["H"],
+                                                               r["stride"], need_z=True)))
         ]
         summary |= {
             f"geomean speedup, best taps config vs gather, {dname}": geomean([r["speedup"] for r in b]),
@@ -204,7 +212,7 @@ def measure(
     if compile_ahead:
         dw._in_processes(_compile_job, [(d, C, H, s, variant, tuple(cfg) if cfg else None)
                                         for _, C, H, s in layers for d in dnames
-                                        for variant, cfg in variants(C, H, s)])  # fmt: skip
+                                        for variant, cfg in variants(C, H, s, d)])  # fmt: skip
     compile_s = time.perf_counter() - start
     copy_gbs = copy_gbs or copy_bandwidth_gbs(device)
     rows = []

@@ -216,38 +216,58 @@ def wgrad_config(channels_last: bool, C: int, H: int, W: int, stride: int, K: in
 
 # launch_bwd_weight(variant=...): the 3-D tap gather, or 9 shifted 2-D loads (channels_last 3x3 only). A third,
 # on the rows schedule of kernels/depthwise_rows.py, measured 0.99x taps in bf16 and 0.89x in fp32 (geometric
-# means, 0.82-1.26x per layer, bench/results/wgrad-h200.md, 2026-12-01) and was removed after that run.
+# means, 0.82-1.26x per layer, bench/results/wgrad-h200-with-rows.md, 2026-12-01) and was removed after that run.
 WGRAD_VARIANTS = ("gather", "taps")
 
 
 def wgrad_variant(channels_last: bool, dtype: torch.dtype, N: int, C: int, H: int, W: int, stride: int,
                   K: int = 3) -> str:
     """The weight-gradient kernel launch_bwd_weight uses by default: "taps" where it measured faster than
-    "gather" on an H200 (bench/results/wgrad-h200.md, 2026-12-01, at the nets' 15 layers, both with the fused
-    epilogue, batch 256 and 512): in float32 at all 30 cases (1.31-3.42x); in bfloat16 from 2**22 output
-    elements (N x C x OH x OW; 1.04-1.87x, and 1.05x at the one stride-2 case on the line), while gather was
-    faster below, at the smaller stride-2 layers and at 4x4 outputs of 512 channels at batch 256 (0.56-0.89x).
+    "gather" on an H200, both with the fused epilogue, at the nets' 15 layers, batch 256 and 512, at
+    wgrad_taps_config's tiles (bench/results/wgrad-h200.md, 2026-12-02 03:16 UTC): in float32 at all 30 cases
+    (1.32-3.30x); in bfloat16 from 2**21 output elements (N x C x OH x OW; 1.09-2.14x), while gather was
+    faster at the one case below, 256 channels 8x8 stride 2 at batch 256 (0.87x; the same in
+    bench/results/wgrad-occupancy-h200.md, 03:04, whose 16-bit tile moved the line down from 2**22). Without
+    the epilogue, the three 2**21 cases ran forward+backward 1.02-1.07x faster with taps than with gather
+    (bench/results/wgrad-tiles-h200.md).
     float16 follows bfloat16 (same loads; not measured apart). "taps" exists for channels_last 3x3 only."""
     if not (channels_last and K == 3):
         return "gather"
     if dtype == torch.float32:
         return "taps"
     OH, OW = _output_hw(H, W, stride)
-    return "taps" if N * C * OH * OW >= 1 << 22 else "gather"
+    return "taps" if N * C * OH * OW >= 1 << 21 else "gather"
 
 
-_TAPS_TILE = 1024  # elements of each (BLOCK_R, BLOCK_K) tile: 9 float32 accumulators + 9 x tiles in registers
+# The "taps" weight pass holds 9 float32 accumulators and 9 x tiles per element of a thread: in 16 bits it moves
+# bytes at half its float32 rate, bound by registers and elements rather than bytes, so where it also recomputes
+# z (NEED_Z, for relu's mask or dscale) a smaller tile, more programs resident per SM, is faster.
+_TAPS_TILES = (1024, 512)  # elements of each (BLOCK_R, BLOCK_K) tile with 4 warps: 8 per thread, 4 per thread
+_TAPS_PLAIN_SMALL = 1 << 23  # output elements (N x C x OH x OW) under which the plain 16-bit pass takes 512 too
 
 
-def wgrad_taps_config(C: int, H: int, W: int, stride: int, cpu: bool = False) -> LaunchConfig:
-    """Tiles (BLOCK_R, BLOCK_K) of the "taps" weight gradient (channels_last, 3x3): 32 x 32 with
-    4 warps, the fastest of bench/wgrad.py's candidates at 56 of the 60 (layer, batch, dtype) cases on an H200
-    (bench/results/wgrad-h200.md, 2026-12-01; its "default" summary lines are the (16, 64, 4) this replaced):
-    8 elements per thread and tile keep the 9 accumulators and the 9 x tiles in registers."""
+def wgrad_taps_config(dtype: torch.dtype, N: int, C: int, H: int, W: int, stride: int, need_z: bool,
+                      cpu: bool = False) -> LaunchConfig:
+    """Tiles (BLOCK_R, BLOCK_K) of the "taps" weight gradient (channels_last, 3x3), 32 channels wide with
+    4 warps; need_z: the pass recomputes the conv output (a relu or scale epilogue). Measured on an H200 at the
+    nets' 15 layers, batch 256 and 512:
+    - float32: 32 x 32 (1024 elements), the fastest at 24 of 30 cases with the epilogue
+      (bench/results/wgrad-h200.md, 2026-12-02; 17 of 30 and within 4.8% in geometric mean in
+      bench/results/wgrad-occupancy-h200.md, which also tried 2 and 16 elements per thread).
+    - 16 bits with the epilogue: 16 x 32 (512 elements), 1.25x the 32 x 32 in geometric mean over bfloat16's 30
+      cases (0.90-1.56x; slower only at 728 channels, which 32 does not divide), the fastest at 19 and within
+      2.5% of the fastest in geometric mean (wgrad-occupancy-h200.md: tiles of 2, 4, 8, 16 elements per thread);
+      the fastest at 24 of 30 in wgrad-h200.md.
+    - 16 bits without it, as the nets call it in training: 16 x 32 below 2**23 output elements, 32 x 32 from
+      there: in bench/depthwise.py's forward+backward, 16 x 32 everywhere against 32 x 32 everywhere (runs of
+      2026-12-02 03:12 and 2026-12-01 21:26 UTC, bench/results/wgrad-tiles-h200.md) was 1.04-1.10x at the
+      2**22 layers, 0.97-1.03x at 2**23 and 0.87-0.98x from 2**24 (PyTorch's times: 0.99x between the runs)."""
     if cpu:  # the interpreter: few large tiles, as in pointwise_config
         return LaunchConfig(128, 64, 1)
+    OH, OW = _output_hw(H, W, stride)
+    small = dtype != torch.float32 and (need_z or N * C * OH * OW < _TAPS_PLAIN_SMALL)
     block_k = min(_next_pow2(C), 32)
-    return LaunchConfig(max(1, _TAPS_TILE // block_k), block_k, 4)
+    return LaunchConfig(max(1, _TAPS_TILES[small] // block_k), block_k, 4)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -799,7 +819,8 @@ def launch_bwd_weight(grad_y, x, weight, scale, shift, stride: int, relu: bool, 
                          f"{'channels_last' if cl else 'NCHW'} x and a {K}x{K} kernel")
     x, grad_y = _dense(x, cl), _dense(grad_y, cl)
     cpu = not x.is_cuda
-    cfg = config or (wgrad_taps_config(C, H, W, stride, cpu=cpu) if variant == "taps" else
+    need_z = relu or scale is not None  # the pass recomputes z for relu's mask or for dscale
+    cfg = config or (wgrad_taps_config(x.dtype, N, C, H, W, stride, need_z, cpu=cpu) if variant == "taps" else
                      wgrad_config(cl, C, H, W, stride, K, cpu=cpu))
     steps, groups, col_programs = wgrad_steps(cl, N, C, H, W, stride, cfg, programs)
     gz = _empty((N, C, OH, OW), x, cl) if store_grad_z else x.new_empty((0, 0, 0, 0))
@@ -807,7 +828,7 @@ def launch_bwd_weight(grad_y, x, weight, scale, shift, stride: int, relu: bool, 
     pointers = (x, grad_y, weight.contiguous(), scale if scale is not None else x,
                 shift if shift is not None else x, gz if store_grad_z else x, part)
     epilogue = dict(HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, RELU=relu,
-                    NEED_Z=relu or scale is not None, STORE_GZ=store_grad_z)
+                    NEED_Z=need_z, STORE_GZ=store_grad_z)
     if variant == "taps":
         kernel, tile = _dwconv_bwd_weight_taps_kernel, dict(BLOCK_R=cfg.block_r)
     else:

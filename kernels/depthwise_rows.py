@@ -17,7 +17,7 @@ compare it with kernels.depthwise.reference_depthwise_conv2d (tests/test_depthwi
 launchers tests/test_depthwise.py); results/depthwise-rows.py times it against the tiles.
 
 A weight pass on this schedule (nine accumulators per program, gz * x summed down the rows) ran 0.99x the taps
-kernel in bf16 and 0.89x in fp32 (bench/results/wgrad-h200.md, 2026-12-01) and was removed after that run.
+kernel in bf16 and 0.89x in fp32 (bench/results/wgrad-h200-with-rows.md, 2026-12-01) and was removed after that run.
 """
 
 import torch

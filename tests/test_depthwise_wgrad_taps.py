@@ -6,6 +6,8 @@ Without CUDA the kernels run in Triton's interpreter (tests/conftest.py and test
 before triton is imported); the shapes are tiny for it.
 """
 
+import itertools
+
 import pytest
 import torch
 from test_depthwise import (  # noqa: F401 (one_cpu_thread: an autouse fixture, active where imported)
@@ -99,12 +101,20 @@ def test_taps_rejects_what_it_does_not_take():
 
 
 def test_taps_config():
-    """32-channel slices at most, ~1024-element tiles with 4 warps on the GPU; one warp in the interpreter."""
+    """32-channel slices at most, with 4 warps on the GPU: 1024-element tiles in float32; 512 in 16 bits where
+    the pass recomputes z, and without it below 2**23 output elements; one warp in the interpreter."""
     for C, H, stride in ((32, 32, 1), (64, 32, 2), (728, 8, 1), (1024, 2, 1), (20, 5, 1)):
-        cfg = wgrad_taps_config(C, H, H, stride)
-        assert cfg.block_k == min(32, 1 << (C - 1).bit_length()) and cfg.num_warps == 4
-        assert cfg.block_r * cfg.block_k == 1024
-    assert wgrad_taps_config(32, 32, 32, 1, cpu=True).num_warps == 1
+        for N, dtype, need_z in itertools.product((1, 4096), (torch.float32, torch.bfloat16, torch.float16),
+                                                  (False, True)):
+            cfg = wgrad_taps_config(dtype, N, C, H, H, stride, need_z)
+            assert cfg.block_k == min(32, 1 << (C - 1).bit_length()) and cfg.num_warps == 4
+            OH = (H - 1) // stride + 1
+            small = dtype != torch.float32 and (need_z or N * C * OH * OH < 2**23)
+            assert cfg.block_r * cfg.block_k == (512 if small else 1024), (C, H, stride, N, dtype, need_z)
+    # the line, at the nets' 256 channels 16x16: batch 128 is 2**23 output elements, batch 127 just under
+    assert wgrad_taps_config(torch.bfloat16, 128, 256, 16, 16, 1, False).block_r == 32
+    assert wgrad_taps_config(torch.bfloat16, 127, 256, 16, 16, 1, False).block_r == 16
+    assert wgrad_taps_config(torch.bfloat16, 32, 32, 32, 32, 1, True, cpu=True).num_warps == 1
 
 
 def test_wgrad_variant_follows_the_committed_measurement():
@@ -118,7 +128,8 @@ def test_wgrad_variant_follows_the_committed_measurement():
     checked = 0
     for r in measured["rows"]:
         tile = LaunchConfig(*(int(v) for v in r["config"].strip("()").split(",")))
-        if r["variant"] != "taps" or tile != wgrad_taps_config(r["C"], r["H"], r["H"], r["stride"]):
+        default = wgrad_taps_config(dtypes[r["dtype"]], r["N"], r["C"], r["H"], r["H"], r["stride"], need_z=True)
+        if r["variant"] != "taps" or tile != default:
             continue
         if abs(r["speedup vs gather"] - 1) > 0.1:
             faster = "taps" if r["speedup vs gather"] > 1 else "gather"
@@ -140,13 +151,13 @@ def test_bench_shapes_bytes_and_configs():
     # x (N, C, H, H) + grad_y and grad_z (N, C, OH, OH), in bytes: 2 * 64 * (32*32 + 2*16*16) * 2
     assert wgrad.wgrad_bytes(2, 64, 32, 2, 2) == 2 * 64 * (1024 + 512) * 2
     assert wgrad.wgrad_bytes(1, 3, 5, 1, 4) == 3 * 75 * 4
-    for _, C, H, s in layers:
-        configs = wgrad.taps_candidates(C, H, s)
-        assert 4 <= len(configs) <= 6 and len(set(configs)) == len(configs)
-        assert configs[0] == wgrad_taps_config(C, H, H, s)
+    for (_, C, H, s), dname in itertools.product(layers, wgrad.DNAMES):
+        configs = wgrad.taps_candidates(C, H, s, dname)
+        assert 5 <= len(configs) <= 9 and len(set(configs)) == len(configs)
+        assert configs[0] == wgrad_taps_config(wgrad.DTYPES[dname], 512, C, H, H, s, need_z=True)
         for cfg in configs:
             assert cfg.block_k in wgrad.TAPS_BLOCK_K and cfg.block_k <= max(32, C)
-            assert cfg.block_r * cfg.block_k in (1024, 2048) and cfg.num_warps in (4, 8)
+            assert cfg.block_r * cfg.block_k in (512, 1024, 2048) and cfg.num_warps in (4, 8)
 
 
 @needs_triton
@@ -168,8 +179,8 @@ def test_bench_measure_with_fake_timer(monkeypatch):
     layers = [("tiny", 8, 4, 1), ("tiny", 8, 5, 2)]
     result = wgrad.measure(DEVICE, layers, batches=(2,), time_us=fake_us, copy_gbs=100.0, compile_ahead=False)
     rows, best = result["rows"], result["best"]
-    per_layer = [len(wgrad.variants(C, H, s)) for _, C, H, s in layers]
-    assert len(rows) == len(timed) == 2 * sum(per_layer)  # two dtypes
+    per_layer = [len(wgrad.variants(C, H, s, d)) for _, C, H, s in layers for d in wgrad.DNAMES]
+    assert len(rows) == len(timed) == sum(per_layer)
     assert len(best) == 4 and all(r["speedup"] == r["gather us"] / r["taps us"] for r in best)
     for r in rows:
         assert r["GB/s"] == pytest.approx(r["bytes"] / r["us"] / 1e3)
