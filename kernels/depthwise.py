@@ -242,7 +242,7 @@ def wgrad_variant(channels_last: bool, dtype: torch.dtype, N: int, C: int, H: in
 # The "taps" weight pass holds 9 float32 accumulators and 9 x tiles per element of a thread: in 16 bits it moves
 # bytes at half its float32 rate, bound by registers and elements rather than bytes, so where it also recomputes
 # z (NEED_Z, for relu's mask or dscale) a smaller tile, more programs resident per SM, is faster.
-_TAPS_TILES = (1024, 512)  # elements of each (BLOCK_R, BLOCK_K) tile with 4 warps: 8 per thread, 4 per thread
+_TAPS_TILE, _TAPS_TILE_SMALL = 1024, 512  # elements of each (BLOCK_R, BLOCK_K) tile with 4 warps: 8, 4 per thread
 _TAPS_PLAIN_SMALL = 1 << 23  # output elements (N x C x OH x OW) under which the plain 16-bit pass takes 512 too
 
 
@@ -267,7 +267,7 @@ def wgrad_taps_config(dtype: torch.dtype, N: int, C: int, H: int, W: int, stride
     OH, OW = _output_hw(H, W, stride)
     small = dtype != torch.float32 and (need_z or N * C * OH * OW < _TAPS_PLAIN_SMALL)
     block_k = min(_next_pow2(C), 32)
-    return LaunchConfig(max(1, _TAPS_TILES[small] // block_k), block_k, 4)
+    return LaunchConfig(max(1, (_TAPS_TILE_SMALL if small else _TAPS_TILE) // block_k), block_k, 4)
 
 
 # ---------------------------------------------------------------------------------------------------------
