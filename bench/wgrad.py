@@ -6,22 +6,24 @@ its last figures, 0.99x taps in bf16 and 0.89x in fp32, after which it was remov
 
     python3 bench/wgrad.py [PREFIX]   -> PREFIX.json + PREFIX.md (default bench/results/wgrad-<gpu slug>)
 
-Each call is kernels.depthwise.launch_bwd_weight as _DepthwiseConv2dFn.backward calls it under a fused epilogue
-(a folded BatchNorm and relu): scale, shift, relu, store_grad_z=True; float32 weight, scale and shift. (The nets
-call the convolution without one in training, BatchNorm needing the batch's statistics: their weight pass skips
-the recomputation of z and its tile follows bench/depthwise.py's runs; see kernels.depthwise.wgrad_taps_config.)
-It is the weight-gradient kernel plus the small kernel that adds the partial sums (identical for every
+Each call is kernels.depthwise.launch_bwd_weight as _DepthwiseConv2dFn.backward calls it, in two settings
+(EPILOGUES): "fused", under a fused epilogue (a folded BatchNorm and relu: scale, shift, relu, store_grad_z=True;
+float32 weight, scale and shift), where the pass recomputes the conv output z for relu's mask; and "plain", no
+epilogue, as the nets call it in training (BatchNorm needs the batch's statistics, so it is not folded). It is
+the weight-gradient kernel plus the small kernel that adds the partial sums (identical for every
 variant). Every kernel variant is compiled first, in parallel processes (kernels.depthwise._in_processes),
 and each timed call is warmed up; times are bench/depthwise.py's CUDA-graph medians over rotating input sets
 (`graph_us`, `n_sets_for`: small layers would otherwise be read from the L2).
 
-Bytes are the fewest the pass must move: read x and grad_y, write grad_z (N*C*(H*W + 2*OH*OW) elements);
+Bytes are the fewest the pass must move: read x and grad_y, and with the epilogue write grad_z
+(N*C*(H*W + 2*OH*OW) elements; N*C*(H*W + OH*OW) plain);
 "% copy" relates them to a device-to-device copy measured in the same run (bench.common.copy_gbs). "rel err"
 is the largest ||variant - gather|| / ||gather|| over grad_weight, grad_scale, grad_shift and grad_z; "grad_z flips"
 counts the grad_z elements that one kernel zeroes (relu's mask) and the other does not (see MATCH_TOL).
 """
 
 import collections
+import itertools
 import statistics
 import sys
 import time
@@ -50,33 +52,34 @@ NARROW_TILES = ((2048, 4), (1024, 8))  # added where only one BLOCK_K fits (C = 
 MATCH_TOL = {"bf16": 2e-2, "fp32": 1e-5}
 DNAMES = tuple(DTYPES)  # "bf16", "fp32"
 COMPILE_N = 16  # batch of the precompile jobs (the kernels do not specialise on it)
-CASE_KEYS = ("net", "N", "C", "H", "stride", "dtype")
-COLUMNS = ["net", "N", "C", "H", "stride", "dtype", "variant", "config", "us", "GB/s", "% copy",
+EPILOGUES = ("fused", "plain")  # the fused scale+shift+relu with grad_z stored, or none (see the docstring)
+CASE_KEYS = ("net", "N", "C", "H", "stride", "dtype", "epilogue")
+COLUMNS = ["net", "N", "C", "H", "stride", "dtype", "epilogue", "variant", "config", "us", "GB/s", "% copy",
            "speedup vs gather", "rel err", "grad_z flips"]  # fmt: skip
-BEST_COLUMNS = ["net", "N", "C", "H", "stride", "dtype", "gather config", "gather us", "gather GB/s",
+BEST_COLUMNS = ["net", "N", "C", "H", "stride", "dtype", "epilogue", "gather config", "gather us", "gather GB/s",
                 "gather % copy", "best taps config", "taps us", "taps GB/s", "taps % copy", "speedup"]  # fmt: skip
 
 
-def wgrad_bytes(N: int, C: int, H: int, stride: int, elt: int) -> int:
-    """Bytes the weight pass must move at an H x H input: read x and grad_y, write grad_z."""
+def wgrad_bytes(N: int, C: int, H: int, stride: int, elt: int, epilogue: str = "fused") -> int:
+    """Bytes the weight pass must move at an H x H input: read x and grad_y, and write grad_z when fused."""
     OH = (H - 1) // stride + 1
-    return N * C * (H * H + 2 * OH * OH) * elt
+    return N * C * (H * H + (2 if epilogue == "fused" else 1) * OH * OH) * elt
 
 
-def taps_candidates(C: int, H: int, stride: int, dname: str) -> list[dw.LaunchConfig]:
-    """The launch configurations tried for "taps" in dtype dname: wgrad_taps_config's default first, then the
-    sweep."""
+def taps_candidates(C: int, H: int, stride: int, dname: str, N: int, epilogue: str) -> list[dw.LaunchConfig]:
+    """The launch configurations tried for "taps" at a layer, dtype dname, batch N and epilogue:
+    wgrad_taps_config's default first, then the sweep."""
     block_ks = [bk for bk in TAPS_BLOCK_K if bk <= max(TAPS_BLOCK_K[0], dw._next_pow2(C))]
     tiles = TAPS_TILES + (NARROW_TILES if len(block_ks) == 1 else ())
     sweep = [dw.LaunchConfig(elements // bk, bk, warps) for bk in block_ks for elements, warps in tiles]
-    # the epilogue's tile (need_z): it does not depend on the batch
-    default = dw.wgrad_taps_config(DTYPES[dname], BATCHES[0], C, H, H, stride, need_z=True)
+    default = dw.wgrad_taps_config(DTYPES[dname], N, C, H, H, stride, need_z=epilogue == "fused")
     return list(dict.fromkeys([default, *sweep]))  # unique, in order
 
 
-def variants(C: int, H: int, stride: int, dname: str) -> list[tuple[str, dw.LaunchConfig | None]]:
-    """(variant, config) per timed call of a layer in dtype dname; config None = the variant's default (gather's)."""
-    return [("gather", None)] + [("taps", cfg) for cfg in taps_candidates(C, H, stride, dname)]
+def variants(C: int, H: int, stride: int, dname: str, N: int,
+             epilogue: str) -> list[tuple[str, dw.LaunchConfig | None]]:
+    """(variant, config) per timed call of a case; config None = the variant's default (gather's)."""
+    return [("gather", None)] + [("taps", cfg) for cfg in taps_candidates(C, H, stride, dname, N, epilogue)]
 
 
 def _epilogue_params(C: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -85,10 +88,12 @@ def _epilogue_params(C: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.
             0.1 * torch.randn(C, device=device))  # fmt: skip
 
 
-def _wgrad_call(xs, gs, params, stride: int, variant: str, config):
-    """call(i): the weight pass on input set i, with the nets' epilogue (scale, shift, relu, grad_z stored)."""
+def _wgrad_call(xs, gs, params, stride: int, epilogue: str, variant: str, config):
+    """call(i): the weight pass on input set i, fused (scale, shift, relu, grad_z stored) or plain."""
     w, sc, sh = params
-    return lambda i: dw.launch_bwd_weight(gs[i], xs[i], w, sc, sh, stride, True, True, config=config,
+    fused = epilogue == "fused"
+    sc, sh = (sc, sh) if fused else (None, None)
+    return lambda i: dw.launch_bwd_weight(gs[i], xs[i], w, sc, sh, stride, fused, fused, config=config,
                                           variant=variant)  # fmt: skip
 
 
@@ -109,30 +114,31 @@ def max_rel_err(outs, refs) -> float:
 
 
 def _compile_job(job: tuple) -> None:
-    """One (dtype, layer, variant, config) at a small batch on the GPU (in a worker process)."""
-    dname, C, H, stride, variant, config = job
+    """One (dtype, layer, epilogue, variant, config) at a small batch on the GPU (in a worker process)."""
+    dname, C, H, stride, epilogue, variant, config = job
     xs, gs = _inputs(COMPILE_N, C, H, stride, DTYPES[dname], "cuda", 1)
     config = dw.LaunchConfig(*config) if config else None
-    _wgrad_call(xs, gs, _epilogue_params(C, "cuda"), stride, variant, config)(0)
+    _wgrad_call(xs, gs, _epilogue_params(C, "cuda"), stride, epilogue, variant, config)(0)
     torch.cuda.synchronize()
 
 
-def measure_case(net, N, C, H, stride, dname, copy_gbs, device, time_us=graph_us) -> list[dict]:
-    """One row per variant and config at one layer, batch and dtype; time_us(call, n_sets) -> µs per call."""
+def measure_case(net, N, C, H, stride, dname, epilogue, copy_gbs, device, time_us=graph_us) -> list[dict]:
+    """One row per variant and config at one layer, batch, dtype and epilogue; time_us(call, n_sets) -> µs."""
     dtype = DTYPES[dname]
-    n_bytes = wgrad_bytes(N, C, H, stride, torch.empty((), dtype=dtype).element_size())
+    n_bytes = wgrad_bytes(N, C, H, stride, torch.empty((), dtype=dtype).element_size(), epilogue)
     n = n_sets_for(n_bytes)
     xs, gs = _inputs(N, C, H, stride, dtype, device, n)
     params = _epilogue_params(C, device)
     gather_cfg = dw.wgrad_config(True, C, H, H, stride, K, cpu=not xs[0].is_cuda)
     rows, ref = [], None
-    for variant, cfg in variants(C, H, stride, dname):
-        call = _wgrad_call(xs, gs, params, stride, variant, cfg)
+    for variant, cfg in variants(C, H, stride, dname, N, epilogue):
+        call = _wgrad_call(xs, gs, params, stride, epilogue, variant, cfg)
         outs = call(0)  # also the warm-up of this kernel in this process
         ref = ref if ref is not None else outs  # gather's outputs, the first variant's
         us = time_us(call, n)
         rows.append({
-            "net": net, "N": N, "C": C, "H": H, "stride": stride, "dtype": dname, "variant": variant,
+            "net": net, "N": N, "C": C, "H": H, "stride": stride, "dtype": dname, "epilogue": epilogue,
+            "variant": variant,
             "config": str(tuple(cfg or gather_cfg)), "us": us, "GB/s": n_bytes / us / 1e3,
             "% copy": 100 * n_bytes / us / 1e3 / copy_gbs, "rel err": max_rel_err(outs, ref),
             "grad_z flips": int(((outs[3] == 0) != (ref[3] == 0)).sum()),
@@ -163,29 +169,29 @@ def best_rows(rows: list[dict]) -> list[dict]:
 
 def summarize(rows: list[dict], best: list[dict], copy_gbs: float) -> dict:
     summary = {"copy GB/s": copy_gbs}
-    for dname in DNAMES:
-        b = [r for r in best if r["dtype"] == dname]
+    for dname, epilogue in itertools.product(DNAMES, EPILOGUES):
+        case = f"{dname}, {epilogue}"
+        b = [r for r in best if (r["dtype"], r["epilogue"]) == (dname, epilogue)]
         if not b:
             continue
         default = [
             r
             for r in rows
-            if r["dtype"] == dname
-            and r["variant"] == "taps"
+            if (r["dtype"], r["epilogue"], r["variant"]) == (dname, epilogue, "taps")
             and r["config"] == str(tuple(dw.wgrad_taps_config(DTYPES[dname], r["N"], r["C"], r["H"], r["H"],
-                                                               r["stride"], need_z=True)))
+                                                               r["stride"], need_z=epilogue == "fused")))
         ]
         summary |= {
-            f"geomean speedup, best taps config vs gather, {dname}": geomean([r["speedup"] for r in b]),
-            f"min / max speedup, best taps config vs gather, {dname}": [
+            f"geomean speedup, best taps config vs gather, {case}": geomean([r["speedup"] for r in b]),
+            f"min / max speedup, best taps config vs gather, {case}": [
                 round(min(r["speedup"] for r in b), 2), round(max(r["speedup"] for r in b), 2)],
-            f"geomean speedup, default taps config (wgrad_taps_config) vs gather, {dname}": geomean(
+            f"geomean speedup, default taps config (wgrad_taps_config) vs gather, {case}": geomean(
                 [r["speedup vs gather"] for r in default]),
-            f"cases where taps beats gather, {dname}": f"{sum(r['speedup'] > 1 for r in b)} of {len(b)}",
-            f"median % copy, gather / best taps, {dname}": [
+            f"cases where taps beats gather, {case}": f"{sum(r['speedup'] > 1 for r in b)} of {len(b)}",
+            f"median % copy, gather / best taps, {case}": [
                 round(statistics.median(r["gather % copy"] for r in b), 1),
                 round(statistics.median(r["taps % copy"] for r in b), 1)],
-            f"most frequent best taps configs, {dname}": collections.Counter(
+            f"most frequent best taps configs, {case}": collections.Counter(
                 r["best taps config"] for r in b).most_common(3),
         }  # fmt: skip
     summary["max rel err taps vs gather"] = max(r["rel err"] for r in rows)
@@ -200,26 +206,29 @@ def measure(
     layers=None,
     batches=BATCHES,
     dnames=DNAMES,
+    epilogues=EPILOGUES,
     time_us=graph_us,
     copy_gbs: float | None = None,
     compile_ahead: bool = True,
 ) -> dict:
-    """Every layer x batch x dtype x (variant, config); layers: (nets, C, H, stride), default layer_table().
+    """Every layer x batch x dtype x epilogue x (variant, config); layers: (nets, C, H, stride), default
+    layer_table().
 
     time_us, copy_gbs and compile_ahead=False let the CPU tests run the bookkeeping with a fake timer."""
     layers = layer_table() if layers is None else layers
     start = time.perf_counter()
     if compile_ahead:
-        dw._in_processes(_compile_job, [(d, C, H, s, variant, tuple(cfg) if cfg else None)
-                                        for _, C, H, s in layers for d in dnames
-                                        for variant, cfg in variants(C, H, s, d)])  # fmt: skip
+        jobs = dict.fromkeys((d, C, H, s, e, variant, tuple(cfg) if cfg else None)  # unique: the batches share
+                             for _, C, H, s in layers for d in dnames for e in epilogues for N in batches
+                             for variant, cfg in variants(C, H, s, d, N, e))  # fmt: skip
+        dw._in_processes(_compile_job, list(jobs))
     compile_s = time.perf_counter() - start
     copy_gbs = copy_gbs or copy_bandwidth_gbs(device)
     rows = []
     for net, C, H, stride in layers:
         for N in batches:
-            for dname in dnames:
-                rows += measure_case(net, N, C, H, stride, dname, copy_gbs, device, time_us)
+            for dname, epilogue in itertools.product(dnames, epilogues):
+                rows += measure_case(net, N, C, H, stride, dname, epilogue, copy_gbs, device, time_us)
         print(f"done {net} C={C} H={H} s={stride} ({time.perf_counter() - start:.0f} s)", file=sys.stderr,
               flush=True)  # fmt: skip
     best = best_rows(rows)
@@ -227,7 +236,8 @@ def measure(
     summary["precompile s"] = compile_s
     summary["total s"] = time.perf_counter() - start
     return {
-        "title": "Depthwise 3x3 weight gradient, channels_last, with scale+shift+relu: gather vs taps",
+        "title": "Depthwise 3x3 weight gradient, channels_last, with scale+shift+relu (fused) and without (plain): "
+                 "gather vs taps",
         "columns": COLUMNS,
         "rows": rows,
         "best_columns": BEST_COLUMNS,
@@ -240,7 +250,8 @@ def to_markdown(result: dict, header: dict) -> str:
     cell = fine_cell
     lines = [f"# {result['title']}", ""]
     lines += [f"- {k}: {v}" for k, v in header.items()]
-    lines += ["", "Summary (CUDA-graph medians; speedup = gather time / taps time, same layer, batch, dtype):", ""]
+    lines += ["", "Summary (CUDA-graph medians; speedup = gather time / taps time, same layer, batch, dtype, "
+              "epilogue):", ""]
     lines += [f"- {k}: {cell(v)}" for k, v in result["summary"].items()]
     lines += ["", "Best taps configuration per layer, config = (BLOCK_R, BLOCK_K, num_warps):", ""]
     lines += table(result["best_columns"], result["best"], cell)

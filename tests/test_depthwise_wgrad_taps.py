@@ -128,7 +128,8 @@ def test_wgrad_variant_follows_the_committed_measurement():
     checked = 0
     for r in measured["rows"]:
         tile = LaunchConfig(*(int(v) for v in r["config"].strip("()").split(",")))
-        default = wgrad_taps_config(dtypes[r["dtype"]], r["N"], r["C"], r["H"], r["H"], r["stride"], need_z=True)
+        need_z = r.get("epilogue", "fused") == "fused"  # the committed file timed the fused pass only
+        default = wgrad_taps_config(dtypes[r["dtype"]], r["N"], r["C"], r["H"], r["H"], r["stride"], need_z)
         if r["variant"] != "taps" or tile != default:
             continue
         if abs(r["speedup vs gather"] - 1) > 0.1:
@@ -151,10 +152,11 @@ def test_bench_shapes_bytes_and_configs():
     # x (N, C, H, H) + grad_y and grad_z (N, C, OH, OH), in bytes: 2 * 64 * (32*32 + 2*16*16) * 2
     assert wgrad.wgrad_bytes(2, 64, 32, 2, 2) == 2 * 64 * (1024 + 512) * 2
     assert wgrad.wgrad_bytes(1, 3, 5, 1, 4) == 3 * 75 * 4
-    for (_, C, H, s), dname in itertools.product(layers, wgrad.DNAMES):
-        configs = wgrad.taps_candidates(C, H, s, dname)
+    assert wgrad.wgrad_bytes(1, 3, 5, 1, 4, "plain") == 3 * 50 * 4  # no grad_z written
+    for (_, C, H, s), dname, N, epilogue in itertools.product(layers, wgrad.DNAMES, (256, 512), wgrad.EPILOGUES):
+        configs = wgrad.taps_candidates(C, H, s, dname, N, epilogue)
         assert 5 <= len(configs) <= 9 and len(set(configs)) == len(configs)
-        assert configs[0] == wgrad_taps_config(wgrad.DTYPES[dname], 512, C, H, H, s, need_z=True)
+        assert configs[0] == wgrad_taps_config(wgrad.DTYPES[dname], N, C, H, H, s, need_z=epilogue == "fused")
         for cfg in configs:
             assert cfg.block_k in wgrad.TAPS_BLOCK_K and cfg.block_k <= max(32, C)
             assert cfg.block_r * cfg.block_k in (512, 1024, 2048) and cfg.num_warps in (4, 8)
@@ -179,9 +181,12 @@ def test_bench_measure_with_fake_timer(monkeypatch):
     layers = [("tiny", 8, 4, 1), ("tiny", 8, 5, 2)]
     result = wgrad.measure(DEVICE, layers, batches=(2,), time_us=fake_us, copy_gbs=100.0, compile_ahead=False)
     rows, best = result["rows"], result["best"]
-    per_layer = [len(wgrad.variants(C, H, s, d)) for _, C, H, s in layers for d in wgrad.DNAMES]
-    assert len(rows) == len(timed) == sum(per_layer)
-    assert len(best) == 4 and all(r["speedup"] == r["gather us"] / r["taps us"] for r in best)
+    per_case = [len(wgrad.variants(C, H, s, d, 2, e)) for _, C, H, s in layers for d in wgrad.DNAMES
+                for e in wgrad.EPILOGUES]  # fmt: skip
+    assert len(rows) == len(timed) == sum(per_case)
+    assert len(best) == 8 and all(r["speedup"] == r["gather us"] / r["taps us"] for r in best)  # 2 x 2 x 2
+    plain = [r for r in rows if r["epilogue"] == "plain"]
+    assert plain and all(r["grad_z flips"] == 0 for r in plain)  # no grad_z: nothing to flip
     for r in rows:
         assert r["GB/s"] == pytest.approx(r["bytes"] / r["us"] / 1e3)
         assert r["% copy"] == pytest.approx(100 * r["GB/s"] / 100.0)
@@ -189,4 +194,6 @@ def test_bench_measure_with_fake_timer(monkeypatch):
     assert result["summary"]["rows with rel err over MATCH_TOL"] == 0
     head = common.header(torch.device("cpu"), "python3 bench/wgrad.py /tmp/x")
     markdown = wgrad.to_markdown(result, head)
-    assert "geomean speedup, best taps config vs gather, bf16" in markdown and "python3 bench/wgrad.py" in markdown
+    assert "geomean speedup, best taps config vs gather, bf16, plain" in markdown
+    assert "geomean speedup, best taps config vs gather, fp32, fused" in markdown
+    assert "python3 bench/wgrad.py" in markdown
