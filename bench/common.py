@@ -97,9 +97,10 @@ def header(device: torch.device, command: str | None = None) -> dict[str, str]:
 
 
 def script_header(script: str, argv: list[str], device: torch.device | None = None) -> dict[str, str]:
-    """The header of a results file written by a standalone script (`python3 bench/<script> ...`)."""
+    """The header of a results file written by a standalone script, `script` its path from the repository root
+    (`python3 bench/<name>.py ...`, `python3 results/<name>.py ...`)."""
     device = device or torch.device("cuda")
-    return {**header(device, f"python3 bench/{script} " + " ".join(argv)), "date": time.strftime("%Y-%m-%d %H:%M %Z")}
+    return {**header(device, f"python3 {script} " + " ".join(argv)), "date": time.strftime("%Y-%m-%d %H:%M %Z")}
 
 
 def results_prefix(argv: list[str], name: str, device: torch.device | None = None):
@@ -159,7 +160,7 @@ def run_script(name: str, argv: list[str], measure, tune, to_markdown) -> None:
         return
     prefix = results_prefix(argv, name)
     result = measure("--quick" in argv, prefix)
-    publish(prefix, result, script_header(f"{name}.py", argv), to_markdown)
+    publish(prefix, result, script_header(f"bench/{name}.py", argv), to_markdown)
 
 
 def to_markdown(result: dict) -> str:

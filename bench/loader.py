@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     device = "cpu" if "--cpu" in argv or not torch.cuda.is_available() else "cuda"
     result = measure(device, quick="--quick" in argv)
     device = torch.device(device)
-    publish(results_prefix(argv, "loader", device), result, script_header("loader.py", argv, device), to_markdown)
+    publish(results_prefix(argv, "loader", device), result, script_header("bench/loader.py", argv, device), to_markdown)
 
 
 if __name__ == "__main__":

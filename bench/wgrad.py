@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
     if not torch.cuda.is_available():
         sys.exit("bench/wgrad.py times CUDA kernels and found no CUDA device; nothing measured")
     prefix = results_prefix(argv, "wgrad")
-    publish(prefix, measure("cuda"), script_header("wgrad.py", argv), to_markdown)
+    publish(prefix, measure("cuda"), script_header("bench/wgrad.py", argv), to_markdown)
 
 
 if __name__ == "__main__":

@@ -9,14 +9,11 @@ Usage (on a GPU, from the repository root): python3 results/wgrad-occupancy.py P
 
 import collections
 import sys
-import time
 from pathlib import Path
-
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import wgrad  # noqa: E402
-from bench.common import geomean, header, publish  # noqa: E402
+from bench.common import geomean, publish, script_header  # noqa: E402
 from kernels import depthwise as dw  # noqa: E402
 
 # (BLOCK_R * BLOCK_K elements, num_warps): elements per thread = elements / (32 * num_warps)
@@ -59,8 +56,7 @@ def main(prefix: str) -> None:
         lines.append(f"{dname}: fastest tiles {wins.most_common(4)}")
     print("\n".join(lines), flush=True)
     result["notes"] = lines
-    head = {**header(torch.device("cuda"), f"python3 results/wgrad-occupancy.py {prefix}"),
-            "date": time.strftime("%Y-%m-%d %H:%M %Z")}
+    head = script_header("results/wgrad-occupancy.py", [prefix])
     publish(Path(prefix), result, head, lambda r, h: wgrad.to_markdown(r, h) + "\n".join(["", *lines, ""]))
 
 

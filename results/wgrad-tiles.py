@@ -13,12 +13,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import fine_cell, geomean, table  # noqa: E402
+from bench.depthwise import _torch_same_layout_us as torch_us  # noqa: E402  (PyTorch's faster cudnn setting)
 
 KEYS = ("net", "N", "C", "H", "stride", "dtype", "layout")
-
-
-def torch_us(r: dict) -> float:
-    return min(r["torch fwd+bwd us"], r["torch[bench] fwd+bwd us"])
 
 
 def compare(a: dict, b: dict) -> list[dict]:
