@@ -223,13 +223,12 @@ WGRAD_VARIANTS = ("gather", "taps")
 def wgrad_variant(channels_last: bool, dtype: torch.dtype, N: int, C: int, H: int, W: int, stride: int,
                   K: int = 3) -> str:
     """The weight-gradient kernel launch_bwd_weight uses by default: "taps" where it measured faster than
-    "gather" on an H200, both with the fused epilogue, at the nets' 15 layers, batch 256 and 512, at
-    wgrad_taps_config's tiles (bench/results/wgrad-h200.md, 2026-12-02 03:16 UTC): in float32 at all 30 cases
-    (1.32-3.30x); in bfloat16 from 2**21 output elements (N x C x OH x OW; 1.09-2.14x), while gather was
-    faster at the one case below, 256 channels 8x8 stride 2 at batch 256 (0.87x; the same in
-    bench/results/wgrad-occupancy-h200.md, 03:04, whose 16-bit tile moved the line down from 2**22). Without
-    the epilogue, the three 2**21 cases ran forward+backward 1.02-1.07x faster with taps than with gather
-    (bench/results/wgrad-tiles-h200.md).
+    "gather" on an H200 at the nets' 15 layers, batch 256 and 512, at wgrad_taps_config's tiles, with the fused
+    epilogue and without (bench/results/wgrad-h200.md, 2026-12-02 06:40 UTC): in float32 at all 30 cases with
+    it (1.31-3.28x) and 29 of 30 without (1.12-3.36x; 0.94x at the smallest, 256 channels 8x8 stride 2 at batch
+    256); in bfloat16 from 2**21 output elements (N x C x OH x OW; 1.08-2.07x with, 1.05-2.05x without), while
+    gather was faster at that one case below (0.86x with, 0.89x without; 0.87x in the 03:16 run and in
+    bench/results/wgrad-occupancy-h200.md, 03:04, whose 16-bit tile moved the line down from 2**22).
     float16 follows bfloat16 (same loads; not measured apart). "taps" exists for channels_last 3x3 only."""
     if not (channels_last and K == 3):
         return "gather"
@@ -251,22 +250,31 @@ def wgrad_taps_config(dtype: torch.dtype, N: int, C: int, H: int, W: int, stride
     """Tiles (BLOCK_R, BLOCK_K) of the "taps" weight gradient (channels_last, 3x3), 32 channels wide with
     4 warps; need_z: the pass recomputes the conv output (a relu or scale epilogue). Measured on an H200 at the
     nets' 15 layers, batch 256 and 512:
-    - float32: 32 x 32 (1024 elements), the fastest at 24 of 30 cases with the epilogue
-      (bench/results/wgrad-h200.md, 2026-12-02; 17 of 30 and within 4.8% in geometric mean in
+    - float32 with the epilogue: 32 x 32 (1024 elements), the fastest at 27 of 30 cases
+      (bench/results/wgrad-h200.md, 2026-12-02 06:40 UTC; 17 of 30 and within 4.8% in geometric mean in
       bench/results/wgrad-occupancy-h200.md, which also tried 2 and 16 elements per thread).
+    - float32 without it: 16 x 32 where the 32-channel slices are full (C a multiple of BLOCK_K), else 32 x 32:
+      16 x 32 was the fastest at 25 of 30 cases, and 1.23-1.41x slower than 32 x 32 at the four 728-channel
+      ones; over the 30 cases the rule's geometric-mean speedup over gather is 2.18x, the fastest tile's at
+      each case 2.19x, 32 x 32 everywhere 1.99x (the same run's rows; 1.24-1.45x, 2.18x, 2.19x and 1.99x in
+      the run before it, 06:22, results/h200-2026-12-02f.log, which moved the rule from 32 x 32 everywhere).
     - 16 bits with the epilogue: 16 x 32 (512 elements), 1.25x the 32 x 32 in geometric mean over bfloat16's 30
       cases (0.90-1.56x; slower only at 728 channels, which 32 does not divide), the fastest at 19 and within
       2.5% of the fastest in geometric mean (wgrad-occupancy-h200.md: tiles of 2, 4, 8, 16 elements per thread);
-      the fastest at 24 of 30 in wgrad-h200.md.
+      the fastest at 23 of 30 in wgrad-h200.md.
     - 16 bits without it, as the nets call it in training: 16 x 32 below 2**23 output elements, 32 x 32 from
       there: in bench/depthwise.py's forward+backward, 16 x 32 everywhere against 32 x 32 everywhere (runs of
       2026-12-02 03:12 and 2026-12-01 21:26 UTC, bench/results/wgrad-tiles-h200.md) was 1.04-1.10x at the
-      2**22 layers, 0.97-1.03x at 2**23 and 0.87-0.98x from 2**24 (PyTorch's times: 0.99x between the runs)."""
+      2**22 layers, 0.97-1.03x at 2**23 and 0.87-0.98x from 2**24 (PyTorch's times: 0.99x between the runs);
+      timed alone in wgrad-h200.md's plain rows, 1.05-1.32x below 2**23, 1.00-1.06x at 2**23, 0.73-0.98x above."""
     if cpu:  # the interpreter: few large tiles, as in pointwise_config
         return LaunchConfig(128, 64, 1)
     OH, OW = _output_hw(H, W, stride)
-    small = dtype != torch.float32 and (need_z or N * C * OH * OW < _TAPS_PLAIN_SMALL)
     block_k = min(_next_pow2(C), 32)
+    if dtype == torch.float32:
+        small = not need_z and C % block_k == 0
+    else:
+        small = need_z or N * C * OH * OW < _TAPS_PLAIN_SMALL
     return LaunchConfig(max(1, (_TAPS_TILE_SMALL if small else _TAPS_TILE) // block_k), block_k, 4)
 
 
