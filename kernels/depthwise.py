@@ -217,7 +217,7 @@ def wgrad_config(channels_last: bool, C: int, H: int, W: int, stride: int, K: in
 # launch_bwd_weight(variant=...): the 3-D tap gather, or 9 shifted 2-D loads (channels_last 3x3 only). A third,
 # on the rows schedule of kernels/depthwise_rows.py, measured 0.99x taps in bf16 and 0.89x in fp32 (geometric
 # means, 0.82-1.26x per layer, bench/results/wgrad-h200-with-rows.md, 2026-12-01) and was removed after that run.
-WGRAD_VARIANTS = ("gather", "taps", "taps-indexed")  # taps-indexed: taps with each tap's own index arithmetic
+WGRAD_VARIANTS = ("gather", "taps")
 
 
 def wgrad_variant(channels_last: bool, dtype: torch.dtype, N: int, C: int, H: int, W: int, stride: int,
@@ -527,37 +527,6 @@ def _x_tap(x_ptr, n, oh, ow, c, valid, KH: tl.constexpr, KW: tl.constexpr,
 
 
 @triton.jit
-def _x_at(p, ok, OFF: tl.constexpr):
-    """The float32 tile at pointers p + OFF (a compile-time element offset), 0 where ok is false."""
-    return tl.load(p + OFF, mask=ok, other=0.0).to(tl.float32)
-
-
-@triton.jit
-def _x_window(x_ptr, n, oh, ow, c, valid, C: tl.constexpr, H: tl.constexpr, W: tl.constexpr,
-              STRIDE: tl.constexpr):
-    """The nine tiles of _x_tap, (KH, KW) in row-major order, from one address and four masks: the centre
-    tap's pointers, every other tap's a compile-time offset from them, and each tap's mask the and of its row's
-    and its column's, the only ones that can leave the image (padding 1; the centre row and column stay in)."""
-    ih = oh * STRIDE  # the centre tap's row and column
-    iw = ow * STRIDE
-    p = x_ptr + ((n * H + ih) * W + iw) * C + c
-    top = valid & (ih >= 1)
-    bottom = valid & (ih + 1 < H)
-    left = iw >= 1
-    right = iw + 1 < W
-    x00 = _x_at(p, top & left, -(W + 1) * C)
-    x01 = _x_at(p, top, -W * C)
-    x02 = _x_at(p, top & right, -(W - 1) * C)
-    x10 = _x_at(p, valid & left, -C)
-    x11 = _x_at(p, valid, 0)
-    x12 = _x_at(p, valid & right, C)
-    x20 = _x_at(p, bottom & left, (W - 1) * C)
-    x21 = _x_at(p, bottom, W * C)
-    x22 = _x_at(p, bottom & right, (W + 1) * C)
-    return x00, x01, x02, x10, x11, x12, x20, x21, x22
-
-
-@triton.jit
 def _tap_weight(w_ptr, c, c_ok, T: tl.constexpr):
     """weight[c, tap T] of a 3x3 kernel read as (C, 9), in float32."""
     return tl.load(w_ptr + c * 9 + T, mask=c_ok, other=0.0).to(tl.float32)
@@ -598,7 +567,7 @@ def _dwconv_bwd_weight_taps_kernel(
     # compile-time: geometry (of x), epilogue, tile; channels_last and a 3x3 kernel only
     C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, STRIDE: tl.constexpr,
     HAS_SCALE: tl.constexpr, HAS_SHIFT: tl.constexpr, RELU: tl.constexpr, NEED_Z: tl.constexpr,
-    STORE_GZ: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, WINDOW: tl.constexpr,
+    STORE_GZ: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # The alternative to _dwconv_bwd_weight_kernel's (BLOCK_R, 16, BLOCK_K) gather, shaped like
     # the forward kernel: per step one (BLOCK_R, BLOCK_K) tile of grad_y and nine shifted x tiles, one
@@ -645,18 +614,15 @@ def _dwconv_bwd_weight_taps_kernel(
         valid = (r < N * (OH * OW)) & c_ok
         g_off = r * C + c
         # all nine x tiles first: with NEED_Z the mask on g depends on z, which needs every one of them
-        if WINDOW:
-            x00, x01, x02, x10, x11, x12, x20, x21, x22 = _x_window(x_ptr, n, oh, ow, c, valid, C, H, W, STRIDE)
-        else:
-            x00 = _x_tap(x_ptr, n, oh, ow, c, valid, 0, 0, C, H, W, STRIDE)
-            x01 = _x_tap(x_ptr, n, oh, ow, c, valid, 0, 1, C, H, W, STRIDE)
-            x02 = _x_tap(x_ptr, n, oh, ow, c, valid, 0, 2, C, H, W, STRIDE)
-            x10 = _x_tap(x_ptr, n, oh, ow, c, valid, 1, 0, C, H, W, STRIDE)
-            x11 = _x_tap(x_ptr, n, oh, ow, c, valid, 1, 1, C, H, W, STRIDE)
-            x12 = _x_tap(x_ptr, n, oh, ow, c, valid, 1, 2, C, H, W, STRIDE)
-            x20 = _x_tap(x_ptr, n, oh, ow, c, valid, 2, 0, C, H, W, STRIDE)
-            x21 = _x_tap(x_ptr, n, oh, ow, c, valid, 2, 1, C, H, W, STRIDE)
-            x22 = _x_tap(x_ptr, n, oh, ow, c, valid, 2, 2, C, H, W, STRIDE)
+        x00 = _x_tap(x_ptr, n, oh, ow, c, valid, 0, 0, C, H, W, STRIDE)
+        x01 = _x_tap(x_ptr, n, oh, ow, c, valid, 0, 1, C, H, W, STRIDE)
+        x02 = _x_tap(x_ptr, n, oh, ow, c, valid, 0, 2, C, H, W, STRIDE)
+        x10 = _x_tap(x_ptr, n, oh, ow, c, valid, 1, 0, C, H, W, STRIDE)
+        x11 = _x_tap(x_ptr, n, oh, ow, c, valid, 1, 1, C, H, W, STRIDE)
+        x12 = _x_tap(x_ptr, n, oh, ow, c, valid, 1, 2, C, H, W, STRIDE)
+        x20 = _x_tap(x_ptr, n, oh, ow, c, valid, 2, 0, C, H, W, STRIDE)
+        x21 = _x_tap(x_ptr, n, oh, ow, c, valid, 2, 1, C, H, W, STRIDE)
+        x22 = _x_tap(x_ptr, n, oh, ow, c, valid, 2, 2, C, H, W, STRIDE)
         g = tl.load(g_ptr + g_off, mask=valid, other=0.0).to(tl.float32)  # (BLOCK_R, BLOCK_K)
         z = 0.0
         if NEED_Z:
@@ -862,8 +828,7 @@ def launch_bwd_weight(grad_y, x, weight, scale, shift, stride: int, relu: bool, 
     x, grad_y = _dense(x, cl), _dense(grad_y, cl)
     cpu = not x.is_cuda
     need_z = relu or scale is not None  # the pass recomputes z for relu's mask or for dscale
-    taps = variant != "gather"
-    cfg = config or (wgrad_taps_config(x.dtype, N, C, H, W, stride, need_z, cpu=cpu) if taps else
+    cfg = config or (wgrad_taps_config(x.dtype, N, C, H, W, stride, need_z, cpu=cpu) if variant == "taps" else
                      wgrad_config(cl, C, H, W, stride, K, cpu=cpu))
     steps, groups, col_programs = wgrad_steps(cl, N, C, H, W, stride, cfg, programs)
     gz = _empty((N, C, OH, OW), x, cl) if store_grad_z else x.new_empty((0, 0, 0, 0))
@@ -872,8 +837,8 @@ def launch_bwd_weight(grad_y, x, weight, scale, shift, stride: int, relu: bool, 
                 shift if shift is not None else x, gz if store_grad_z else x, part)
     epilogue = dict(HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None, RELU=relu,
                     NEED_Z=need_z, STORE_GZ=store_grad_z)
-    if taps:
-        kernel, tile = _dwconv_bwd_weight_taps_kernel, dict(BLOCK_R=cfg.block_r, WINDOW=variant == "taps")
+    if variant == "taps":
+        kernel, tile = _dwconv_bwd_weight_taps_kernel, dict(BLOCK_R=cfg.block_r)
     else:
         kernel, tile = _dwconv_bwd_weight_kernel, dict(K=K, KKP=_next_pow2(K * K), CHANNELS_LAST=cl,
                                                        BLOCK_R=cfg.block_r)

@@ -12,7 +12,7 @@
 # 0.999x; forward 1.000-1.005x; PyTorch 0.997-1.001x): _x_window is slower, and was reverted. Headline with it
 # 1.23x (1.24x), largest layers 39.9 / 41.3 / 36.1% (39.9 / 41.9 / 37.5%). (2) tests/test_depthwise_wgrad_taps.py
 # on the GPU: 21 passed; tests/test_depthwise_gpu.py did not start (no time left). The kernel and the script are
-# in git history at the commit that added this header.
+# in git history at dbc3dd3 (kernels/depthwise.py, results/wgrad-window.py).
 # Started as `results/background.sh start /tmp/s env END_AT=<epoch second> bash results/h200-2026-12-02h.sh
 # /tmp/s/runs` and collected with `results/background.sh wait /tmp/s SECONDS $OUT`.
 set -u
