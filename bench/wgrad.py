@@ -66,13 +66,18 @@ def wgrad_bytes(N: int, C: int, H: int, stride: int, elt: int, epilogue: str = "
     return N * C * (H * H + (2 if epilogue == "fused" else 1) * OH * OH) * elt
 
 
+def default_taps_config(C: int, H: int, stride: int, dname: str, N: int, epilogue: str) -> dw.LaunchConfig:
+    """kernels.depthwise.wgrad_taps_config's tile for a case (the fused epilogue recomputes z)."""
+    return dw.wgrad_taps_config(DTYPES[dname], N, C, H, H, stride, need_z=epilogue == "fused")
+
+
 def taps_candidates(C: int, H: int, stride: int, dname: str, N: int, epilogue: str) -> list[dw.LaunchConfig]:
     """The launch configurations tried for "taps" at a layer, dtype dname, batch N and epilogue:
     wgrad_taps_config's default first, then the sweep."""
     block_ks = [bk for bk in TAPS_BLOCK_K if bk <= max(TAPS_BLOCK_K[0], dw._next_pow2(C))]
     tiles = TAPS_TILES + (NARROW_TILES if len(block_ks) == 1 else ())
     sweep = [dw.LaunchConfig(elements // bk, bk, warps) for bk in block_ks for elements, warps in tiles]
-    default = dw.wgrad_taps_config(DTYPES[dname], N, C, H, H, stride, need_z=epilogue == "fused")
+    default = default_taps_config(C, H, stride, dname, N, epilogue)
     return list(dict.fromkeys([default, *sweep]))  # unique, in order
 
 
@@ -178,8 +183,7 @@ def summarize(rows: list[dict], best: list[dict], copy_gbs: float) -> dict:
             r
             for r in rows
             if (r["dtype"], r["epilogue"], r["variant"]) == (dname, epilogue, "taps")
-            and r["config"] == str(tuple(dw.wgrad_taps_config(DTYPES[dname], r["N"], r["C"], r["H"], r["H"],
-                                                               r["stride"], need_z=epilogue == "fused")))
+            and r["config"] == str(tuple(default_taps_config(r["C"], r["H"], r["stride"], dname, r["N"], epilogue)))
         ]
         summary |= {
             f"geomean speedup, best taps config vs gather, {case}": geomean([r["speedup"] for r in b]),

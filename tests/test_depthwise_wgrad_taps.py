@@ -123,21 +123,20 @@ def test_taps_config():
     assert wgrad_taps_config(torch.bfloat16, 32, 32, 32, 32, 1, True, cpu=True).num_warps == 1
 
 
-DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-
-
 def committed_taps_rows():
     """The taps rows of the committed H200 sweep (bench/wgrad.py), each with `default`: whether its tile is
     wgrad_taps_config's for that case."""
     import json
     from pathlib import Path
 
+    from bench import wgrad
+
     measured = json.loads((Path(__file__).parents[1] / "bench/results/wgrad-h200.json").read_text())
     rows = [r for r in measured["rows"] if r["variant"] == "taps"]
     for r in rows:
         tile = LaunchConfig(*(int(v) for v in r["config"].strip("()").split(",")))
-        r["default"] = tile == wgrad_taps_config(DTYPES[r["dtype"]], r["N"], r["C"], r["H"], r["H"], r["stride"],
-                                                 need_z=r["epilogue"] == "fused")
+        r["default"] = tile == wgrad.default_taps_config(r["C"], r["H"], r["stride"], r["dtype"], r["N"],
+                                                         r["epilogue"])
     return rows
 
 
@@ -146,6 +145,9 @@ def test_taps_config_follows_the_committed_measurement():
     geometric mean over the nets' 30 (layer, batch) cases, and within 15% at every case."""
     import math
     from collections import defaultdict
+
+    from bench.common import geomean
+    from bench.wgrad import DNAMES, EPILOGUES
 
     cases = defaultdict(dict)
     for r in committed_taps_rows():
@@ -156,16 +158,17 @@ def test_taps_config_follows_the_committed_measurement():
     groups = defaultdict(list)
     for (dname, epilogue, *_), case in cases.items():
         groups[dname, epilogue].append(case["default"] / case["best"])
-    assert sorted(groups) == sorted(itertools.product(DTYPES, ("fused", "plain")))
+    assert sorted(groups) == sorted(itertools.product(DNAMES, EPILOGUES))
     for group, slowdowns in groups.items():
         assert len(slowdowns) == 30, group
-        assert math.exp(sum(map(math.log, slowdowns)) / 30) < 1.02 and max(slowdowns) < 1.15, group
+        assert geomean(slowdowns) < 1.02 and max(slowdowns) < 1.15, group
 
 
 def test_wgrad_variant_follows_the_committed_measurement():
     """The default kernel is the one measured faster at the default taps tile, at every committed H200 case
     whose two kernels differ by more than 10% (closer ones may go either way)."""
-    dtypes = DTYPES
+    from bench.wgrad import DTYPES as dtypes
+
     checked = 0
     for r in committed_taps_rows():
         if not r["default"]:
