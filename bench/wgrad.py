@@ -35,7 +35,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import torch  # noqa: E402
 
 from bench.common import copy_gbs as copy_bandwidth_gbs  # noqa: E402
-from bench.common import fine_cell, geomean, publish, results_prefix, script_header, table  # noqa: E402
+from bench.common import geomean, run_sweep, sweep_markdown  # noqa: E402
 from bench.depthwise import BATCHES, DTYPES, K, graph_us, layer_table, n_sets_for  # noqa: E402
 from kernels import depthwise as dw  # noqa: E402
 
@@ -251,26 +251,13 @@ def measure(
 
 
 def to_markdown(result: dict, header: dict) -> str:
-    cell = fine_cell
-    lines = [f"# {result['title']}", ""]
-    lines += [f"- {k}: {v}" for k, v in header.items()]
-    lines += ["", "Summary (CUDA-graph medians; speedup = gather time / taps time, same layer, batch, dtype, "
-              "epilogue):", ""]
-    lines += [f"- {k}: {cell(v)}" for k, v in result["summary"].items()]
-    lines += ["", "Best taps configuration per layer, config = (BLOCK_R, BLOCK_K, num_warps):", ""]
-    lines += table(result["best_columns"], result["best"], cell)
-    lines += ["", "Every timed call:", ""] + table(result["columns"], result["rows"], cell)
-    lines += ["", "Times in µs per call; see the docstring of bench/wgrad.py for what is timed and the bytes "
-              "counted.", ""]  # fmt: skip
-    return "\n".join(lines)
+    intro = "Summary (CUDA-graph medians; speedup = gather time / taps time, same layer, batch, dtype, epilogue):"
+    per_case = "Best taps configuration per layer, config = (BLOCK_R, BLOCK_K, num_warps):"
+    return sweep_markdown(result, header, intro, per_case, "bench/wgrad.py")
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if not torch.cuda.is_available():
-        sys.exit("bench/wgrad.py times CUDA kernels and found no CUDA device; nothing measured")
-    prefix = results_prefix(argv, "wgrad")
-    publish(prefix, measure("cuda"), script_header("bench/wgrad.py", argv), to_markdown)
+    run_sweep("wgrad", sys.argv[1:] if argv is None else argv, measure, to_markdown)
 
 
 if __name__ == "__main__":

@@ -40,12 +40,16 @@ contiguous dimension is the vectorised one:
     forward and stride-1 input pass, "rows" (channels_last 3x3; kernels/depthwise_rows.py, picked where
                             faster by pointwise_variant): a program walks down whole output rows of one image,
                             keeping the three input rows under its window in registers.
+    backward in one pass (channels_last 3x3, stride 1, no relu or scale; kernels/depthwise_backward.py, taken
+                            where faster by backward_variant): grad_x and the weight pass's sums from one read
+                            of grad_y, x and grad_y loaded at each of the nine offsets with one address.
 
 Autograd: `_DepthwiseConv2dFn`, a torch.autograd.Function with a separate setup_context. In plain eager mode
 it calls the launchers directly (a custom op's dispatch costs tens of microseconds per call); under
 torch.compile, torch.func transforms or any other tracing it calls the triton_ops cifar_zoo::dwconv_fwd,
-dwconv_bwd_weight, dwconv_bwd_input (launches through wrap_triton), the binding that works in eager mode,
-under torch.func.grad and inside torch.compile (shared/notes/torch-func-triton.md). No double backward.
+dwconv_bwd_weight, dwconv_bwd_input, dwconv_bwd_fused (launches through wrap_triton), the binding that works
+in eager mode, under torch.func.grad and inside torch.compile (shared/notes/torch-func-triton.md). No double
+backward.
 
 impl="auto" on CUDA uses the kernels where they measured faster than PyTorch on an H100 (`triton_preferred`):
 everywhere in NCHW and with a fused epilogue, only for stride-2 and small-output layers in channels_last.
@@ -276,6 +280,40 @@ def wgrad_taps_config(dtype: torch.dtype, N: int, C: int, H: int, W: int, stride
     else:
         small = need_z or N * C * OH * OW < _TAPS_PLAIN_SMALL
     return LaunchConfig(max(1, (_TAPS_TILE_SMALL if small else _TAPS_TILE) // block_k), block_k, 4)
+
+
+BACKWARD_VARIANTS = ("split", "fused")  # the weight pass then the grad-input pass, or launch_bwd_fused's one pass
+_FUSED_16BIT_MAX = 1 << 25  # elements of x (N x C x H x W) from which the 16-bit one pass measured slower
+
+
+def backward_variant(channels_last: bool, dtype: torch.dtype, N: int, C: int, H: int, W: int, stride: int,
+                     K: int = 3, changes_grad: bool = False) -> str:
+    """How backward_pass computes grad_x and the weight gradient together: "fused" (one pass,
+    kernels/depthwise_backward.py) where it can run (channels_last, 3x3, stride 1, and an epilogue that leaves
+    the gradient unchanged; changes_grad: a relu or a scale) and measured faster than "split" on an H200 at the
+    nets' 12 stride-1 layers, batch 256 and 512, at bwd_fused_config's tile (`python3 bench/backward.py`,
+    bench/results/backward-h200.md, 2026-12-02 12:44 UTC):
+    - float32 from 16x16 maps: 1.09-1.28x (14 cases); at 8x8 and 4x4 0.92-1.01x (10).
+    - 16 bits below 2**25 elements of x: 1.05-1.14x (16 cases); from there 0.93-1.02x (8: the 32x32 maps of 64
+      channels and more but 64 at batch 256, 256 channels 16x16 at batch 512, 728 channels 16x16).
+    Over the 24 cases of each dtype this rule's geometric-mean speedup is 1.09x in float32 and 1.06x in
+    bfloat16. float16 follows bfloat16 (not measured apart)."""
+    if not (channels_last and K == 3 and stride == 1) or changes_grad:
+        return "split"
+    if dtype == torch.float32:
+        return "fused" if H * W >= 256 else "split"
+    return "fused" if N * C * H * W < _FUSED_16BIT_MAX else "split"
+
+
+def bwd_fused_config(dtype: torch.dtype, N: int, C: int, H: int, W: int, cpu: bool = False) -> LaunchConfig:
+    """Tiles (BLOCK_R, BLOCK_K, num_warps) of launch_bwd_fused: 16 x 32 with 4 warps (4 elements per thread),
+    the fastest of the six timed at 38 of the 48 cases in bench/results/backward-h200.md and 1.045x (bf16) and
+    1.07x (fp32) over the two passes in geometric mean, where 32 x 32 gave 0.87x and 1.01x, 8 x 64 0.96x and
+    0.97x. dtype, N, H and W are not used yet: the signature is that of the other tile rules."""
+    if cpu:  # the interpreter: few large tiles, as in pointwise_config
+        return LaunchConfig(128, 64, 1)
+    block_k = min(_next_pow2(C), 32)
+    return LaunchConfig(512 // block_k, block_k, 4)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -846,19 +884,46 @@ def launch_bwd_weight(grad_y, x, weight, scale, shift, stride: int, relu: bool, 
         kernel, (groups, col_programs), wrap, cfg.num_warps, x.device, *pointers, N, steps,
         C=C, H=H, W=W, STRIDE=stride, **tile, **epilogue, BLOCK_K=cfg.block_k,
     )  # fmt: skip
-    grad_w = torch.empty((C, 1, K, K), device=x.device, dtype=weight.dtype)
-    grad_scale = torch.empty((C,) if scale is not None else (0,), device=x.device,
+    return (*_finish_weight_grad(part, weight, scale, shift, wrap), gz)
+
+
+def _finish_weight_grad(part: torch.Tensor, weight, scale, shift, wrap: bool):
+    """(grad_weight, grad_scale, grad_shift) from the (G, K*K + 2, C) partial sums of a weight pass, added in a
+    fixed order; grad_scale / grad_shift are empty where scale / shift is None."""
+    groups, C = part.shape[0], part.shape[2]
+    K, dev = weight.shape[-1], part.device
+    grad_w = torch.empty((C, 1, K, K), device=dev, dtype=weight.dtype)
+    grad_scale = torch.empty((C,) if scale is not None else (0,), device=dev,
                              dtype=scale.dtype if scale is not None else torch.float32)
-    grad_shift = torch.empty((C,) if shift is not None else (0,), device=x.device,
+    grad_shift = torch.empty((C,) if shift is not None else (0,), device=dev,
                              dtype=shift.dtype if shift is not None else torch.float32)
     block_c = min(_next_pow2(C), 128)
     _launch(
-        _dwconv_wgrad_finish_kernel, (K * K + 2, _cdiv(C, block_c)), wrap, 4, x.device,
+        _dwconv_wgrad_finish_kernel, (K * K + 2, _cdiv(C, block_c)), wrap, 4, dev,
         part, grad_w, grad_scale if scale is not None else part, grad_shift if shift is not None else part,
         groups, C=C, KK=K * K, HAS_SCALE=scale is not None, HAS_SHIFT=shift is not None,
         BLOCK_G=_FINISH_BLOCK_G, BLOCK_C=block_c,
     )  # fmt: skip
-    return grad_w, grad_scale, grad_shift, gz
+    return grad_w, grad_scale, grad_shift
+
+
+def launch_bwd_fused(grad_y, x, weight, shift, wrap: bool = False, config=None,
+                     programs: int = _WGRAD_TARGET_PROGRAMS):
+    """(grad_x, grad_weight, grad_shift) in one pass (kernels/depthwise_backward.py), for channels_last x, a 3x3
+    weight, stride 1 and an epilogue that leaves the gradient unchanged (shift alone, or none: grad_y is the
+    gradient w.r.t. the conv output); grad_shift is empty when shift is None. config: a (BLOCK_R, BLOCK_K,
+    num_warps) tile, by default bwd_fused_config's."""
+    N, C, H, W = x.shape
+    if not _is_channels_last(x) or weight.shape[-2:] != (3, 3) or grad_y.shape != x.shape:
+        raise ValueError(f"launch_bwd_fused takes channels_last x, a 3x3 weight and stride 1 (grad_y of x's "
+                         f"shape), got x strides {x.stride()}, a {tuple(weight.shape[-2:])} kernel and grad_y "
+                         f"{tuple(grad_y.shape)} for x {tuple(x.shape)}")
+    x, grad_y = _dense(x, True), _dense(grad_y, True)
+    cfg = config or bwd_fused_config(x.dtype, N, C, H, W, cpu=not x.is_cuda)
+    steps, groups, col_programs = wgrad_steps(True, N, C, H, W, 1, cfg, programs)
+    dx, part = _bwd.fused_pass(grad_y, x, weight, shift, cfg, steps, groups, col_programs, wrap=wrap)
+    grad_w, _, grad_shift = _finish_weight_grad(part, weight, None, shift, wrap)
+    return dx, grad_w, grad_shift
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -906,6 +971,18 @@ def dwconv_bwd_weight(
     return launch_bwd_weight(grad_y, x, weight, scale, shift, stride, relu, store_grad_z, wrap=True)
 
 
+@triton_op("cifar_zoo::dwconv_bwd_fused", mutates_args={})
+def dwconv_bwd_fused(
+    grad_y: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    shift: Optional[torch.Tensor],  # noqa: UP045
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(grad_x, grad_weight, grad_shift) in one pass: stride 1, channels_last, 3x3, no relu or scale; grad_shift
+    is empty when shift is None."""
+    return launch_bwd_fused(grad_y, x, weight, shift, wrap=True)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Compiling ahead. Triton compiles a kernel at its first launch, about a second per variant on an H100 host,
 # and every (C, H, W, stride, dtype, layout, epilogue) is a variant: a MobileNet's 9 layer shapes cost ~30 s
@@ -937,9 +1014,11 @@ def _compile_layer(layer: Layer) -> None:
     sc = torch.ones(C, device="cuda") if layer.scale else None
     sh = torch.zeros(C, device="cuda") if layer.shift else None
     y = launch_fwd(x, w, sc, sh, stride, layer.relu)
-    store_gz = layer.relu or layer.scale
-    gz = launch_bwd_weight(y, x, w, sc, sh, stride, layer.relu, store_gz)[3]
-    launch_bwd_input(gz if store_gz else y, w, x, stride)
+    backward_pass(y, x, w, sc, sh, stride, layer.relu, (True, True, layer.scale, layer.shift), eager=True)
+    if backward_variant(layer.channels_last, x.dtype, 16, C, H, W, stride, K, layer.relu or layer.scale) == "fused":
+        # in 16 bits the batch decides between one pass and two (backward_variant): compile the two as well
+        for needs in ((True, False, False, False), (False, True, False, layer.shift)):
+            backward_pass(y, x, w, sc, sh, stride, layer.relu, needs, eager=True)
     torch.cuda.synchronize()
 
 
@@ -995,34 +1074,45 @@ class _DepthwiseConv2dFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y):
         x, weight, scale, shift = ctx.saved_tensors
-        need_x, need_w, need_scale, need_shift = ctx.needs_input_grad[:4]
-        # The gradient w.r.t. the conv output differs from grad_y only through relu's mask and the scale.
-        epilogue_changes_grad = ctx.relu or scale is not None
-        need_weight_pass = need_w or need_scale or need_shift or (need_x and epilogue_changes_grad)
-        store_gz = need_x and epilogue_changes_grad
+        needs = ctx.needs_input_grad[:4]
         eager = _eager(grad_y, x, weight, scale, shift)
-        grad_x = grad_w = grad_scale = grad_shift = None
-        grad_z = grad_y
         # no_grad: the ops have no derivative (no double backward), and under torch.func.grad the saved
         # tensors still track the outer level, which would send the ops through their autograd wrapper.
         with torch.no_grad():
-            if need_weight_pass:
-                args = (grad_y, x, weight, scale, shift, ctx.stride, ctx.relu, store_gz)
-                weight_pass = launch_bwd_weight if eager else dwconv_bwd_weight
-                grad_w, grad_scale, grad_shift, gz = weight_pass(*args)
-                if store_gz:
-                    grad_z = gz
-            if need_x:
-                args = (grad_z, weight, x, ctx.stride)
-                grad_x = (launch_bwd_input if eager else dwconv_bwd_input)(*args)
-        return (
-            grad_x,
-            grad_w if need_w else None,
-            grad_scale if need_scale else None,
-            grad_shift if need_shift else None,
-            None,
-            None,
-        )
+            grads = backward_pass(grad_y, x, weight, scale, shift, ctx.stride, ctx.relu, needs, eager)
+        return (*grads, None, None)
+
+
+def backward_pass(grad_y, x, weight, scale, shift, stride: int, relu: bool, needs, eager: bool):
+    """(grad_x, grad_weight, grad_scale, grad_shift) of y = relu(dwconv(x) * scale + shift), None where
+    needs (four bools, for x, weight, scale, shift) is False: the launchers (eager) or the triton_ops, in one
+    pass where backward_variant says so, else the weight pass (whose grad_z, where a relu or a scale changes
+    the gradient, feeds the grad-input pass) and then the grad-input pass."""
+    need_x, need_w, need_scale, need_shift = needs
+    # The gradient w.r.t. the conv output differs from grad_y only through relu's mask and the scale.
+    changes_grad = relu or scale is not None
+    N, C, H, W = x.shape
+    if need_x and need_w and backward_variant(_is_channels_last(x), x.dtype, N, C, H, W, stride, weight.shape[-1],
+                                              changes_grad) == "fused":
+        grad_x, grad_w, grad_shift = (launch_bwd_fused if eager else dwconv_bwd_fused)(grad_y, x, weight, shift)
+        return grad_x, grad_w, None, grad_shift if need_shift else None
+    need_weight_pass = need_w or need_scale or need_shift or (need_x and changes_grad)
+    store_gz = need_x and changes_grad
+    grad_x = grad_w = grad_scale = grad_shift = None
+    grad_z = grad_y
+    if need_weight_pass:
+        args = (grad_y, x, weight, scale, shift, stride, relu, store_gz)
+        grad_w, grad_scale, grad_shift, gz = (launch_bwd_weight if eager else dwconv_bwd_weight)(*args)
+        if store_gz:
+            grad_z = gz
+    if need_x:
+        grad_x = (launch_bwd_input if eager else dwconv_bwd_input)(grad_z, weight, x, stride)
+    return (
+        grad_x,
+        grad_w if need_w else None,
+        grad_scale if need_scale else None,
+        grad_shift if need_shift else None,
+    )
 
 
 def _check_triton_args(x: torch.Tensor, weight: torch.Tensor) -> None:
@@ -1054,7 +1144,8 @@ def triton_preferred(channels_last: bool, dtype: torch.dtype, H: int, W: int, st
     With the rows schedule and at the nets' own layers (H200, bench/results/depthwise-h200.md) the kernels
     were faster than cuDNN at more shapes than this rule gives them (bf16 channels_last: 1.01-1.60x at all but
     one of 30 cases), yet MobileNetV1's whole step with the kernels at every 16-bit layer ran as fast as under
-    this rule (1.00x, bench/results/h200-mobilenetv1-rule.md), so the rule stays.
+    this rule (1.00x, bench/results/h200-mobilenetv1-rule.md), so the rule stays; with the one-pass backward
+    too, 1.01x / 1.00x (cudnn.benchmark off / on, bench/results/h200-mobilenetv1-one-pass.md).
     """
     if fused or not channels_last:
         return True
@@ -1096,4 +1187,5 @@ def depthwise_conv2d(
 
 # The rows schedule lives in its own file and imports this module's helpers, so it is imported last (either
 # module may be imported first: the package attribute falls back to sys.modules while one is initialising).
+from kernels import depthwise_backward as _bwd  # noqa: E402
 from kernels import depthwise_rows as _rows  # noqa: E402

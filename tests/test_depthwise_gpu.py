@@ -29,7 +29,8 @@ def compiled_ahead():
     layers += [Layer(C, H, H, s, 3, "bfloat16", lay == "channels_last", e, e, e) for lay in LAYOUTS]
     layers += [Layer(64, 8, 8, 2, 3, "float32", True, True, True, True),  # test_func_grad_on_gpu
                Layer(32, 8, 8, 1, 3, "bfloat16", True, True, True, True),  # test_compiled_has_no_graph_breaks
-               Layer(64, 16, 16, 1, 5, "bfloat16", True, True, True, True)]  # test_kernel_size_5
+               Layer(64, 16, 16, 1, 5, "bfloat16", True, True, True, True),  # test_kernel_size_5
+               Layer(128, 16, 16, 1, 3, "bfloat16", True)]  # test_compiled_one_pass_backward
     precompile(layers)
 
 
@@ -117,6 +118,28 @@ def test_compiled_has_no_graph_breaks():
         explanation = torch._dynamo.explain(_loss_and_grads)(*inputs)
     assert explanation.graph_break_count == 0, [str(r.reason) for r in explanation.break_reasons]
     assert explanation.graph_count == 1
+
+
+def test_compiled_one_pass_backward():
+    """Without an epilogue at stride 1 in channels_last the backward is one kernel (kernels/depthwise_backward.py):
+    inside torch.compile, as one graph, with the gradients of the float64 reference."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch._dynamo.reset()
+    x, w, _, _ = _inputs(64, 128, 16, torch.bfloat16, "channels_last", False)
+
+    def loss_and_grads(x, w):
+        loss = (depthwise_conv2d(x, w, 1, impl="triton").float().sin() ** 2).mean()
+        return (loss, *torch.autograd.grad(loss, (x, w)))
+
+    with _trace_autograd_ops():
+        compiled, codes = run_and_get_code(torch.compile(loss_and_grads), x, w)
+    code = "".join(codes)
+    assert "_dwconv_bwd_fused_kernel" in code and "_dwconv_bwd_input_kernel" not in code
+    refs = [t.detach().double().requires_grad_() for t in (x, w)]
+    loss = (reference_depthwise_conv2d(*refs, 1).sin() ** 2).mean()
+    for got, want in zip(compiled, (loss, *torch.autograd.grad(loss, refs)), strict=True):
+        assert rel_err(got, want) < TOL[torch.bfloat16]
 
 
 def test_func_grad_on_gpu():

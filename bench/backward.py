@@ -1,0 +1,174 @@
+"""The depthwise 3x3 backward, channels_last, stride 1, without an epilogue (as the nets call it in training): the
+two passes kernels.depthwise ran until 2026-12-02 ("split": launch_bwd_weight, then launch_bwd_input, each at its
+default kernel and tile) against the one pass of kernels/depthwise_backward.py ("fused": launch_bwd_fused) over
+a few tiles, at every stride-1 depthwise layer of the CIFAR MobileNetV1 and Xception (bench/depthwise.py's
+layer table), batch 256 and 512, bfloat16 and float32.
+
+    python3 bench/backward.py [PREFIX]   -> PREFIX.json + PREFIX.md (default bench/results/backward-<gpu slug>)
+
+Each call returns (grad_x, grad_weight). Bytes are the fewest a backward must move: read grad_y and x, write
+grad_x (3 N C H W elements); "% copy" relates them to a device-to-device copy measured in the same run. Times are
+bench/depthwise.py's CUDA-graph medians over rotating input sets; every kernel variant is compiled first, in
+parallel processes. "rel err" is the largest ||fused - split|| / ||split|| over grad_x and grad_weight.
+"""
+
+import itertools
+import statistics
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from bench.common import copy_gbs as copy_bandwidth_gbs  # noqa: E402
+from bench.common import geomean, run_sweep, sweep_markdown  # noqa: E402
+from bench.depthwise import BATCHES, DTYPES, K, graph_us, layer_table, n_sets_for  # noqa: E402
+from bench.wgrad import DNAMES, MATCH_TOL, _inputs, max_rel_err  # noqa: E402
+from kernels import depthwise as dw  # noqa: E402
+
+# (BLOCK_R, BLOCK_K, num_warps) tried for "fused" besides bwd_fused_config's; BLOCK_K capped at C (rounded up)
+FUSED_TILES = ((16, 32, 4), (32, 32, 4), (8, 64, 4), (16, 64, 4), (64, 32, 8), (32, 64, 8))
+COMPILE_N = 16  # batch of the precompile jobs (the kernels do not specialise on it)
+CASE_KEYS = ("net", "N", "C", "H", "dtype")
+COLUMNS = ["net", "N", "C", "H", "dtype", "variant", "config", "us", "GB/s", "% copy", "speedup vs split",
+           "rel err"]  # fmt: skip
+BEST_COLUMNS = ["net", "N", "C", "H", "dtype", "split us", "split % copy", "default fused us", "best fused config",
+                "best fused us", "best fused % copy", "default speedup", "best speedup"]  # fmt: skip
+
+
+def backward_bytes(N: int, C: int, H: int, elt: int) -> int:
+    """Read grad_y and x, write grad_x, at stride 1 (H x H maps)."""
+    return 3 * N * C * H * H * elt
+
+
+def fused_candidates(C: int, H: int, dname: str, N: int) -> list[dw.LaunchConfig]:
+    """bwd_fused_config's tile first, then FUSED_TILES with BLOCK_K at most C rounded up to a power of 2."""
+    default = dw.bwd_fused_config(DTYPES[dname], N, C, H, H)
+    cap = max(32, dw._next_pow2(C))
+    sweep = [dw.LaunchConfig(*t) for t in FUSED_TILES if t[1] <= cap]
+    return list(dict.fromkeys([default, *sweep]))
+
+
+def variants(C: int, H: int, dname: str, N: int) -> list[tuple[str, dw.LaunchConfig | None]]:
+    return [("split", None)] + [("fused", cfg) for cfg in fused_candidates(C, H, dname, N)]
+
+
+def _call(xs, gs, w, variant: str, config):
+    """call(i) -> (grad_x, grad_weight) on input set i."""
+    if variant == "split":
+        return lambda i: (dw.launch_bwd_input(gs[i], w, xs[i], 1),
+                          dw.launch_bwd_weight(gs[i], xs[i], w, None, None, 1, False, False)[0])
+    return lambda i: dw.launch_bwd_fused(gs[i], xs[i], w, None, config=config)[:2]
+
+
+def _compile_job(job: tuple) -> None:
+    """One (dtype, layer, variant, config) at a small batch on the GPU (in a worker process)."""
+    dname, C, H, variant, config = job
+    xs, gs = _inputs(COMPILE_N, C, H, 1, DTYPES[dname], "cuda", 1)
+    _call(xs, gs, torch.randn(C, 1, K, K, device="cuda"), variant, config and dw.LaunchConfig(*config))(0)
+    torch.cuda.synchronize()
+
+
+def measure_case(net, N, C, H, dname, copy_gbs, device, time_us=graph_us) -> list[dict]:
+    """One row per variant and tile at one layer, batch and dtype; time_us(call, n_sets) -> µs."""
+    dtype = DTYPES[dname]
+    n_bytes = backward_bytes(N, C, H, torch.empty((), dtype=dtype).element_size())
+    n = n_sets_for(n_bytes)
+    xs, gs = _inputs(N, C, H, 1, dtype, device, n)
+    w = torch.randn(C, 1, K, K, device=device) / K
+    rows, ref = [], None
+    for variant, cfg in variants(C, H, dname, N):
+        call = _call(xs, gs, w, variant, cfg)
+        outs = call(0)  # also the warm-up of this kernel in this process
+        ref = ref if ref is not None else outs  # split's outputs, the first variant's
+        us = time_us(call, n)
+        rows.append({
+            "net": net, "N": N, "C": C, "H": H, "dtype": dname, "variant": variant,
+            "config": str(tuple(cfg)) if cfg else "defaults", "us": us, "GB/s": n_bytes / us / 1e3,
+            "% copy": 100 * n_bytes / us / 1e3 / copy_gbs, "rel err": max_rel_err(outs, ref), "bytes": n_bytes,
+            "input sets": n,
+        })  # fmt: skip
+    for row in rows:
+        row["speedup vs split"] = rows[0]["us"] / row["us"]
+    return rows
+
+
+def best_rows(rows: list[dict]) -> list[dict]:
+    """Per layer, batch and dtype: split, bwd_fused_config's tile, and the fastest fused tile."""
+    cases: dict[tuple, list[dict]] = {}
+    for row in rows:
+        cases.setdefault(tuple(row[k] for k in CASE_KEYS), []).append(row)
+    out = []
+    for case_rows in cases.values():
+        split, default = case_rows[0], case_rows[1]  # variants(): split, then the default tile
+        best = min(case_rows[1:], key=lambda r: r["us"])
+        out.append({
+            **{k: split[k] for k in CASE_KEYS}, "split us": split["us"], "split % copy": split["% copy"],
+            "default fused us": default["us"], "best fused config": best["config"], "best fused us": best["us"],
+            "best fused % copy": best["% copy"], "default speedup": split["us"] / default["us"],
+            "best speedup": split["us"] / best["us"],
+        })  # fmt: skip
+    return out
+
+
+def summarize(rows: list[dict], best: list[dict], copy_gbs: float) -> dict:
+    summary = {"copy GB/s": copy_gbs}
+    for dname in DNAMES:
+        b = [r for r in best if r["dtype"] == dname]
+        if not b:
+            continue
+        summary |= {
+            f"geomean speedup fused (default tile) vs split, {dname}": geomean([r["default speedup"] for r in b]),
+            f"geomean speedup fused (best tile) vs split, {dname}": geomean([r["best speedup"] for r in b]),
+            f"min / max speedup fused (default tile) vs split, {dname}": [
+                round(min(r["default speedup"] for r in b), 2), round(max(r["default speedup"] for r in b), 2)],
+            f"cases where fused (default tile) beats split, {dname}": (
+                f"{sum(r['default speedup'] > 1 for r in b)} of {len(b)}"),
+            f"median % copy, split / best fused, {dname}": [
+                round(statistics.median(r["split % copy"] for r in b), 1),
+                round(statistics.median(r["best fused % copy"] for r in b), 1)],
+        }  # fmt: skip
+    summary["max rel err fused vs split"] = max(r["rel err"] for r in rows)
+    summary["rows with rel err over MATCH_TOL"] = sum(r["rel err"] > MATCH_TOL[r["dtype"]] for r in rows)
+    return summary
+
+
+def measure(device: str = "cuda", layers=None, batches=BATCHES, dnames=DNAMES, time_us=graph_us,
+            copy_gbs: float | None = None, compile_ahead: bool = True) -> dict:
+    """Every stride-1 layer x batch x dtype x (variant, tile); layers: (nets, C, H, stride), default
+    layer_table(). time_us, copy_gbs and compile_ahead=False let the CPU tests run it with a fake timer."""
+    layers = [layer for layer in (layer_table() if layers is None else layers) if layer[3] == 1]
+    start = time.perf_counter()
+    if compile_ahead:
+        jobs = dict.fromkeys((d, C, H, variant, tuple(cfg) if cfg else None)
+                             for _, C, H, _ in layers for d in dnames for N in batches
+                             for variant, cfg in variants(C, H, d, N))  # fmt: skip
+        dw._in_processes(_compile_job, list(jobs))
+    compile_s = time.perf_counter() - start
+    copy_gbs = copy_gbs or copy_bandwidth_gbs(device)
+    rows = []
+    for (net, C, H, _), N, dname in itertools.product(layers, batches, dnames):
+        rows += measure_case(net, N, C, H, dname, copy_gbs, device, time_us)
+    best = best_rows(rows)
+    summary = summarize(rows, best, copy_gbs)
+    summary["precompile s"] = compile_s
+    summary["total s"] = time.perf_counter() - start
+    return {"title": "Depthwise 3x3 backward, channels_last, stride 1, no epilogue: two passes (split) vs one (fused)",
+            "columns": COLUMNS, "rows": rows, "best_columns": BEST_COLUMNS, "best": best, "summary": summary}
+
+
+def to_markdown(result: dict, header: dict) -> str:
+    intro = "Summary (CUDA-graph medians; speedup = split time / fused time, same layer, batch, dtype):"
+    per_case = "Per layer, config = (BLOCK_R, BLOCK_K, num_warps):"
+    return sweep_markdown(result, header, intro, per_case, "bench/backward.py")
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_sweep("backward", sys.argv[1:] if argv is None else argv, measure, to_markdown)
+
+
+if __name__ == "__main__":
+    main()

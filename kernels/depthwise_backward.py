@@ -1,0 +1,137 @@
+"""The depthwise 3x3 backward in one pass: grad_x and the weight gradient together, for channels_last, stride 1 and
+an epilogue that leaves the gradient unchanged (none, or a shift alone), as the nets call it in training.
+
+Why: apart, the weight pass reads grad_y and x, and the grad-input pass reads grad_y again and writes grad_x. At the
+nets' largest layer (batch 512, 256 channels 32x32, bf16) the backward took 534 of the forward+backward's 753 µs,
+at 37-42% of the copy bandwidth (bench/results/depthwise-h200.md). At stride 1, x, grad_y and grad_x have one
+shape, and the nine pixel offsets of the weight gradient's taps are those of the grad-input pass's taps:
+
+    gw[c, kh, kw] = sum_p g[p] * x[p + (kh - 1, kw - 1)]
+    dx[p]         = sum_{kh, kw} g[p + (1 - kh, 1 - kw)] * w[c, kh, kw]
+
+so one program per (BLOCK_R pixels of the whole batch, BLOCK_K channels) tile loads x and g at each offset with one
+address and one mask, adds g[p] * x[p + o] to the tap's accumulator and g[p + o] * w[c, 1 - o] to dx, and stores
+dx: grad_y is read from memory once, and the 18 loads share 9 address computations. It writes the same (G, 9 + 2, C)
+partial sums as kernels.depthwise's weight passes, for the same finishing kernel.
+
+Measured against the two passes (python3 bench/backward.py, bench/results/backward-h200.md, H200, 2026-12-02): faster
+at the smaller layers in 16 bits and from 16x16 maps in float32, slower at the largest 16-bit layers, whose
+weight pass is bound by its instructions rather than its bytes; kernels.depthwise.backward_variant takes it where
+it was faster. tests/test_depthwise_bwd_fused.py compares it with the float64 reference and the two passes.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.depthwise import _empty, _launch, _store_parts3x3, _tap_weight
+
+__all__ = ["fused_pass"]
+
+
+@triton.jit
+def _xg_at(x_ptr, g_ptr, n, oh, ow, c, valid, DH: tl.constexpr, DW: tl.constexpr,
+           C: tl.constexpr, H: tl.constexpr, W: tl.constexpr):
+    """x and g at pixel (oh + DH, ow + DW) of each row's image: two float32 tiles, 0 outside the image."""
+    ih = oh + DH
+    iw = ow + DW
+    ok = valid & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    off = ((n * H + ih) * W + iw) * C + c
+    return (tl.load(x_ptr + off, mask=ok, other=0.0).to(tl.float32),
+            tl.load(g_ptr + off, mask=ok, other=0.0).to(tl.float32))
+
+
+@triton.jit(do_not_specialize=["N", "STEPS"])
+def _dwconv_bwd_fused_kernel(
+    # pointers: x, grad_y in; weight (C, 9); dx out (x's dtype); part (G, 9 + 2, C) float32 partial sums
+    x_ptr, g_ptr, w_ptr, dx_ptr, part_ptr,
+    # sizes; STEPS: loop steps per program, each BLOCK_R pixels of the whole batch
+    N, STEPS,
+    # compile-time: geometry, epilogue (a shift: its gradient is the sum of g), tile
+    C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, HAS_SHIFT: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    ar = tl.arange(0, BLOCK_R)[:, None]  # (BLOCK_R, 1)
+    c1 = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)  # (BLOCK_K,): channels, fixed per program
+    c = c1[None, :]  # (1, BLOCK_K)
+    c_ok = c < C
+    w00 = _tap_weight(w_ptr, c, c_ok, 0)  # (1, BLOCK_K) each: the weight per tap (kh, kw)
+    w01 = _tap_weight(w_ptr, c, c_ok, 1)
+    w02 = _tap_weight(w_ptr, c, c_ok, 2)
+    w10 = _tap_weight(w_ptr, c, c_ok, 3)
+    w11 = _tap_weight(w_ptr, c, c_ok, 4)
+    w12 = _tap_weight(w_ptr, c, c_ok, 5)
+    w20 = _tap_weight(w_ptr, c, c_ok, 6)
+    w21 = _tap_weight(w_ptr, c, c_ok, 7)
+    w22 = _tap_weight(w_ptr, c, c_ok, 8)
+    # (BLOCK_R, BLOCK_K) each: the sum of g * x under tap (kh, kw), and of g (dshift)
+    acc00 = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
+    acc01 = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
+    acc02 = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
+    acc10 = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
+    acc11 = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
+    acc12 = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
+    acc20 = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
+    acc21 = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
+    acc22 = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
+    acc_shift = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
+    for i in range(STEPS):
+        r = (tl.program_id(0) * STEPS + i) * BLOCK_R + ar  # pixels of the whole batch
+        ow = r % W
+        oh = (r // W) % H
+        n = r // (W * H)
+        valid = (r < N * (H * W)) & c_ok
+        off = r * C + c
+        g = tl.load(g_ptr + off, mask=valid, other=0.0).to(tl.float32)
+        xc = tl.load(x_ptr + off, mask=valid, other=0.0).to(tl.float32)
+        acc11 += g * xc
+        dx = g * w11
+        # offset (dh, dw): x there is tap (1 + dh, 1 + dw) of the weight gradient; g there meets w[1 - dh, 1 - dw]
+        xo, go = _xg_at(x_ptr, g_ptr, n, oh, ow, c, valid, -1, -1, C, H, W)
+        acc00 += g * xo
+        dx += go * w22
+        xo, go = _xg_at(x_ptr, g_ptr, n, oh, ow, c, valid, -1, 0, C, H, W)
+        acc01 += g * xo
+        dx += go * w21
+        xo, go = _xg_at(x_ptr, g_ptr, n, oh, ow, c, valid, -1, 1, C, H, W)
+        acc02 += g * xo
+        dx += go * w20
+        xo, go = _xg_at(x_ptr, g_ptr, n, oh, ow, c, valid, 0, -1, C, H, W)
+        acc10 += g * xo
+        dx += go * w12
+        xo, go = _xg_at(x_ptr, g_ptr, n, oh, ow, c, valid, 0, 1, C, H, W)
+        acc12 += g * xo
+        dx += go * w10
+        xo, go = _xg_at(x_ptr, g_ptr, n, oh, ow, c, valid, 1, -1, C, H, W)
+        acc20 += g * xo
+        dx += go * w02
+        xo, go = _xg_at(x_ptr, g_ptr, n, oh, ow, c, valid, 1, 0, C, H, W)
+        acc21 += g * xo
+        dx += go * w01
+        xo, go = _xg_at(x_ptr, g_ptr, n, oh, ow, c, valid, 1, 1, C, H, W)
+        acc22 += g * xo
+        dx += go * w00
+        if HAS_SHIFT:
+            acc_shift += g
+        tl.store(dx_ptr + off, dx.to(dx_ptr.dtype.element_ty), mask=valid)
+    _store_parts3x3(part_ptr, acc00, acc01, acc02, acc10, acc11, acc12, acc20, acc21, acc22, acc_shift, acc_shift,
+                    c1, C, False, HAS_SHIFT)
+
+
+def fused_pass(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, shift, config, steps: int,
+                     groups: int, col_programs: int, wrap: bool = False):
+    """(grad_x, part): grad_x in x's dtype and layout, and the (groups, 9 + 2, C) float32 partial sums of the
+    weight (and shift) gradient that kernels.depthwise._finish_weight_grad adds up. x and grad_y are dense
+    channels_last (N, C, H, W) of one shape (stride 1), weight (C, 1, 3, 3); config, steps, groups and
+    col_programs as kernels.depthwise.wgrad_steps gives them; kernels.depthwise.launch_bwd_fused checks the
+    arguments and finishes the sums."""
+    N, C, H, W = x.shape
+    dx = _empty((N, C, H, W), x, channels_last=True)
+    part = torch.empty((groups, 9 + 2, C), device=x.device, dtype=torch.float32)
+    _launch(
+        _dwconv_bwd_fused_kernel, (groups, col_programs), wrap, config.num_warps, x.device,
+        x, grad_y, weight.contiguous(), dx, part, N, steps,
+        C=C, H=H, W=W, HAS_SHIFT=shift is not None, BLOCK_R=config.block_r, BLOCK_K=config.block_k,
+    )  # fmt: skip
+    return dx, part
+

@@ -1,0 +1,242 @@
+"""The one-pass depthwise backward (kernels/depthwise_backward.py through kernels.depthwise.launch_bwd_fused) against
+the float64 reference and the two-pass backward it replaces, its argument checks, where the autograd binding takes
+it (eager and under torch.func.grad), and its dispatch rule.
+
+Without CUDA the kernels run in Triton's interpreter (test_depthwise sets TRITON_INTERPRET before triton is
+imported); the shapes are tiny for it.
+"""
+
+import itertools
+
+import pytest
+import torch
+from test_depthwise import (  # noqa: F401 (one_cpu_thread: an autouse fixture, active where imported)
+    DEVICE,
+    TOL,
+    float64_twins,
+    make_inputs,
+    needs_triton,
+    one_cpu_thread,
+    rel_err,
+)
+
+from kernels import depthwise as dw
+
+# (N, C, H, W, shift, config, programs): odd sizes (5x7: 35 pixels, off BLOCK_R), batch 1, C = 20 off
+# BLOCK_K = 8, 2x2 maps; config None = the interpreter's tile; programs = 3 with 3 channel blocks: one program
+# per channel block looping over several steps, the last one partial.
+CASES = [
+    (2, 20, 5, 7, False, (16, 8, 1), 3),
+    (1, 20, 5, 7, True, None, 1024),
+    (2, 12, 6, 5, True, (8, 16, 1), 2),
+    (3, 8, 2, 2, False, (4, 8, 1), 1024),
+]
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
+def _reference(x, w, sh, grad_y):
+    """float64 (grad_x, grad_weight, grad_shift) by autograd through the reference."""
+    x, w, sh = float64_twins((x, w, sh))
+    y = dw.reference_depthwise_conv2d(x, w, 1, None, sh)
+    wrt = [t for t in (x, w, sh) if t is not None]
+    grads = iter(torch.autograd.grad(y, wrt, grad_y.double().cpu()))
+    return [next(grads) if t is not None else None for t in (x, w, sh)]
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(v).replace(" ", "") for v in c))
+def test_fused_matches_reference_and_split(case, dtype):
+    N, C, H, W, shift, config, programs = case
+    x, w, _, sh = (t.detach() if t is not None else None
+                   for t in make_inputs(N, C, H, W, 3, dtype, "channels_last", False, shift))  # fmt: skip
+    grad_y = torch.randn(N, C, H, W, device=DEVICE, dtype=dtype).to(memory_format=torch.channels_last)
+    cfg = config and dw.LaunchConfig(*config)
+    fused = dw.launch_bwd_fused(grad_y, x, w, sh, config=cfg, programs=programs)
+    weight_pass = dw.launch_bwd_weight(grad_y, x, w, None, sh, 1, False, False, variant="taps")
+    split = (dw.launch_bwd_input(grad_y, w, x, 1), weight_pass[0], weight_pass[2])
+    for name, f, s, r in zip(("grad_x", "grad_weight", "grad_shift"), fused, split, _reference(x, w, sh, grad_y)):
+        if r is None:
+            assert f.numel() == 0, name
+            continue
+        assert f.shape == r.shape and f.dtype == s.dtype, name
+        assert rel_err(f, r) < TOL[dtype], f"{name} vs float64: {rel_err(f, r):.2e}"
+        assert rel_err(f, s) < TOL[dtype], f"{name} vs split: {rel_err(f, s):.2e}"
+    assert fused[0].is_contiguous(memory_format=torch.channels_last) and fused[0].dtype == dtype
+
+
+def _spy(monkeypatch):
+    """Count launch_bwd_fused's calls (the triton_op reaches it through the module too)."""
+    calls = []
+    real = dw.launch_bwd_fused
+
+    def spy(*args, **kwargs):
+        calls.append(args[1].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dw, "launch_bwd_fused", spy)
+    return calls
+
+
+@needs_triton
+def test_autograd_takes_the_fused_pass_where_the_rule_says(monkeypatch):
+    """Stride 1, channels_last, no epilogue or a shift, 16 bits or float32 maps of 16x16 and up: one pass; with
+    relu, at stride 2, in NCHW or at a small float32 map: two. The gradients match the reference either way."""
+    calls = _spy(monkeypatch)
+    bf16, fp32 = torch.bfloat16, torch.float32
+    for dtype, H, layout, stride, shift, relu, fused in ((bf16, 6, "channels_last", 1, True, False, True),
+                                                         (fp32, 16, "channels_last", 1, False, False, True),
+                                                         (fp32, 8, "channels_last", 1, False, False, False),
+                                                         (bf16, 6, "channels_last", 1, False, True, False),
+                                                         (bf16, 6, "channels_last", 2, False, False, False),
+                                                         (bf16, 6, "nchw", 1, False, False, False)):  # fmt: skip
+        x, w, _, sh = make_inputs(1, 12, H, H + 1, 3, dtype, layout, False, shift)
+        y = dw.depthwise_conv2d(x, w, stride, None, sh, relu, impl="triton")
+        grad_y = torch.randn_like(y)
+        y.backward(grad_y)
+        xr, wr, shr = float64_twins((x, w, sh))
+        dw.reference_depthwise_conv2d(xr, wr, stride, None, shr, relu).backward(grad_y.double().cpu())
+        for t, r in zip((x, w, sh), (xr, wr, shr)):
+            if t is not None:
+                assert rel_err(t.grad, r.grad) < TOL[dtype]
+        assert len(calls) == int(fused), (dtype, H, layout, stride, shift, relu)
+        calls.clear()
+
+
+@needs_triton
+def test_func_grad_through_the_fused_pass(monkeypatch):
+    """torch.func.grad reaches the one pass through its triton_op, against the reference's func.grad."""
+    calls = _spy(monkeypatch)
+    x, w, _, sh = make_inputs(1, 12, 16, 17, 3, torch.float32, "channels_last", False, True)
+    x, w, sh = x.detach(), w.detach(), sh.detach()
+    grad_y = torch.randn(1, 12, 16, 17, device=DEVICE)
+
+    def loss(impl, x, w, sh):
+        return (dw.depthwise_conv2d(x, w, 1, None, sh, impl=impl) * grad_y.to(x.dtype)).sum()
+
+    grads = torch.func.grad(lambda *a: loss("triton", *a), argnums=(0, 1, 2))(x, w, sh)
+    ref = torch.func.grad(lambda *a: loss("reference", *a), argnums=(0, 1, 2))(*(t.double() for t in (x, w, sh)))
+    for g, r in zip(grads, ref, strict=True):
+        assert rel_err(g, r) < TOL[torch.float32]
+    assert len(calls) == 1
+
+
+def test_only_the_x_or_weight_gradient_takes_two_passes(monkeypatch):
+    """With one of grad_x and grad_weight asked for, the pass that gives only it runs (no fused pass)."""
+    monkeypatch.setattr(dw, "launch_bwd_fused", lambda *a, **k: pytest.fail("fused pass with one gradient"))
+    ran = []
+    monkeypatch.setattr(dw, "launch_bwd_input", lambda *a, **k: ran.append("input") or a[2])
+    monkeypatch.setattr(dw, "launch_bwd_weight", lambda *a, **k: ran.append("weight") or (a[2], None, None, None))
+    x, w = torch.randn(1, 4, 5, 5).to(memory_format=torch.channels_last), torch.randn(4, 1, 3, 3)
+    for needs, expected in (((True, False, False, False), ["input"]), ((False, True, False, False), ["weight"])):
+        grads = dw.backward_pass(x, x, w, None, None, 1, False, needs, eager=True)
+        assert ran == expected and [g is not None for g in grads] == list(needs)
+        ran.clear()
+
+
+def test_fused_rejects_what_it_does_not_take():
+    """NCHW x, a 5x5 kernel, or a grad_y of another shape than x (stride 2): a ValueError before any launch."""
+    x = torch.randn(1, 4, 5, 5)
+    x_cl = x.to(memory_format=torch.channels_last)
+    w3, w5 = torch.randn(4, 1, 3, 3), torch.randn(4, 1, 5, 5)
+    with pytest.raises(ValueError, match="channels_last"):
+        dw.launch_bwd_fused(x, x, w3, None)
+    with pytest.raises(ValueError, match="3x3"):
+        dw.launch_bwd_fused(x_cl, x_cl, w5, None)
+    with pytest.raises(ValueError, match="stride 1"):
+        dw.launch_bwd_fused(torch.randn(1, 4, 3, 3).to(memory_format=torch.channels_last), x_cl, w3, None)
+
+
+def test_backward_variant_rule():
+    """"fused" only where it can run: channels_last, 3x3, stride 1, an epilogue that leaves the gradient alone;
+    the size lines as kernels.depthwise.backward_variant states them."""
+    bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
+    assert dw.backward_variant(True, bf16, 256, 32, 32, 32, 1) == "fused"
+    assert dw.backward_variant(True, bf16, 256, 32, 32, 32, 1, changes_grad=True) == "split"
+    assert dw.backward_variant(True, bf16, 256, 32, 32, 32, 2) == "split"
+    assert dw.backward_variant(False, bf16, 256, 32, 32, 32, 1) == "split"
+    assert dw.backward_variant(True, bf16, 256, 32, 32, 32, 1, K=5) == "split"
+    assert dw.backward_variant(True, fp16, 511, 64, 32, 32, 1) == "fused"  # just under 2**25 elements of x
+    assert dw.backward_variant(True, fp16, 512, 64, 32, 32, 1) == "split"
+    assert dw.backward_variant(True, fp32, 512, 728, 16, 16, 1) == "fused"
+    assert dw.backward_variant(True, fp32, 512, 728, 8, 8, 1) == "split"
+
+
+def test_backward_variant_follows_the_committed_measurement():
+    """At every committed H200 case (bench/results/backward-h200.json: the nets' stride-1 layers, batch 256 and
+    512, both dtypes) where the two differ by more than 3% at bwd_fused_config's tile, the rule takes the faster;
+    and the tile is within 3% of the fastest tile timed, in geometric mean per dtype."""
+    import json
+    from pathlib import Path
+
+    from bench.common import geomean
+
+    measured = json.loads((Path(__file__).parents[1] / "bench/results/backward-h200.json").read_text())
+    cases = {}
+    for r in measured["rows"]:
+        cases.setdefault((r["dtype"], r["N"], r["C"], r["H"]), []).append(r)
+    checked, slowdowns = 0, {"bf16": [], "fp32": []}
+    for (dname, N, C, H), rows in cases.items():
+        dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dname]
+        tile = str(tuple(dw.bwd_fused_config(dtype, N, C, H, H)))
+        default = next(r for r in rows if r["variant"] == "fused" and r["config"] == tile)
+        slowdowns[dname].append(default["us"] / min(r["us"] for r in rows if r["variant"] == "fused"))
+        if abs(default["speedup vs split"] - 1) > 0.03:
+            faster = "fused" if default["speedup vs split"] > 1 else "split"
+            assert dw.backward_variant(True, dtype, N, C, H, H, 1) == faster, default
+            checked += 1
+    assert len(cases) == 48 and checked >= 40
+    assert all(geomean(v) < 1.03 for v in slowdowns.values()), {k: geomean(v) for k, v in slowdowns.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# bench/backward.py without a GPU
+
+
+def test_bench_bytes_and_tiles():
+    from bench import backward, depthwise
+
+    assert backward.backward_bytes(2, 64, 32, 2) == 3 * 2 * 64 * 1024 * 2  # read grad_y and x, write grad_x
+    for (_, C, H, _), dname, N in itertools.product(depthwise.layer_table(), backward.DNAMES, (256, 512)):
+        tiles = backward.fused_candidates(C, H, dname, N)
+        assert tiles[0] == dw.bwd_fused_config(backward.DTYPES[dname], N, C, H, H)
+        assert len(set(tiles)) == len(tiles) >= 3 and all(t.block_k <= max(32, C) for t in tiles)
+
+
+@needs_triton
+def test_bench_measure_with_fake_timer(monkeypatch):
+    """The whole measurement on two tiny layers (interpreted without CUDA), the stride-2 one left out: rows, the
+    per-case table, the summary and its text. Two fused tiles, to stay quick in the interpreter."""
+    from bench import backward, common
+
+    tiles = backward.fused_candidates
+    monkeypatch.setattr(backward, "fused_candidates", lambda *case: tiles(*case)[:2])
+    timed = []
+
+    def fake_us(call, n_sets):
+        grad_x, grad_w = call(n_sets - 1)  # the call runs on every input set and returns both gradients
+        assert grad_x.dim() == 4 and grad_w.shape[-2:] == (3, 3)
+        timed.append(n_sets)
+        return 10.0 + len(timed) % 3  # µs; varies so that a best tile is picked
+
+    layers = [("tiny", 8, 4, 1), ("tiny", 8, 5, 2)]
+    result = backward.measure(DEVICE, layers, batches=(2,), time_us=fake_us, copy_gbs=100.0, compile_ahead=False)
+    rows, best = result["rows"], result["best"]
+    assert len(rows) == len(timed) == 2 * 3 and {r["H"] for r in rows} == {4}  # 2 dtypes x (split + 2 tiles)
+    assert len(best) == 2 and all(r["best speedup"] == r["split us"] / r["best fused us"] for r in best)
+    for r in rows:
+        assert r["% copy"] == pytest.approx(100 * r["bytes"] / r["us"] / 1e3 / 100.0)
+        assert r["rel err"] < backward.MATCH_TOL[r["dtype"]], r
+    markdown = backward.to_markdown(result, common.header(torch.device("cpu"), "python3 bench/backward.py /tmp/x"))
+    assert "geomean speedup fused (default tile) vs split, bf16" in markdown and "python3 bench/backward.py" in markdown
+
+
+def test_sweep_scripts_say_why_they_measure_nothing_without_cuda(monkeypatch, tmp_path):
+    """bench/backward.py and bench/wgrad.py (bench.common.run_sweep) exit with a one-line reason, writing nothing."""
+    from bench import backward, wgrad
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for module, name in ((backward, "backward"), (wgrad, "wgrad")):
+        with pytest.raises(SystemExit, match=f"bench/{name}.py times CUDA kernels and found no CUDA device"):
+            module.main([str(tmp_path / name)])
+    assert not list(tmp_path.iterdir())
