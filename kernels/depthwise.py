@@ -294,8 +294,8 @@ def backward_variant(channels_last: bool, dtype: torch.dtype, N: int, C: int, H:
     nets' 12 stride-1 layers, batch 256 and 512, at bwd_fused_config's tile (`python3 bench/backward.py`,
     bench/results/backward-h200.md, 2026-12-02 12:44 UTC):
     - float32 from 16x16 maps: 1.09-1.28x (14 cases); at 8x8 and 4x4 0.92-1.01x (10).
-    - 16 bits below 2**25 elements of x: 1.05-1.14x (16 cases); from there 0.93-1.02x (8: the 32x32 maps of 64
-      channels and more but 64 at batch 256, 256 channels 16x16 at batch 512, 728 channels 16x16).
+    - 16 bits below 2**25 elements of x: 1.05-1.14x (16 cases); from there 0.93-1.02x (8 cases: 64 channels
+      32x32 at batch 512, 128 and 256 channels 32x32, 256 channels 16x16 at batch 512, 728 channels 16x16).
     Over the 24 cases of each dtype this rule's geometric-mean speedup is 1.09x in float32 and 1.06x in
     bfloat16. float16 follows bfloat16 (not measured apart)."""
     if not (channels_last and K == 3 and stride == 1) or changes_grad:

@@ -104,6 +104,22 @@ def test_autograd_takes_the_fused_pass_where_the_rule_says(monkeypatch):
 
 
 @needs_triton
+def test_fused_pass_takes_expanded_and_other_format_grad_y(monkeypatch):
+    """grad_y as autograd hands it over from .sum() (expanded, stride 0) and in NCHW for a channels_last y: the
+    one pass densifies it first and matches the reference."""
+    calls = _spy(monkeypatch)
+    for grad_y in (torch.randn(1, 12, 1, 1, device=DEVICE).expand(2, 12, 6, 7),
+                   torch.randn(2, 12, 6, 7, device=DEVICE)):  # fmt: skip
+        x, w, _, sh = make_inputs(2, 12, 6, 7, 3, torch.bfloat16, "channels_last", False, True)
+        dw.depthwise_conv2d(x, w, 1, None, sh, impl="triton").backward(grad_y.to(torch.bfloat16))
+        xr, wr, shr = float64_twins((x, w, sh))
+        dw.reference_depthwise_conv2d(xr, wr, 1, None, shr).backward(grad_y.to(torch.bfloat16).double().cpu())
+        for t, r in zip((x, w, sh), (xr, wr, shr)):
+            assert rel_err(t.grad, r.grad) < TOL[torch.bfloat16]
+    assert len(calls) == 2
+
+
+@needs_triton
 def test_func_grad_through_the_fused_pass(monkeypatch):
     """torch.func.grad reaches the one pass through its triton_op, against the reference's func.grad."""
     calls = _spy(monkeypatch)
