@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import torch  # noqa: E402
 
 from bench.common import copy_gbs as copy_bandwidth_gbs  # noqa: E402
-from bench.common import geomean, run_sweep, sweep_markdown  # noqa: E402
+from bench.common import geomean, group_rows, run_sweep, sweep_markdown  # noqa: E402
 from bench.depthwise import BATCHES, DTYPES, K, graph_us, layer_table, n_sets_for  # noqa: E402
 from bench.wgrad import DNAMES, MATCH_TOL, _inputs, max_rel_err  # noqa: E402
 from kernels import depthwise as dw  # noqa: E402
@@ -44,16 +44,16 @@ def backward_bytes(N: int, C: int, H: int, elt: int) -> int:
     return 3 * N * C * H * H * elt
 
 
-def fused_candidates(C: int, H: int, dname: str, N: int) -> list[dw.LaunchConfig]:
+def fused_candidates(C: int) -> list[dw.LaunchConfig]:
     """bwd_fused_config's tile first, then FUSED_TILES with BLOCK_K at most C rounded up to a power of 2."""
-    default = dw.bwd_fused_config(DTYPES[dname], N, C, H, H)
+    default = dw.bwd_fused_config(C)
     cap = max(32, dw._next_pow2(C))
     sweep = [dw.LaunchConfig(*t) for t in FUSED_TILES if t[1] <= cap]
     return list(dict.fromkeys([default, *sweep]))
 
 
-def variants(C: int, H: int, dname: str, N: int) -> list[tuple[str, dw.LaunchConfig | None]]:
-    return [("split", None)] + [("fused", cfg) for cfg in fused_candidates(C, H, dname, N)]
+def variants(C: int) -> list[tuple[str, dw.LaunchConfig | None]]:
+    return [("split", None)] + [("fused", cfg) for cfg in fused_candidates(C)]
 
 
 def _call(xs, gs, w, variant: str, config):
@@ -80,7 +80,7 @@ def measure_case(net, N, C, H, dname, copy_gbs, device, time_us=graph_us) -> lis
     xs, gs = _inputs(N, C, H, 1, dtype, device, n)
     w = torch.randn(C, 1, K, K, device=device) / K
     rows, ref = [], None
-    for variant, cfg in variants(C, H, dname, N):
+    for variant, cfg in variants(C):
         call = _call(xs, gs, w, variant, cfg)
         outs = call(0)  # also the warm-up of this kernel in this process
         ref = ref if ref is not None else outs  # split's outputs, the first variant's
@@ -98,11 +98,8 @@ def measure_case(net, N, C, H, dname, copy_gbs, device, time_us=graph_us) -> lis
 
 def best_rows(rows: list[dict]) -> list[dict]:
     """Per layer, batch and dtype: split, bwd_fused_config's tile, and the fastest fused tile."""
-    cases: dict[tuple, list[dict]] = {}
-    for row in rows:
-        cases.setdefault(tuple(row[k] for k in CASE_KEYS), []).append(row)
     out = []
-    for case_rows in cases.values():
+    for case_rows in group_rows(rows, CASE_KEYS).values():
         split, default = case_rows[0], case_rows[1]  # variants(): split, then the default tile
         best = min(case_rows[1:], key=lambda r: r["us"])
         out.append({
@@ -144,8 +141,7 @@ def measure(device: str = "cuda", layers=None, batches=BATCHES, dnames=DNAMES, t
     start = time.perf_counter()
     if compile_ahead:
         jobs = dict.fromkeys((d, C, H, variant, tuple(cfg) if cfg else None)
-                             for _, C, H, _ in layers for d in dnames for N in batches
-                             for variant, cfg in variants(C, H, d, N))  # fmt: skip
+                             for _, C, H, _ in layers for d in dnames for variant, cfg in variants(C))  # fmt: skip
         dw._in_processes(_compile_job, list(jobs))
     compile_s = time.perf_counter() - start
     copy_gbs = copy_gbs or copy_bandwidth_gbs(device)

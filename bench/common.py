@@ -146,6 +146,14 @@ def fine_cell(v) -> str:
     return "n/a" if v is None else str(v)
 
 
+def group_rows(rows: list[dict], keys) -> dict[tuple, list[dict]]:
+    """rows by the values of `keys` (a case), in order of first appearance, each case's rows in order."""
+    cases: dict[tuple, list[dict]] = {}
+    for row in rows:
+        cases.setdefault(tuple(row[k] for k in keys), []).append(row)
+    return cases
+
+
 def table(columns: list[str], rows: list[dict], fmt=cell) -> list[str]:
     """The lines of a markdown table of `rows` (dicts) in `columns`; a missing key is n/a."""
     return (["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]

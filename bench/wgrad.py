@@ -35,7 +35,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import torch  # noqa: E402
 
 from bench.common import copy_gbs as copy_bandwidth_gbs  # noqa: E402
-from bench.common import geomean, run_sweep, sweep_markdown  # noqa: E402
+from bench.common import geomean, group_rows, run_sweep, sweep_markdown  # noqa: E402
 from bench.depthwise import BATCHES, DTYPES, K, graph_us, layer_table, n_sets_for  # noqa: E402
 from kernels import depthwise as dw  # noqa: E402
 
@@ -156,11 +156,8 @@ def measure_case(net, N, C, H, stride, dname, epilogue, copy_gbs, device, time_u
 
 def best_rows(rows: list[dict]) -> list[dict]:
     """Per layer, batch and dtype: gather next to the fastest taps configuration."""
-    cases: dict[tuple, list[dict]] = {}
-    for row in rows:
-        cases.setdefault(tuple(row[k] for k in CASE_KEYS), []).append(row)
     out = []
-    for case_rows in cases.values():
+    for case_rows in group_rows(rows, CASE_KEYS).values():
         gather = next(r for r in case_rows if r["variant"] == "gather")
         taps = min((r for r in case_rows if r["variant"] == "taps"), key=lambda r: r["us"])
         out.append({

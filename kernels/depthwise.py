@@ -305,11 +305,11 @@ def backward_variant(channels_last: bool, dtype: torch.dtype, N: int, C: int, H:
     return "fused" if N * C * H * W < _FUSED_16BIT_MAX else "split"
 
 
-def bwd_fused_config(dtype: torch.dtype, N: int, C: int, H: int, W: int, cpu: bool = False) -> LaunchConfig:
+def bwd_fused_config(C: int, cpu: bool = False) -> LaunchConfig:
     """Tiles (BLOCK_R, BLOCK_K, num_warps) of launch_bwd_fused: 16 x 32 with 4 warps (4 elements per thread),
     the fastest of the six timed at 38 of the 48 cases in bench/results/backward-h200.md and 1.045x (bf16) and
     1.07x (fp32) over the two passes in geometric mean, where 32 x 32 gave 0.87x and 1.01x, 8 x 64 0.96x and
-    0.97x. dtype, N, H and W are not used yet: the signature is that of the other tile rules."""
+    0.97x; in both dtypes and at every layer size."""
     if cpu:  # the interpreter: few large tiles, as in pointwise_config
         return LaunchConfig(128, 64, 1)
     block_k = min(_next_pow2(C), 32)
@@ -919,7 +919,7 @@ def launch_bwd_fused(grad_y, x, weight, shift, wrap: bool = False, config=None,
                          f"shape), got x strides {x.stride()}, a {tuple(weight.shape[-2:])} kernel and grad_y "
                          f"{tuple(grad_y.shape)} for x {tuple(x.shape)}")
     x, grad_y = _dense(x, True), _dense(grad_y, True)
-    cfg = config or bwd_fused_config(x.dtype, N, C, H, W, cpu=not x.is_cuda)
+    cfg = config or bwd_fused_config(C, cpu=not x.is_cuda)
     steps, groups, col_programs = wgrad_steps(True, N, C, H, W, 1, cfg, programs)
     dx, part = _bwd.fused_pass(grad_y, x, weight, shift, cfg, steps, groups, col_programs, wrap=wrap)
     grad_w, _, grad_shift = _finish_weight_grad(part, weight, None, shift, wrap)
@@ -1015,8 +1015,9 @@ def _compile_layer(layer: Layer) -> None:
     sh = torch.zeros(C, device="cuda") if layer.shift else None
     y = launch_fwd(x, w, sc, sh, stride, layer.relu)
     backward_pass(y, x, w, sc, sh, stride, layer.relu, (True, True, layer.scale, layer.shift), eager=True)
-    if backward_variant(layer.channels_last, x.dtype, 16, C, H, W, stride, K, layer.relu or layer.scale) == "fused":
-        # in 16 bits the batch decides between one pass and two (backward_variant): compile the two as well
+    variants = {backward_variant(layer.channels_last, x.dtype, n, C, H, W, stride, K, layer.relu or layer.scale)
+                for n in (16, _MAX_INDEX)}
+    if len(variants) > 1:  # the batch decides between one pass and two (in 16 bits): compile the two passes too
         for needs in ((True, False, False, False), (False, True, False, layer.shift)):
             backward_pass(y, x, w, sc, sh, stride, layer.relu, needs, eager=True)
     torch.cuda.synchronize()

@@ -6,8 +6,6 @@ Without CUDA the kernels run in Triton's interpreter (test_depthwise sets TRITON
 imported); the shapes are tiny for it.
 """
 
-import itertools
-
 import pytest
 import torch
 from test_depthwise import (  # noqa: F401 (one_cpu_thread: an autouse fixture, active where imported)
@@ -185,16 +183,14 @@ def test_backward_variant_follows_the_committed_measurement():
     import json
     from pathlib import Path
 
-    from bench.common import geomean
+    from bench.common import geomean, group_rows
 
     measured = json.loads((Path(__file__).parents[1] / "bench/results/backward-h200.json").read_text())
-    cases = {}
-    for r in measured["rows"]:
-        cases.setdefault((r["dtype"], r["N"], r["C"], r["H"]), []).append(r)
+    cases = group_rows(measured["rows"], ("dtype", "N", "C", "H"))
     checked, slowdowns = 0, {"bf16": [], "fp32": []}
     for (dname, N, C, H), rows in cases.items():
         dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dname]
-        tile = str(tuple(dw.bwd_fused_config(dtype, N, C, H, H)))
+        tile = str(tuple(dw.bwd_fused_config(C)))
         default = next(r for r in rows if r["variant"] == "fused" and r["config"] == tile)
         slowdowns[dname].append(default["us"] / min(r["us"] for r in rows if r["variant"] == "fused"))
         if abs(default["speedup vs split"] - 1) > 0.03:
@@ -213,9 +209,9 @@ def test_bench_bytes_and_tiles():
     from bench import backward, depthwise
 
     assert backward.backward_bytes(2, 64, 32, 2) == 3 * 2 * 64 * 1024 * 2  # read grad_y and x, write grad_x
-    for (_, C, H, _), dname, N in itertools.product(depthwise.layer_table(), backward.DNAMES, (256, 512)):
-        tiles = backward.fused_candidates(C, H, dname, N)
-        assert tiles[0] == dw.bwd_fused_config(backward.DTYPES[dname], N, C, H, H)
+    for _, C, _, _ in depthwise.layer_table():  # the tiles depend on C alone
+        tiles = backward.fused_candidates(C)
+        assert tiles[0] == dw.bwd_fused_config(C)
         assert len(set(tiles)) == len(tiles) >= 3 and all(t.block_k <= max(32, C) for t in tiles)
 
 
