@@ -1,8 +1,8 @@
 """The depthwise 3x3 backward, channels_last, stride 1, without an epilogue (as the nets call it in training): the
 two passes kernels.depthwise ran until 2026-12-02 ("split": launch_bwd_weight, then launch_bwd_input, each at its
-default kernel and tile) against the one pass of kernels/depthwise_backward.py ("fused": launch_bwd_fused) over
-a few tiles, at every stride-1 depthwise layer of the CIFAR MobileNetV1 and Xception (bench/depthwise.py's
-layer table), batch 256 and 512, bfloat16 and float32.
+default kernel and tile) against the one pass of kernels/depthwise_backward.py ("fused": launch_bwd_fused on pixel
+tiles; "window": on whole rows down each image) over a few tiles each, at every stride-1 depthwise layer of the
+CIFAR MobileNetV1 and Xception (bench/depthwise.py's layer table), batch 256 and 512, bfloat16 and float32.
 
     python3 bench/backward.py [PREFIX]   -> PREFIX.json + PREFIX.md (default bench/results/backward-<gpu slug>)
 
@@ -28,6 +28,7 @@ from bench.common import geomean, group_rows, run_sweep, sweep_markdown  # noqa:
 from bench.depthwise import BATCHES, DTYPES, K, graph_us, layer_table, n_sets_for  # noqa: E402
 from bench.wgrad import DNAMES, MATCH_TOL, _inputs, max_rel_err  # noqa: E402
 from kernels import depthwise as dw  # noqa: E402
+from kernels.depthwise_backward import window_config  # noqa: E402
 
 # (BLOCK_R, BLOCK_K, num_warps) tried for "fused" besides bwd_fused_config's; BLOCK_K capped at C (rounded up)
 FUSED_TILES = ((16, 32, 4), (32, 32, 4), (8, 64, 4), (16, 64, 4), (64, 32, 8), (32, 64, 8))
@@ -36,7 +37,8 @@ CASE_KEYS = ("net", "N", "C", "H", "dtype")
 COLUMNS = ["net", "N", "C", "H", "dtype", "variant", "config", "us", "GB/s", "% copy", "speedup vs split",
            "rel err"]  # fmt: skip
 BEST_COLUMNS = ["net", "N", "C", "H", "dtype", "split us", "split % copy", "default fused us", "best fused config",
-                "best fused us", "best fused % copy", "default speedup", "best speedup"]  # fmt: skip
+                "best fused us", "best fused % copy", "default speedup", "best speedup", "default window us",
+                "best window config", "best window us", "best window % copy", "best window speedup"]  # fmt: skip
 
 
 def backward_bytes(N: int, C: int, H: int, elt: int) -> int:
@@ -52,8 +54,20 @@ def fused_candidates(C: int) -> list[dw.LaunchConfig]:
     return list(dict.fromkeys([default, *sweep]))
 
 
-def variants(C: int) -> list[tuple[str, dw.LaunchConfig | None]]:
-    return [("split", None)] + [("fused", cfg) for cfg in fused_candidates(C)]
+def window_candidates(C: int, H: int, dtype: torch.dtype) -> list[dw.LaunchConfig]:
+    """window_config's (ROWS, BLOCK_K, num_warps) for the dtype first, then the five tiles timed since
+    2026-12-02: whole images (up to 32 rows) in row tiles of about 512 elements, 8 and 4 rows a chunk, and twice
+    the channels with 4 and with 8 warps (BLOCK_K at most C rounded up, and 16 or more)."""
+    whole = dw.LaunchConfig(min(H, 32), max(16, min(dw._next_pow2(C), 512 // dw._next_pow2(H))), 4)
+    wide = min(2 * whole.block_k, max(16, dw._next_pow2(C)))
+    sweep = [whole, whole._replace(block_r=min(8, H)), whole._replace(block_r=min(4, H)),
+             whole._replace(block_k=wide), whole._replace(block_k=wide, num_warps=8)]
+    return list(dict.fromkeys([window_config(C, H, H, dtype), *sweep]))
+
+
+def variants(C: int, H: int, dtype: torch.dtype) -> list[tuple[str, dw.LaunchConfig | None]]:
+    return ([("split", None)] + [("fused", cfg) for cfg in fused_candidates(C)]
+            + [("window", cfg) for cfg in window_candidates(C, H, dtype)])
 
 
 def _call(xs, gs, w, variant: str, config):
@@ -61,7 +75,8 @@ def _call(xs, gs, w, variant: str, config):
     if variant == "split":
         return lambda i: (dw.launch_bwd_input(gs[i], w, xs[i], 1),
                           dw.launch_bwd_weight(gs[i], xs[i], w, None, None, 1, False, False)[0])
-    return lambda i: dw.launch_bwd_fused(gs[i], xs[i], w, None, config=config)[:2]
+    schedule = "window" if variant == "window" else "tiles"
+    return lambda i: dw.launch_bwd_fused(gs[i], xs[i], w, None, config=config, schedule=schedule)[:2]
 
 
 def _compile_job(job: tuple) -> None:
@@ -80,7 +95,7 @@ def measure_case(net, N, C, H, dname, copy_gbs, device, time_us=graph_us) -> lis
     xs, gs = _inputs(N, C, H, 1, dtype, device, n)
     w = torch.randn(C, 1, K, K, device=device) / K
     rows, ref = [], None
-    for variant, cfg in variants(C):
+    for variant, cfg in variants(C, H, dtype):
         call = _call(xs, gs, w, variant, cfg)
         outs = call(0)  # also the warm-up of this kernel in this process
         ref = ref if ref is not None else outs  # split's outputs, the first variant's
@@ -97,16 +112,21 @@ def measure_case(net, N, C, H, dname, copy_gbs, device, time_us=graph_us) -> lis
 
 
 def best_rows(rows: list[dict]) -> list[dict]:
-    """Per layer, batch and dtype: split, bwd_fused_config's tile, and the fastest fused tile."""
+    """Per layer, batch and dtype: split, bwd_fused_config's tile, the fastest fused tile, window_config's tile
+    and the fastest window tile."""
     out = []
     for case_rows in group_rows(rows, CASE_KEYS).values():
         split, default = case_rows[0], case_rows[1]  # variants(): split, then the default tile
-        best = min(case_rows[1:], key=lambda r: r["us"])
+        best = min((r for r in case_rows if r["variant"] == "fused"), key=lambda r: r["us"])
+        windows = [r for r in case_rows if r["variant"] == "window"]
+        best_window = min(windows, key=lambda r: r["us"])
         out.append({
             **{k: split[k] for k in CASE_KEYS}, "split us": split["us"], "split % copy": split["% copy"],
             "default fused us": default["us"], "best fused config": best["config"], "best fused us": best["us"],
             "best fused % copy": best["% copy"], "default speedup": split["us"] / default["us"],
-            "best speedup": split["us"] / best["us"],
+            "best speedup": split["us"] / best["us"], "default window us": windows[0]["us"],
+            "best window config": best_window["config"], "best window us": best_window["us"],
+            "best window % copy": best_window["% copy"], "best window speedup": split["us"] / best_window["us"],
         })  # fmt: skip
     return out
 
@@ -127,6 +147,13 @@ def summarize(rows: list[dict], best: list[dict], copy_gbs: float) -> dict:
             f"median % copy, split / best fused, {dname}": [
                 round(statistics.median(r["split % copy"] for r in b), 1),
                 round(statistics.median(r["best fused % copy"] for r in b), 1)],
+            f"geomean speedup window (default tile) vs split, {dname}": geomean(
+                [r["split us"] / r["default window us"] for r in b]),
+            f"geomean speedup window (best tile) vs split, {dname}": geomean([r["best window speedup"] for r in b]),
+            f"geomean speedup window (best tile) vs fused (best tile), {dname}": geomean(
+                [r["best fused us"] / r["best window us"] for r in b]),
+            f"cases where window (best tile) beats fused (best tile) and split, {dname}": (
+                f"{sum(r['best window us'] < min(r['best fused us'], r['split us']) for r in b)} of {len(b)}"),
         }  # fmt: skip
     summary["max rel err fused vs split"] = max(r["rel err"] for r in rows)
     summary["rows with rel err over MATCH_TOL"] = sum(r["rel err"] > MATCH_TOL[r["dtype"]] for r in rows)
@@ -140,8 +167,8 @@ def measure(device: str = "cuda", layers=None, batches=BATCHES, dnames=DNAMES, t
     layers = [layer for layer in (layer_table() if layers is None else layers) if layer[3] == 1]
     start = time.perf_counter()
     if compile_ahead:
-        jobs = dict.fromkeys((d, C, H, variant, tuple(cfg) if cfg else None)
-                             for _, C, H, _ in layers for d in dnames for variant, cfg in variants(C))  # fmt: skip
+        jobs = dict.fromkeys((d, C, H, variant, tuple(cfg) if cfg else None) for _, C, H, _ in layers
+                             for d in dnames for variant, cfg in variants(C, H, DTYPES[d]))  # fmt: skip
         dw._in_processes(_compile_job, list(jobs))
     compile_s = time.perf_counter() - start
     copy_gbs = copy_gbs or copy_bandwidth_gbs(device)
@@ -152,13 +179,14 @@ def measure(device: str = "cuda", layers=None, batches=BATCHES, dnames=DNAMES, t
     summary = summarize(rows, best, copy_gbs)
     summary["precompile s"] = compile_s
     summary["total s"] = time.perf_counter() - start
-    return {"title": "Depthwise 3x3 backward, channels_last, stride 1, no epilogue: two passes (split) vs one (fused)",
+    return {"title": "Depthwise 3x3 backward, channels_last, stride 1, no epilogue: two passes (split) vs one (fused, "
+                     "window)",
             "columns": COLUMNS, "rows": rows, "best_columns": BEST_COLUMNS, "best": best, "summary": summary}
 
 
 def to_markdown(result: dict, header: dict) -> str:
-    intro = "Summary (CUDA-graph medians; speedup = split time / fused time, same layer, batch, dtype):"
-    per_case = "Per layer, config = (BLOCK_R, BLOCK_K, num_warps):"
+    intro = "Summary (CUDA-graph medians; speedup = split time / one-pass time, same layer, batch, dtype):"
+    per_case = "Per layer, config = (BLOCK_R, BLOCK_K, num_warps) for fused, (ROWS, BLOCK_K, num_warps) for window:"
     return sweep_markdown(result, header, intro, per_case, "bench/backward.py")
 
 

@@ -42,7 +42,8 @@ contiguous dimension is the vectorised one:
                             keeping the three input rows under its window in registers.
     backward in one pass (channels_last 3x3, stride 1, no relu or scale; kernels/depthwise_backward.py, taken
                             where faster by backward_variant): grad_x and the weight pass's sums from one read
-                            of grad_y, x and grad_y loaded at each of the nine offsets with one address.
+                            of grad_y: "fused", x and grad_y loaded at each of the nine offsets with one
+                            address; "window", whole rows down each image, grad_y's three rows in registers.
 
 Autograd: `_DepthwiseConv2dFn`, a torch.autograd.Function with a separate setup_context. In plain eager mode
 it calls the launchers directly (a custom op's dispatch costs tens of microseconds per call); under
@@ -282,24 +283,31 @@ def wgrad_taps_config(dtype: torch.dtype, N: int, C: int, H: int, W: int, stride
     return LaunchConfig(max(1, (_TAPS_TILE_SMALL if small else _TAPS_TILE) // block_k), block_k, 4)
 
 
-BACKWARD_VARIANTS = ("split", "fused")  # the weight pass then the grad-input pass, or launch_bwd_fused's one pass
+# backward_pass: the weight pass then the grad-input pass, or launch_bwd_fused's one pass on its tiles or window
+BACKWARD_VARIANTS = ("split", "fused", "window")
+FUSED_SCHEDULES = ("tiles", "window")  # launch_bwd_fused(schedule=...): kernels/depthwise_backward.py's two kernels
 _FUSED_16BIT_MAX = 1 << 25  # elements of x (N x C x H x W) from which the 16-bit one pass measured slower
+_WINDOW_MIN_HW = {torch.float32: 1024, torch.bfloat16: 256, torch.float16: 256}  # map sizes the window pays from
 
 
 def backward_variant(channels_last: bool, dtype: torch.dtype, N: int, C: int, H: int, W: int, stride: int,
                      K: int = 3, changes_grad: bool = False) -> str:
-    """How backward_pass computes grad_x and the weight gradient together: "fused" (one pass,
-    kernels/depthwise_backward.py) where it can run (channels_last, 3x3, stride 1, and an epilogue that leaves
-    the gradient unchanged; changes_grad: a relu or a scale) and measured faster than "split" on an H200 at the
-    nets' 12 stride-1 layers, batch 256 and 512, at bwd_fused_config's tile (`python3 bench/backward.py`,
-    bench/results/backward-h200.md, 2026-12-02 12:44 UTC):
-    - float32 from 16x16 maps: 1.09-1.28x (14 cases); at 8x8 and 4x4 0.92-1.01x (10).
-    - 16 bits below 2**25 elements of x: 1.05-1.14x (16 cases); from there 0.93-1.02x (8 cases: 64 channels
-      32x32 at batch 512, 128 and 256 channels 32x32, 256 channels 16x16 at batch 512, 728 channels 16x16).
-    Over the 24 cases of each dtype this rule's geometric-mean speedup is 1.09x in float32 and 1.06x in
-    bfloat16. float16 follows bfloat16 (not measured apart)."""
+    """How backward_pass computes grad_x and the weight gradient: in one pass (kernels/depthwise_backward.py) where
+    it can run (channels_last, 3x3, stride 1, and an epilogue that leaves the gradient unchanged; changes_grad: a
+    relu or a scale) and measured faster than "split" (the two passes) on an H200 at the nets' 12 stride-1 layers,
+    batch 256 and 512 (`python3 bench/backward.py`, bench/results/backward-h200.md, 2026-12-02 19:24 UTC):
+    - "window" (window_config's tile) from 16x16 maps in 16 bits: 1.06-1.61x over split (14 cases), where the
+      tiles' one pass gave 0.92-1.13x; and at 32x32 in float32: 1.10-1.58x (8), the tiles' 1.10-1.15x.
+    - "fused" (the tiles, bwd_fused_config's) at 16x16 in float32: 1.12-1.29x (6 cases; the window 0.99-1.24x,
+      faster at one, 128 channels at batch 256, by 7%); and in 16 bits below 16x16 maps and 2**25 elements of
+      x: 1.04-1.14x (all 10 cases there). Float32 at 8x8 and 4x4 keeps split (the tiles 0.93-1.02x; the window
+      1.04x and 1.16x at 728 channels 8x8, batch 256 and 512, but 0.86-0.88x at 256 channels: left alone).
+    Over the 24 cases of each dtype the rule's geometric mean over split is 1.15x in bfloat16 and 1.12x in
+    float32 (1.06x and 1.08x with the tiles alone, the rule before the window). float16 follows bfloat16."""
     if not (channels_last and K == 3 and stride == 1) or changes_grad:
         return "split"
+    if H * W >= _WINDOW_MIN_HW.get(dtype, 256):
+        return "window"
     if dtype == torch.float32:
         return "fused" if H * W >= 256 else "split"
     return "fused" if N * C * H * W < _FUSED_16BIT_MAX else "split"
@@ -307,9 +315,9 @@ def backward_variant(channels_last: bool, dtype: torch.dtype, N: int, C: int, H:
 
 def bwd_fused_config(C: int, cpu: bool = False) -> LaunchConfig:
     """Tiles (BLOCK_R, BLOCK_K, num_warps) of launch_bwd_fused: 16 x 32 with 4 warps (4 elements per thread),
-    the fastest of the six timed at 38 of the 48 cases in bench/results/backward-h200.md and 1.045x (bf16) and
-    1.07x (fp32) over the two passes in geometric mean, where 32 x 32 gave 0.87x and 1.01x, 8 x 64 0.96x and
-    0.97x; in both dtypes and at every layer size."""
+    the fastest of the six timed at 38 of the 48 cases in bench/results/backward-h200.md (the 12:44 UTC run, in
+    git history at 8b575e1) and 1.045x (bf16) and 1.07x (fp32) over the two passes in geometric mean, where
+    32 x 32 gave 0.87x and 1.01x, 8 x 64 0.96x and 0.97x; in both dtypes and at every layer size."""
     if cpu:  # the interpreter: few large tiles, as in pointwise_config
         return LaunchConfig(128, 64, 1)
     block_k = min(_next_pow2(C), 32)
@@ -908,20 +916,28 @@ def _finish_weight_grad(part: torch.Tensor, weight, scale, shift, wrap: bool):
 
 
 def launch_bwd_fused(grad_y, x, weight, shift, wrap: bool = False, config=None,
-                     programs: int = _WGRAD_TARGET_PROGRAMS):
+                     programs: int = _WGRAD_TARGET_PROGRAMS, schedule: str = "tiles"):
     """(grad_x, grad_weight, grad_shift) in one pass (kernels/depthwise_backward.py), for channels_last x, a 3x3
     weight, stride 1 and an epilogue that leaves the gradient unchanged (shift alone, or none: grad_y is the
-    gradient w.r.t. the conv output); grad_shift is empty when shift is None. config: a (BLOCK_R, BLOCK_K,
-    num_warps) tile, by default bwd_fused_config's."""
+    gradient w.r.t. the conv output); grad_shift is empty when shift is None. schedule: "tiles" (pixel tiles of
+    the whole batch; config a (BLOCK_R, BLOCK_K, num_warps) tile, by default bwd_fused_config's) or "window"
+    (whole rows down each image; config (ROWS, BLOCK_K, num_warps), by default window_config's)."""
     N, C, H, W = x.shape
     if not _is_channels_last(x) or weight.shape[-2:] != (3, 3) or grad_y.shape != x.shape:
         raise ValueError(f"launch_bwd_fused takes channels_last x, a 3x3 weight and stride 1 (grad_y of x's "
                          f"shape), got x strides {x.stride()}, a {tuple(weight.shape[-2:])} kernel and grad_y "
                          f"{tuple(grad_y.shape)} for x {tuple(x.shape)}")
+    if schedule not in FUSED_SCHEDULES:
+        raise ValueError(f"schedule must be one of {FUSED_SCHEDULES}, got {schedule!r}")
     x, grad_y = _dense(x, True), _dense(grad_y, True)
-    cfg = config or bwd_fused_config(C, cpu=not x.is_cuda)
-    steps, groups, col_programs = wgrad_steps(True, N, C, H, W, 1, cfg, programs)
-    dx, part = _bwd.fused_pass(grad_y, x, weight, shift, cfg, steps, groups, col_programs, wrap=wrap)
+    cpu = not x.is_cuda
+    if schedule == "window":
+        cfg = config or _bwd.window_config(C, H, W, x.dtype, cpu=cpu)
+        dx, part = _bwd.window_pass(grad_y, x, weight, shift, cfg, programs, wrap=wrap)
+    else:
+        cfg = config or bwd_fused_config(C, cpu=cpu)
+        steps, groups, col_programs = wgrad_steps(True, N, C, H, W, 1, cfg, programs)
+        dx, part = _bwd.fused_pass(grad_y, x, weight, shift, cfg, steps, groups, col_programs, wrap=wrap)
     grad_w, _, grad_shift = _finish_weight_grad(part, weight, None, shift, wrap)
     return dx, grad_w, grad_shift
 
@@ -977,10 +993,11 @@ def dwconv_bwd_fused(
     x: torch.Tensor,
     weight: torch.Tensor,
     shift: Optional[torch.Tensor],  # noqa: UP045
+    schedule: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(grad_x, grad_weight, grad_shift) in one pass: stride 1, channels_last, 3x3, no relu or scale; grad_shift
-    is empty when shift is None."""
-    return launch_bwd_fused(grad_y, x, weight, shift, wrap=True)
+    is empty when shift is None; schedule "tiles" or "window"."""
+    return launch_bwd_fused(grad_y, x, weight, shift, wrap=True, schedule=schedule)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1093,9 +1110,11 @@ def backward_pass(grad_y, x, weight, scale, shift, stride: int, relu: bool, need
     # The gradient w.r.t. the conv output differs from grad_y only through relu's mask and the scale.
     changes_grad = relu or scale is not None
     N, C, H, W = x.shape
-    if need_x and need_w and backward_variant(_is_channels_last(x), x.dtype, N, C, H, W, stride, weight.shape[-1],
-                                              changes_grad) == "fused":
-        grad_x, grad_w, grad_shift = (launch_bwd_fused if eager else dwconv_bwd_fused)(grad_y, x, weight, shift)
+    variant = backward_variant(_is_channels_last(x), x.dtype, N, C, H, W, stride, weight.shape[-1], changes_grad)
+    if need_x and need_w and variant != "split":
+        schedule = "window" if variant == "window" else "tiles"
+        grad_x, grad_w, grad_shift = (launch_bwd_fused if eager else dwconv_bwd_fused)(grad_y, x, weight, shift,
+                                                                                       schedule=schedule)
         return grad_x, grad_w, None, grad_shift if need_shift else None
     need_weight_pass = need_w or need_scale or need_shift or (need_x and changes_grad)
     store_gz = need_x and changes_grad

@@ -16,17 +16,26 @@ partial sums as kernels.depthwise's weight passes, for the same finishing kernel
 
 Measured against the two passes (python3 bench/backward.py, bench/results/backward-h200.md, H200, 2026-12-02): faster
 at the smaller layers in 16 bits and from 16x16 maps in float32, slower at the largest 16-bit layers, whose
-weight pass is bound by its instructions rather than its bytes; kernels.depthwise.backward_variant takes it where
-it was faster. tests/test_depthwise_bwd_fused.py compares it with the float64 reference and the two passes.
+weight pass is bound by its instructions rather than its bytes. The window schedule below (window_pass) loads a
+third as often and is faster there: kernels.depthwise.backward_variant takes each where it was faster.
+tests/test_depthwise_bwd_fused.py compares both with the float64 reference and the two passes.
 """
 
 import torch
 import triton
 import triton.language as tl
 
-from kernels.depthwise import _empty, _launch, _store_parts3x3, _tap_weight
+from kernels.depthwise import LaunchConfig, _cdiv, _empty, _launch, _next_pow2, _split, _store_parts3x3, _tap_weight
+from kernels.depthwise_rows import _row, _w, _window_conv
 
-__all__ = ["fused_pass"]
+__all__ = ["fused_pass", "window_config", "window_pass"]
+
+
+@triton.jit
+def _zeros10(R: tl.constexpr, K: tl.constexpr):
+    """Ten (R, K) float32 zero tiles: the nine taps' accumulators and the shift's."""
+    z = tl.zeros((R, K), dtype=tl.float32)
+    return z, z, z, z, z, z, z, z, z, z
 
 
 @triton.jit
@@ -65,16 +74,7 @@ def _dwconv_bwd_fused_kernel(
     w21 = _tap_weight(w_ptr, c, c_ok, 7)
     w22 = _tap_weight(w_ptr, c, c_ok, 8)
     # (BLOCK_R, BLOCK_K) each: the sum of g * x under tap (kh, kw), and of g (dshift)
-    acc00 = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
-    acc01 = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
-    acc02 = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
-    acc10 = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
-    acc11 = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
-    acc12 = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
-    acc20 = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
-    acc21 = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
-    acc22 = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
-    acc_shift = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
+    acc00, acc01, acc02, acc10, acc11, acc12, acc20, acc21, acc22, acc_shift = _zeros10(BLOCK_R, BLOCK_K)
     for i in range(STEPS):
         r = (tl.program_id(0) * STEPS + i) * BLOCK_R + ar  # pixels of the whole batch
         ow = r % W
@@ -135,3 +135,102 @@ def fused_pass(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, shif
     )  # fmt: skip
     return dx, part
 
+
+
+# The window schedule of the same pass; kernels.depthwise.backward_variant says where it measured faster.
+#
+# A program owns whole rows (all W pixels x BLOCK_K channels) of ROWS consecutive rows of one image and walks
+# down them, as kernels/depthwise_rows.py's forward does, keeping grad_y's three rows under the window in
+# registers, each as three tiles shifted by one pixel. The weight gradient is summed from x's side,
+#     gw[c, kh, kw] = sum_q x[q] * g[q + (1 - kh, 1 - kw)]    (q = p + (kh - 1, kw - 1) in the tiles' sum)
+# so the nine g tiles that give dx at row h (the flipped kernel) also give the nine taps' products with x at row h:
+# per row one new g row (three shifted loads, two of them L1 hits) and one x row, against the tiles' eighteen
+# loads and nine address computations a pixel.
+
+
+def window_config(C: int, H: int, W: int, dtype: torch.dtype = torch.bfloat16, cpu: bool = False) -> LaunchConfig:
+    """(ROWS, BLOCK_K, num_warps) of window_pass, 4 warps, the fastest of the five bench/backward.py timed at the
+    nets' 32x32 and 16x16 layers on the H200 (bench/results/backward-h200.md, 2026-12-02; geometric mean over
+    split): in 16 bits 8 rows a chunk and row tiles of about 512 elements (1.195x at 32x32, 1.15x at 16x16,
+    where whole images gave 0.95x and 1.02x); in float32, and in 16 bits at 32 channels or fewer, whole images
+    (up to 32 rows) and row tiles of about 1024 elements (float32 at 32x32: 1.24x, where 512 gave 0.99x)."""
+    if cpu:
+        return LaunchConfig(3, 8, 1)
+    np2_c, np2_w = _next_pow2(C), _next_pow2(W)
+    if dtype == torch.float32 or C <= 32:
+        return LaunchConfig(min(H, 32), max(16, min(np2_c, 1024 // np2_w)), 4)
+    return LaunchConfig(min(H, 8), max(16, min(np2_c, 512 // np2_w)), 4)
+
+
+@triton.jit(do_not_specialize=["N", "STEPS"])
+def _dwconv_bwd_window_kernel(
+    # pointers: x, grad_y in; weight (C, 9); dx out (x's dtype); part (G, 9 + 2, C) float32 partial sums
+    x_ptr, g_ptr, w_ptr, dx_ptr, part_ptr,
+    # sizes; STEPS: chunks per program, each ROWS rows of one image
+    N, STEPS,
+    C: tl.constexpr, H: tl.constexpr, W: tl.constexpr, HAS_SHIFT: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    CHUNKS: tl.constexpr = (H + ROWS - 1) // ROWS  # chunks along an image's rows
+    ow = tl.arange(0, BLOCK_W)[:, None]  # (BLOCK_W, 1)
+    c1 = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)  # (BLOCK_K,)
+    c = c1[None, :]  # (1, BLOCK_K)
+    c_ok = c < C
+    in_row = (ow < W) & c_ok
+    col0, col1, col2 = (ow - 1) * C + c, ow * C + c, (ow + 1) * C + c  # columns w - 1, w, w + 1
+    ok0, ok1, ok2 = ow >= 1, ow < W, ow + 1 < W
+    f0, f1, f2 = _w(w_ptr, c, c_ok, 0, True), _w(w_ptr, c, c_ok, 1, True), _w(w_ptr, c, c_ok, 2, True)
+    f3, f4, f5 = _w(w_ptr, c, c_ok, 3, True), _w(w_ptr, c, c_ok, 4, True), _w(w_ptr, c, c_ok, 5, True)
+    f6, f7, f8 = _w(w_ptr, c, c_ok, 6, True), _w(w_ptr, c, c_ok, 7, True), _w(w_ptr, c, c_ok, 8, True)
+    acc00, acc01, acc02, acc10, acc11, acc12, acc20, acc21, acc22, acc_shift = _zeros10(BLOCK_W, BLOCK_K)
+    for i in range(STEPS):
+        q = tl.program_id(0) * STEPS + i  # chunk: image q // CHUNKS, rows from (q % CHUNKS) * ROWS
+        h0 = (q % CHUNKS) * ROWS
+        ok = in_row & (q < N * CHUNKS)
+        img = (q // CHUNKS) * (H * W * C)
+        g_img = g_ptr + img
+        # g rows h - 1 (a) and h (b) under the window; d, row h + 1, is loaded in the loop
+        a0, a1, a2 = _row(g_img, h0 - 1, ok, col0, col1, col2, ok0, ok1, ok2, H, W, C, True)
+        b0, b1, b2 = _row(g_img, h0, ok, col0, col1, col2, ok0, ok1, ok2, H, W, C, True)
+        for j in range(ROWS):
+            h = h0 + j
+            d0, d1, d2 = _row(g_img, h + 1, ok, col0, col1, col2, ok0, ok1, ok2, H, W, C, True)
+            row_ok = ok & (h < H)
+            off = img + h * (W * C) + col1
+            xc = tl.load(x_ptr + off, mask=row_ok, other=0.0).to(tl.float32)
+            dx = _window_conv(a0, a1, a2, b0, b1, b2, d0, d1, d2, f0, f1, f2, f3, f4, f5, f6, f7, f8)
+            tl.store(dx_ptr + off, dx.to(dx_ptr.dtype.element_ty), mask=row_ok)
+            # tap (kh, kw) meets g at row h + 1 - kh, column w + 1 - kw: the tile dx weighs with w[kh, kw]
+            acc00 += xc * d2
+            acc01 += xc * d1
+            acc02 += xc * d0
+            acc10 += xc * b2
+            acc11 += xc * b1
+            acc12 += xc * b0
+            acc20 += xc * a2
+            acc21 += xc * a1
+            acc22 += xc * a0
+            if HAS_SHIFT:
+                acc_shift += b1  # g at row h (0 past the last row)
+            a0, a1, a2 = b0, b1, b2
+            b0, b1, b2 = d0, d1, d2
+    _store_parts3x3(part_ptr, acc00, acc01, acc02, acc10, acc11, acc12, acc20, acc21, acc22, acc_shift, acc_shift,
+                    c1, C, False, HAS_SHIFT)
+
+
+def window_pass(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, shift, config: LaunchConfig,
+                programs: int, wrap: bool = False):
+    """fused_pass's (grad_x, part) on the window schedule; config (ROWS, BLOCK_K, num_warps) as window_config
+    gives it; the ROWS-row chunks of every image are split over about `programs` programs."""
+    N, C, H, W = x.shape
+    col_programs = _cdiv(C, config.block_k)
+    steps, groups, _ = _split(N * _cdiv(H, config.block_r), col_programs, programs)
+    dx = _empty((N, C, H, W), x, channels_last=True)
+    part = torch.empty((groups, 9 + 2, C), device=x.device, dtype=torch.float32)
+    _launch(
+        _dwconv_bwd_window_kernel, (groups, col_programs), wrap, config.num_warps, x.device,
+        x, grad_y, weight.contiguous(), dx, part, N, steps,
+        C=C, H=H, W=W, HAS_SHIFT=shift is not None, ROWS=config.block_r, BLOCK_W=_next_pow2(W),
+        BLOCK_K=config.block_k,
+    )  # fmt: skip
+    return dx, part

@@ -120,13 +120,15 @@ def test_compiled_has_no_graph_breaks():
     assert explanation.graph_count == 1
 
 
-def test_compiled_one_pass_backward():
-    """Without an epilogue at stride 1 in channels_last the backward is one kernel (kernels/depthwise_backward.py):
-    inside torch.compile, as one graph, with the gradients of the float64 reference."""
+@pytest.mark.parametrize(("H", "kernel"), [(16, "_dwconv_bwd_window_kernel"), (8, "_dwconv_bwd_fused_kernel")])
+def test_compiled_one_pass_backward(H, kernel):
+    """Without an epilogue at stride 1 in channels_last the backward is one kernel (kernels/depthwise_backward.py),
+    the window from 16x16 maps in bf16, the tiles below: inside torch.compile, as one graph, with the gradients of
+    the float64 reference."""
     from torch._inductor.utils import run_and_get_code
 
     torch._dynamo.reset()
-    x, w, _, _ = _inputs(64, 128, 16, torch.bfloat16, "channels_last", False)
+    x, w, _, _ = _inputs(64, 128, H, torch.bfloat16, "channels_last", False)
 
     def loss_and_grads(x, w):
         loss = (depthwise_conv2d(x, w, 1, impl="triton").float().sin() ** 2).mean()
@@ -135,7 +137,7 @@ def test_compiled_one_pass_backward():
     with _trace_autograd_ops():
         compiled, codes = run_and_get_code(torch.compile(loss_and_grads), x, w)
     code = "".join(codes)
-    assert "_dwconv_bwd_fused_kernel" in code and "_dwconv_bwd_input_kernel" not in code
+    assert kernel in code and "_dwconv_bwd_input_kernel" not in code
     refs = [t.detach().double().requires_grad_() for t in (x, w)]
     loss = (reference_depthwise_conv2d(*refs, 1).sin() ** 2).mean()
     for got, want in zip(compiled, (loss, *torch.autograd.grad(loss, refs)), strict=True):
