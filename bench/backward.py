@@ -75,7 +75,7 @@ def _call(xs, gs, w, variant: str, config):
     if variant == "split":
         return lambda i: (dw.launch_bwd_input(gs[i], w, xs[i], 1),
                           dw.launch_bwd_weight(gs[i], xs[i], w, None, None, 1, False, False)[0])
-    schedule = "window" if variant == "window" else "tiles"
+    schedule = dw.FUSED_SCHEDULE[variant]
     return lambda i: dw.launch_bwd_fused(gs[i], xs[i], w, None, config=config, schedule=schedule)[:2]
 
 

@@ -283,9 +283,10 @@ def wgrad_taps_config(dtype: torch.dtype, N: int, C: int, H: int, W: int, stride
     return LaunchConfig(max(1, (_TAPS_TILE_SMALL if small else _TAPS_TILE) // block_k), block_k, 4)
 
 
-# backward_pass: the weight pass then the grad-input pass, or launch_bwd_fused's one pass on its tiles or window
-BACKWARD_VARIANTS = ("split", "fused", "window")
-FUSED_SCHEDULES = ("tiles", "window")  # launch_bwd_fused(schedule=...): kernels/depthwise_backward.py's two kernels
+# backward_variant's one-pass choices -> launch_bwd_fused's schedule (kernels/depthwise_backward.py's two kernels)
+FUSED_SCHEDULE = {"fused": "tiles", "window": "window"}
+FUSED_SCHEDULES = tuple(FUSED_SCHEDULE.values())
+BACKWARD_VARIANTS = ("split", *FUSED_SCHEDULE)  # backward_pass: the weight pass then the grad-input pass, or one
 _FUSED_16BIT_MAX = 1 << 25  # elements of x (N x C x H x W) from which the 16-bit one pass measured slower
 _WINDOW_MIN_HW = {torch.float32: 1024, torch.bfloat16: 256, torch.float16: 256}  # map sizes the window pays from
 
@@ -931,13 +932,13 @@ def launch_bwd_fused(grad_y, x, weight, shift, wrap: bool = False, config=None,
         raise ValueError(f"schedule must be one of {FUSED_SCHEDULES}, got {schedule!r}")
     x, grad_y = _dense(x, True), _dense(grad_y, True)
     cpu = not x.is_cuda
-    if schedule == "window":
-        cfg = config or _bwd.window_config(C, H, W, x.dtype, cpu=cpu)
-        dx, part = _bwd.window_pass(grad_y, x, weight, shift, cfg, programs, wrap=wrap)
-    else:
-        cfg = config or bwd_fused_config(C, cpu=cpu)
+    if schedule == "window":  # loop steps of ROWS rows of one image
+        cfg, one_pass = config or _bwd.window_config(C, H, W, x.dtype, cpu=cpu), _bwd.window_pass
+        steps, groups, col_programs = _split(N * _cdiv(H, cfg.block_r), _cdiv(C, cfg.block_k), programs)
+    else:  # loop steps of BLOCK_R pixels of the whole batch
+        cfg, one_pass = config or bwd_fused_config(C, cpu=cpu), _bwd.fused_pass
         steps, groups, col_programs = wgrad_steps(True, N, C, H, W, 1, cfg, programs)
-        dx, part = _bwd.fused_pass(grad_y, x, weight, shift, cfg, steps, groups, col_programs, wrap=wrap)
+    dx, part = one_pass(grad_y, x, weight, shift, cfg, steps, groups, col_programs, wrap=wrap)
     grad_w, _, grad_shift = _finish_weight_grad(part, weight, None, shift, wrap)
     return dx, grad_w, grad_shift
 
@@ -1110,11 +1111,12 @@ def backward_pass(grad_y, x, weight, scale, shift, stride: int, relu: bool, need
     # The gradient w.r.t. the conv output differs from grad_y only through relu's mask and the scale.
     changes_grad = relu or scale is not None
     N, C, H, W = x.shape
-    variant = backward_variant(_is_channels_last(x), x.dtype, N, C, H, W, stride, weight.shape[-1], changes_grad)
-    if need_x and need_w and variant != "split":
-        schedule = "window" if variant == "window" else "tiles"
-        grad_x, grad_w, grad_shift = (launch_bwd_fused if eager else dwconv_bwd_fused)(grad_y, x, weight, shift,
-                                                                                       schedule=schedule)
+    variant = "split"
+    if need_x and need_w:
+        variant = backward_variant(_is_channels_last(x), x.dtype, N, C, H, W, stride, weight.shape[-1], changes_grad)
+    if variant != "split":
+        grad_x, grad_w, grad_shift = (launch_bwd_fused if eager else dwconv_bwd_fused)(
+            grad_y, x, weight, shift, schedule=FUSED_SCHEDULE[variant])
         return grad_x, grad_w, None, grad_shift if need_shift else None
     need_weight_pass = need_w or need_scale or need_shift or (need_x and changes_grad)
     store_gz = need_x and changes_grad

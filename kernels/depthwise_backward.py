@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.depthwise import LaunchConfig, _cdiv, _empty, _launch, _next_pow2, _split, _store_parts3x3, _tap_weight
+from kernels.depthwise import LaunchConfig, _empty, _launch, _next_pow2, _store_parts3x3, _tap_weight
 from kernels.depthwise_rows import _row, _w, _window_conv
 
 __all__ = ["fused_pass", "window_config", "window_pass"]
@@ -219,12 +219,10 @@ def _dwconv_bwd_window_kernel(
 
 
 def window_pass(grad_y: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, shift, config: LaunchConfig,
-                programs: int, wrap: bool = False):
+                steps: int, groups: int, col_programs: int, wrap: bool = False):
     """fused_pass's (grad_x, part) on the window schedule; config (ROWS, BLOCK_K, num_warps) as window_config
-    gives it; the ROWS-row chunks of every image are split over about `programs` programs."""
+    gives it; steps: ROWS-row chunks per program, over groups x col_programs programs (launch_bwd_fused)."""
     N, C, H, W = x.shape
-    col_programs = _cdiv(C, config.block_k)
-    steps, groups, _ = _split(N * _cdiv(H, config.block_r), col_programs, programs)
     dx = _empty((N, C, H, W), x, channels_last=True)
     part = torch.empty((groups, 9 + 2, C), device=x.device, dtype=torch.float32)
     _launch(
