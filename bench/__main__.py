@@ -1,13 +1,15 @@
-"""`python -m bench [section ...] [nets=a,b] [quick=true] [parallel=true]`: run benchmark sections, merge
-them into bench/results/<device>.json and .md (each section keeps the header of the run that measured it).
+"""`python -m bench [section ...] [nets=a,b] [quick=true] [parallel=true] [out=DIR]`: run benchmark sections;
+each writes its latest result on a GPU to bench/results/<section>-<device>.json and .md, headed by the device,
+versions, date and command (a CPU run only prints, unless out= names a folder).
 
 Sections: step (every family's training step, bench/step.py), loader (bench/loader.py), depthwise
-(bench/depthwise.py), attention (bench/attention.py). Without a GPU, the GPU sections are skipped with the
+(bench/depthwise/), attention (bench/attention.py). Without a GPU, the GPU sections are skipped with the
 reason and the loader is measured on the CPU. parallel=true (step): one process per net, compiling a few at a
 time, then each is timed alone in turn (bench/step.py, measure_in_parallel): minutes instead of a quarter hour.
-gpu_lock=FILE (step): the timing waits until FILE's lock (flock) is free: trainings started with the same
-gpu_lock=, or a script, keep the GPU to themselves while the benchmark compiles beside them. variants=1,3g,4g
-(step): only those variants (bench/step.py's labels; (1), the reference, always).
+variants=1,3g,4g
+(step): only those variants (bench/step.py's labels; (1), the reference, always). tune=tiles|rows|wgrad|backward
+(depthwise alone): the sweep behind one of the depthwise kernels' launch rules, in its own results file
+(bench/depthwise/__init__.py).
 """
 
 import sys

@@ -1,8 +1,8 @@
 """Fused Triton attention vs every SDPA backend at ViT-on-CIFAR shapes, forward and forward+backward.
 
-    python3 bench/attention.py [PREFIX] [--quick]   -> PREFIX.json + PREFIX.md (default
-                                                       bench/results/attention-<gpu slug>)
-    python3 bench/attention.py --tune               -> a table of launch configurations per shape
+    python -m bench attention [quick=true]   -> bench/results/attention-<gpu>.json and .md
+    python -m bench attention tune=true      -> a table of launch configurations per shape (the sweep behind
+                                                kernels.attention.configs)
 
 Every implementation starts from the same qkv tensor, (B, S, 3, H, D) bf16 as a Linear(dim, 3*H*D) output
 reshaped, and ends with (B, S, H*D) ready for the output projection. SDPA needs (B, H, S, D) operands, so its
@@ -41,16 +41,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
 from bench.common import copy_gbs as copy_bandwidth_gbs  # noqa: E402
 from bench.common import fine_cell, geomean, run_script, table  # noqa: E402
-from kernels.attention import (  # noqa: E402
-    _attn_backward,
-    _attn_forward,
-    _bwd_config,
-    _Config,
-    _fwd_config,
-    attention,
-    reference_attention,
-    sdpa_attention,
-)
+from kernels.attention import attention, reference_attention, sdpa_attention  # noqa: E402
+from kernels.attention.configs import Config, bwd_config, fwd_config  # noqa: E402
+from kernels.attention.launch import attention_backward, attention_forward  # noqa: E402
 
 DTYPE = torch.bfloat16
 BACKENDS = {
@@ -189,28 +182,28 @@ def _format_row(row: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Launch-configuration sweep: the source of kernels.attention._fwd_config / _bwd_config.
+# Launch-configuration sweep: the source of kernels.attention.configs.fwd_config / bwd_config.
 
 TUNE_SHAPES = [(256, 65, 8, 64), (512, 65, 6, 32), (256, 64, 8, 64), (256, 257, 6, 64)]
 
 
-def _candidate_configs(S: int) -> tuple[list[_Config], list[_Config]]:
+def _candidate_configs(S: int) -> tuple[list[Config], list[Config]]:
     """(forward, backward) launch configurations worth timing at S tokens."""
     if S <= 128:  # one program per (b, h): (block_m, 0, num_warps, num_stages), then the tiled path
-        fwd = [_Config(m, 0, w, st) for m, w, st in
+        fwd = [Config(m, 0, w, st) for m, w, st in
                [(16, 4, 1), (16, 4, 2), (32, 4, 1), (32, 4, 2), (32, 8, 2), (64, 4, 2), (64, 8, 2)]]
-        bwd = [_Config(m, 0, w, st) for m, w, st in
+        bwd = [Config(m, 0, w, st) for m, w, st in
                [(16, 4, 1), (16, 4, 2), (16, 8, 1), (32, 4, 1), (32, 4, 2), (32, 8, 1), (64, 4, 1),
                 (64, 8, 1)]]
-        fwd += [_Config(64, 64, 4, 2, tiled=True)]
-        bwd += [_Config(64, 64, 4, 2, tiled=True), _Config(32, 64, 4, 2, tiled=True)]
+        fwd += [Config(64, 64, 4, 2, tiled=True)]
+        bwd += [Config(64, 64, 4, 2, tiled=True), Config(32, 64, 4, 2, tiled=True)]
     else:  # (block_m, block_n, num_warps, num_stages)
-        fwd = [_Config(*c) for c in [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 8, 3),
-                                      (64, 32, 4, 3), (128, 32, 4, 3)]]
-        # 2 stages gave run-to-run different gradients on the H100 (kernels/attention.py, _bwd_config):
+        fwd = [Config(*c) for c in [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 8, 3),
+                                     (64, 32, 4, 3), (128, 32, 4, 3)]]
+        # 2 stages gave run-to-run different gradients on the H100 (kernels/attention/configs.py):
         # a "diff vs default" far above the others' flags that again
-        bwd = [_Config(*c) for c in [(64, 64, 4, 1), (32, 64, 4, 1), (64, 32, 4, 1), (64, 64, 8, 1),
-                                      (64, 64, 4, 2)]]
+        bwd = [Config(*c) for c in [(64, 64, 4, 1), (32, 64, 4, 1), (64, 32, 4, 1), (64, 64, 8, 1),
+                                     (64, 64, 4, 2)]]
     return fwd, bwd
 
 
@@ -234,7 +227,7 @@ class _DirectAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(qkv):
-        return _attn_forward(qkv)
+        return attention_forward(qkv)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -244,7 +237,7 @@ class _DirectAttention(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, _grad_lse):
         qkv, out, lse = ctx.saved_tensors
-        return _attn_backward(grad_out, qkv, out, lse)
+        return attention_backward(grad_out, qkv, out, lse)
 
 
 def launch_overheads() -> dict:
@@ -280,17 +273,17 @@ def tune(device: str = "cuda", shapes=None) -> list[dict]:
     for B, S, H, D in shapes or TUNE_SHAPES:
         qkv = torch.randn(B, S, 3, H, D, device=device, dtype=DTYPE)
         grad_out = torch.randn(B, S, H * D, device=device, dtype=DTYPE)
-        out, lse = _attn_forward(qkv)
-        ref_grad = _attn_backward(grad_out, qkv, out, lse).float()
+        out, lse = attention_forward(qkv)
+        ref_grad = attention_backward(grad_out, qkv, out, lse).float()
         fwd_bytes, fwdbwd_bytes = min_bytes(B, S, H, D)
         fwd_cfgs, bwd_cfgs = _candidate_configs(S)
-        for phase, cfgs, default, nbytes in (("fwd", fwd_cfgs, _fwd_config(S, D), fwd_bytes),
-                                              ("bwd", bwd_cfgs, _bwd_config(S, D), fwdbwd_bytes - fwd_bytes)):
+        for phase, cfgs, default, nbytes in (("fwd", fwd_cfgs, fwd_config(S, D), fwd_bytes),
+                                              ("bwd", bwd_cfgs, bwd_config(S, D), fwdbwd_bytes - fwd_bytes)):
             for cfg in cfgs:
                 if phase == "fwd":
-                    fn = functools.partial(_attn_forward, qkv, cfg)
+                    fn = functools.partial(attention_forward, qkv, cfg)
                 else:
-                    fn = functools.partial(_attn_backward, grad_out, qkv, out, lse, cfg)
+                    fn = functools.partial(attention_backward, grad_out, qkv, out, lse, cfg)
                 t0 = time.perf_counter()
                 try:
                     result = fn()

@@ -1,8 +1,8 @@
 """pytest-benchmark timings of kernels.depthwise: `pytest bench/bench_depthwise.py --benchmark-only`.
 
 On CUDA: the Triton kernels and PyTorch (F.conv2d, groups=C), forward + backward of a bf16 channels_last 3x3
-depthwise conv at a few CIFAR layer shapes (see bench/depthwise.py for the full table, CUDA-graph times and
-bandwidth). Without CUDA: a tiny CPU case of the reference path, so that `--benchmark-only` always has
+depthwise conv at a few CIFAR layer shapes (`python -m bench depthwise` gives the full table, CUDA-graph times
+and bandwidth). Without CUDA: a tiny CPU case of the reference path, so that `--benchmark-only` always has
 something to run (well under a second).
 """
 

@@ -98,7 +98,7 @@ def header(device: torch.device, command: str | None = None) -> dict[str, str]:
 
 def script_header(script: str, argv: list[str], device: torch.device | None = None) -> dict[str, str]:
     """The header of a results file written by a standalone script, `script` its path from the repository root
-    (`python3 bench/<name>.py ...`, `python3 results/<name>.py ...`)."""
+    (`python3 bench/<name>.py ...`)."""
     device = device or torch.device("cuda")
     return {**header(device, f"python3 {script} " + " ".join(argv)), "date": time.strftime("%Y-%m-%d %H:%M %Z")}
 
@@ -169,25 +169,6 @@ def run_script(name: str, argv: list[str], measure, tune, to_markdown) -> None:
     prefix = results_prefix(argv, name)
     result = measure("--quick" in argv, prefix)
     publish(prefix, result, script_header(f"bench/{name}.py", argv), to_markdown)
-
-
-def sweep_markdown(result: dict, head: dict, summary_intro: str, per_case_intro: str, script: str) -> str:
-    """The markdown of a kernel sweep (bench/wgrad.py, bench/backward.py): title, header, summary, the per-case
-    table (result["best"]) and every timed call (result["rows"])."""
-    lines = [f"# {result['title']}", ""] + [f"- {k}: {v}" for k, v in head.items()]
-    lines += ["", summary_intro, ""] + [f"- {k}: {fine_cell(v)}" for k, v in result["summary"].items()]
-    lines += ["", per_case_intro, ""] + table(result["best_columns"], result["best"], fine_cell)
-    lines += ["", "Every timed call:", ""] + table(result["columns"], result["rows"], fine_cell)
-    lines += ["", f"Times in µs per call; see the docstring of {script} for what is timed and the bytes counted.", ""]
-    return "\n".join(lines)
-
-
-def run_sweep(name: str, argv: list[str], measure, to_markdown) -> None:
-    """A standalone kernel sweep `python3 bench/<name>.py [prefix]`: measure("cuda"), published at prefix."""
-    if not torch.cuda.is_available():
-        sys.exit(f"bench/{name}.py times CUDA kernels and found no CUDA device; nothing measured")
-    prefix = results_prefix(argv, name)
-    publish(prefix, measure("cuda"), script_header(f"bench/{name}.py", argv), to_markdown)
 
 
 def to_markdown(result: dict) -> str:

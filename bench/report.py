@@ -1,4 +1,5 @@
-"""Runs the sections asked for and merges their results into one file per device."""
+"""Runs the sections asked for; each section's latest result per device goes to <out>/<section>-<device>.json
+and .md (out= defaults to bench/results/ on a GPU; a CPU run writes only where out= says)."""
 
 from __future__ import annotations
 
@@ -42,40 +43,66 @@ def variant_labels(value: str) -> tuple[str, ...]:
 def main(argv: list[str]) -> int:
     sections, opts = parse(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # The tree keeps GPU results; a CPU run (a laptop, CI) prints its tables and leaves the source tree alone.
+    out = Path(opts["out"]) if "out" in opts else RESULTS if device.type == "cuda" else None
+    if "tune" in opts:
+        return tune(sections, opts["tune"], device, out or RESULTS)
     quick = opts.get("quick", "false").lower() == "true"
-    path = Path(opts.get("out", RESULTS)) / f"{device_slug(device)}.json"
-    merged = json.loads(path.read_text()) if path.exists() else {}
     for name in sections:
         if device.type != "cuda" and name not in CPU_SECTIONS:
             print(f"skipping {name}: it measures the GPU and no CUDA device is visible")
             continue
-        module = importlib.import_module(f"bench.{name}")
-        kwargs = {}
-        if name == "step":
-            kwargs["parallel"] = opts.get("parallel", "false").lower() == "true"
-            kwargs["deadline_s"] = float(opts.get("deadline", 3600))
-            kwargs["gpu_lock"] = opts.get("gpu_lock", "")
-            kwargs["only"] = variant_labels(opts.get("variants", ""))
-            if "nets" in opts:
-                kwargs["names"] = opts["nets"].split(",")
-        result = module.measure(device=device.type, quick=quick or device.type != "cuda", **kwargs)
+        result = importlib.import_module(f"bench.{name}").measure(
+            device=device.type, quick=quick or device.type != "cuda", **section_options(name, opts))
         result["header"] = header(device)
-        merged[name] = result
         print(to_markdown(result))
-    if merged:
-        write(path, merged)
+        if out is not None:
+            write(out / f"{name}-{device_slug(device)}.json", name, result)
     return 0
 
 
-def write(path: Path, merged: dict) -> None:
-    """The sections as <device>.json and, rendered, <device>.md beside it."""
+def section_options(name: str, opts: dict) -> dict:
+    """The command line's options that a section's `measure` takes."""
+    if name != "step":
+        return {}
+    kwargs = {"parallel": opts.get("parallel", "false").lower() == "true",
+              "deadline_s": float(opts.get("deadline", 3600)),
+              "only": variant_labels(opts.get("variants", ""))}
+    if "nets" in opts:
+        kwargs["names"] = opts["nets"].split(",")
+    return kwargs
+
+
+def write(path: Path, name: str, result: dict) -> None:
+    """One section's result as `path` (.json) and, rendered under its header, the .md beside it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(merged, indent=1, default=float) + "\n")
-    md = [f"# Benchmarks on {next(iter(merged.values()))['header']['device']}", ""]
-    for name in SECTIONS:
-        if name in merged:
-            h = merged[name]["header"]
-            md += [f"## {name}", "", "- " + ", ".join(f"{k}: {v}" for k, v in h.items() if k != "command"),
-                   f"- command: `{h['command']}`", "", to_markdown(merged[name])]
+    path.write_text(json.dumps(result, indent=1, default=float) + "\n")
+    h = result["header"]
+    md = [f"# {name} on {h['device']}", "", "- " + ", ".join(f"{k}: {v}" for k, v in h.items() if k != "command"),
+          f"- command: `{h['command']}`", "", to_markdown(result)]
     path.with_suffix(".md").write_text("\n".join(md))
     print(f"wrote {path} and {path.with_suffix('.md')}")
+
+
+def tune(sections: list[str], kind: str, device: torch.device, out: Path) -> int:
+    """`python -m bench depthwise tune=KIND` (one of the depthwise sweeps, bench.depthwise.TUNES, written to its
+    own file under `out`) or `python -m bench attention tune=true` (the attention launch configurations, printed
+    per shape); on a machine without CUDA it says so and writes nothing."""
+    if sections not in (["depthwise"], ["attention"]):
+        raise SystemExit("error: tune= is an option of one kernel section: python -m bench depthwise tune=KIND "
+                         "or python -m bench attention tune=true")
+    if sections == ["depthwise"]:
+        from bench import depthwise
+
+        if kind not in depthwise.TUNES:
+            raise SystemExit(f"error: unknown tune={kind}; one of {', '.join(depthwise.TUNES)}")
+    if device.type != "cuda":
+        print(f"skipping {sections[0]} tune={kind}: it times CUDA kernels and no CUDA device is visible")
+        return 0
+    if sections == ["attention"]:
+        from bench import attention
+
+        attention.tune(device.type)
+    else:
+        depthwise.tune(kind, device, out)
+    return 0

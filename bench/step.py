@@ -33,8 +33,8 @@ import torch.nn.functional as F
 
 import nets
 from bench.common import alternating_medians, device_name, sync
+from bench.locks import one_of
 from train.config import Config
-from train.gpu_lock import gpu_turn, one_of
 from train.optim import zeros_like_tree
 from train.step import (
     TrainState,
@@ -126,8 +126,8 @@ BASELINE = "(1) eager module"
 FUNCTIONAL = "(2) functional"
 COMPILED = "(3) compiled"
 KERNELS = "(4) compiled + kernels"
-# No commas: the worker gets variants comma-joined. "(state in place)": before 2026-12-01 the graph variants
-# copied the state in and out (bench/results/h200-cudagraphs.md); the label tells the two apart.
+# No commas: the worker gets variants comma-joined. "(state in place)": the graphs overwrite the train state's
+# persistent buffers (train.step.compile_in_place) rather than copying it in and out.
 GRAPHS = "(3g) compiled + CUDA graphs (state in place)"
 KERNELS_GRAPHS = "(4g) compiled + kernels + CUDA graphs (state in place)"
 WITH_KERNELS = (KERNELS, KERNELS_GRAPHS)  # the variants that run the Triton kernels
@@ -152,8 +152,8 @@ def variants_of(name: str, only: tuple[str, ...] = ()) -> list[str]:
 
 def prepare_net(name, device, variants=None, gpu_turn=None) -> tuple[dict, dict, dict]:
     """The variants of `name` (default: all) built and warmed up (compiled): (train fns, inference fns,
-    warm-up seconds). `gpu_turn()`, if given, is held while the eager variants warm up (their first steps
-    need the most memory) so that processes compiling side by side do not run them all at once."""
+    warm-up seconds). `gpu_turn()`, a context manager if given, is held while the eager variants warm up (their
+    first steps need the most memory) so that processes compiling side by side do not run them all at once."""
     precision = precision_for(device, "auto")
     makers = {
         BASELINE: lambda: eager_module_step(name, device, precision),
@@ -229,29 +229,27 @@ def parallel_jobs(names, only: tuple[str, ...] = ()) -> list[tuple[str, list[str
 def compile_slots(jobs: int) -> tuple[int, int]:
     """(processes compiling at once, Inductor compile threads each). One Inductor compile is mostly one busy
     thread plus bursts of parallel Triton builds: 4 threads each, and as many processes as that fills the
-    cores. (`python3 -m bench step parallel=true` before this limit, H100 machine with 16 cores, 2026-11-25:
-    all 11 jobs of the 8 families at once, 1 thread each, did not finish compiling within 545 s; with
-    nets=vit,mobilenetv1,alexnet,vgg16, 6 jobs of 2 threads, the whole run took 205 s.)"""
+    cores. (`python -m bench step parallel=true` without this limit on a 16-core H100 machine: all 11 jobs of
+    the 8 families at once, 1 thread each, did not finish compiling within 545 s; 6 jobs of 2 threads took
+    205 s in all.)"""
     cpus = os.cpu_count() or 2
     slots = max(1, min(jobs, cpus // 4))
     return slots, max(1, cpus // slots)
 
 
-def measure_in_parallel(names, device, calls, rounds, deadline_s: float, gpu_lock: str = "",
+def measure_in_parallel(names, device, calls, rounds, deadline_s: float,
                         only: tuple[str, ...] = ()) -> tuple[list[dict], list[str]]:
     """One process per job (parallel_jobs), compiling a few at a time (compile_slots); each, once compiled,
     waits until every job is ready, then they take turns on the GPU under a file lock, so that each is timed
-    alone on an otherwise idle machine; with `gpu_lock` (a file that trainings or a script sharing the GPU
-    hold while they use it), each turn also waits for that lock, so the compiling overlaps their work. Jobs
-    not done `deadline_s` after the start are stopped and named in the returned notes, as are failures; the
-    others' rows are kept."""
+    alone on an otherwise idle machine. Jobs not done `deadline_s` after the start are stopped and named in the
+    returned notes, as are failures; the others' rows are kept."""
     jobs = parallel_jobs(names, only)
     rows, problems, start = [], [], time.monotonic()
     slots, threads = compile_slots(len(jobs))
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": str(threads)}
         procs = [subprocess.Popen([sys.executable, "-m", "bench.step", tmp, str(i), str(len(jobs)), str(slots),
-                                   name, ",".join(variants), str(calls), str(rounds), gpu_lock],
+                                   name, ",".join(variants), str(calls), str(rounds)],
                                   env=env, stderr=subprocess.PIPE, text=True)
                  for i, (name, variants) in enumerate(jobs)]
         for i, (proc, (name, variants)) in enumerate(zip(procs, jobs)):
@@ -286,11 +284,11 @@ def compile_slot(tmp: Path, slots: int):
     return one_of([str(tmp / f"compile-slot-{k}.lock") for k in range(slots)])
 
 
-def worker(tmp, index, count, slots, name, variants, calls, rounds, gpu_lock="") -> None:
+def worker(tmp, index, count, slots, name, variants, calls, rounds) -> None:
     """measure_in_parallel's process for one job: prepare in a compile slot, signal ready, wait for all, then
-    time under the GPU lock (and `gpu_lock`, if given)."""
+    time under the GPU lock."""
     device, tmp = torch.device("cuda"), Path(tmp)
-    turn = lambda: gpu_turn(str(tmp / "gpu.lock"), log=lambda line: None)  # noqa: E731
+    turn = lambda: one_of([str(tmp / "gpu.lock")])  # noqa: E731
     try:
         with compile_slot(tmp, slots):
             prepared = prepare_net(name, device, variants, turn)
@@ -298,25 +296,23 @@ def worker(tmp, index, count, slots, name, variants, calls, rounds, gpu_lock="")
         (tmp / f"{index}.ready").touch()  # also on failure, so the others do not wait for this one
     while len(list(tmp.glob("*.ready"))) < count:
         time.sleep(0.5)
-    with turn(), gpu_turn(gpu_lock, log=lambda line: None):
+    with turn():
         rows = time_net(name, device, prepared, calls, rounds)
     (tmp / f"{index}.json").write_text(json.dumps(rows))
 
 
 def measure(device: str = "cuda", quick: bool = False, names=None, parallel: bool = False,
-            deadline_s: float = 3600, gpu_lock: str = "", only: tuple[str, ...] = ()) -> dict:
+            deadline_s: float = 3600, only: tuple[str, ...] = ()) -> dict:
     """parallel=True (CUDA): compile in parallel processes, time one at a time (measure_in_parallel).
-    gpu_lock: a lock file held by others using the GPU; the timing waits until it is free.
     only: the variants to measure by label (variants_of)."""
     device = torch.device(device)
     names = names or FAMILIES
     calls, rounds = (5, 3) if quick else (10, 5)
     problems = []
     if parallel and device.type == "cuda":
-        rows, problems = measure_in_parallel(names, device, calls, rounds, deadline_s, gpu_lock, only)
+        rows, problems = measure_in_parallel(names, device, calls, rounds, deadline_s, only)
     else:
-        with gpu_turn(gpu_lock, log=print):
-            rows = [row for name in names for row in measure_net(name, device, calls, rounds, only)]
+        rows = [row for name in names for row in measure_net(name, device, calls, rounds, only)]
     summary = {}
     for name in names:
         for bench, setting in CUDNN_LABELS.items():
@@ -348,6 +344,6 @@ def measure(device: str = "cuda", quick: bool = False, names=None, parallel: boo
     }
 
 
-if __name__ == "__main__":  # measure_in_parallel's worker: dir index count slots net variants calls rounds lock
-    tmp, index, count, slots, name, variants, calls, rounds, gpu_lock = sys.argv[1:10]
-    worker(tmp, index, int(count), int(slots), name, variants.split(","), int(calls), int(rounds), gpu_lock)
+if __name__ == "__main__":  # measure_in_parallel's worker: dir index count slots net variants calls rounds
+    tmp, index, count, slots, name, variants, calls, rounds = sys.argv[1:9]
+    worker(tmp, index, int(count), int(slots), name, variants.split(","), int(calls), int(rounds))

@@ -7,7 +7,7 @@ torch.profiler. Every CUDA kernel's time is put in one category by its name (`ca
 gives, per variant, the milliseconds per step of each category, the GPU-busy total against the step's wall
 time (from a synchronised timing of the same steps: a busy share well under 100% means the GPU waits for
 the CPU), and the kernels that take the most time (the .json: every kernel, by its full name, so that two
-variants' kernels can be compared). Writes DIR/step-profile.md and .json (default bench/results).
+variants' kernels can be compared). Writes DIR/step-profile-<gpu>.md and .json (default bench/results).
 A diagnosis for bench/step.py's ratios, not a benchmark: the profiler's own overhead is in the wall time.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bench.common import header, publish, seconds_per_call, to_markdown
+from bench.common import device_slug, header, publish, seconds_per_call, to_markdown
 from bench.step import BASELINE, BATCH, COMPILED, KERNELS, eager_module_step, functional_step, variants_of, warm
 from train.step import precision_for
 
@@ -30,12 +30,11 @@ TOP = 12  # kernels listed per variant
 NETS = ("resnet18", "vgg16")  # the default nets: the two furthest from issue 6's targets
 # (category, substrings of the kernel name, lower-case), first match wins: cuDNN's and CUTLASS's convolution
 # kernels name their pass (dgrad: grad-input, wgrad: grad-weight); Inductor's generated kernels start triton_;
-# kernels/depthwise.py's start _dwconv (before "conv", which would take them). PyTorch's own depthwise kernels
+# kernels/depthwise/'s start _dwconv (before "conv", which would take them). PyTorch's own depthwise kernels
 # (aten's conv_depthwise2d_*) name themselves; cuDNN's channels_last ones are conv2d_, dgrad2d_ and
-# wgrad2d_c1_k1_nhwc* (c1_k1: one channel in and out a group, presumably). In the top-kernel table of MobileNetV1's step
-# (H200, bench/results/step-profile-mobilenetv1.md) they take 1.22 ms a step without the Triton kernels and 0.32
-# ms with them, which replace most depthwise layers and no other; none is in the ResNet-18 and VGG-16 tables
-# (bench/results/step-profile.md).
+# wgrad2d_c1_k1_nhwc* (c1_k1: one channel in and out a group, presumably). In MobileNetV1's step (H200,
+# `python -m bench.step_profile nets=mobilenetv1`) they took 1.22 ms a step without the Triton kernels and 0.32
+# ms with them, which replace most depthwise layers and no other; none is in the ResNet-18 and VGG-16 tables.
 CATEGORIES = (
     ("depthwise (kernels/, Triton)", ("_dwconv",)),
     ("depthwise (PyTorch)", ("depthwise", "2d_c1_k1_")),
@@ -127,8 +126,9 @@ def main(argv: list[str]) -> int:
         return 0
     result = measure(opts["nets"].split(",") if opts.get("nets") else NETS)
     head = header(torch.device("cuda"), "python3 -m bench.step_profile " + " ".join(argv))
-    publish(Path(opts.get("out") or Path(__file__).resolve().parent / "results") / "step-profile", result, head,
-            report)
+    device = torch.device("cuda")
+    folder = Path(opts.get("out") or Path(__file__).resolve().parent / "results")
+    publish(folder / f"step-profile-{device_slug(device)}", result, head, report)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Image folders, loose or inside an archive.
+"""Read: image folders, loose or inside an archive, and the archives themselves.
 
     train/<class>/<image>.png|.jpg      classes = the sorted folder names (label k = k-th name)
     test/<class>/<image>.png|.jpg       the same class folders as train/
@@ -8,23 +8,24 @@ are read member by member into memory and never extracted, so no member name can
 Within a class, images are taken in natural file-name order (2.png before 10.png), which for
 zero-padded names such as the official-order NNNN.jpg is plain sorted order. Images are decoded with
 torchvision.io.decode_image and must be 3x32x32 (RGB, no alpha): anything else is rejected, not
-converted.
+converted. The class count is checked before the first image is decoded: a wrong dataset= then costs
+no decoding (seconds for 60,000 JPEGs).
 """
 
 import re
 import tarfile
 import warnings
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from data.errors import DataError
-from data.pickles import IMAGE_SHAPE, one_line
+from data.check import check_class_count
+from data.cifar import IMAGE_SHAPE, SPLITS, Cifar
+from data.errors import DataError, one_line
 
-SPLITS = ("train", "test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
 # torchvision 0.29 warns on every decode that TorchCodec will take over its image codecs; decode_image
@@ -212,3 +213,27 @@ def decode_tree(tree: Tree, read: Callable[[str], bytes], describe: Callable[[st
                 images[i] = decode_png_jpg(read(key), describe(key))
         out += [images, np.asarray(labels, np.int64)]
     return (*out, tuple(classes))
+
+
+def read_folder(root: Path, tree: Tree, dataset: str, labels: str) -> Cifar:
+    """The image folder at `root`, whose files data/locate.py listed in `tree` (keys are full paths)."""
+    source = f"{root} (image folder)"
+    check_tree_classes(tree, dataset, labels, source)
+    arrays = decode_tree(tree, lambda k: Path(k).read_bytes(), str, f"{root}/")
+    return Cifar(*arrays, source)
+
+
+def read_members(members: Mapping[str, bytes], prefix: str, archive: Path, dataset: str, labels: str) -> Cifar:
+    """The image folder under `prefix` of an archive read into `members` (find_image_prefix found it)."""
+    tree = tree_from_members(members, prefix, str(archive))
+    source = f"{archive}:{prefix} (image folder in an archive)"
+    check_tree_classes(tree, dataset, labels, source)
+    arrays = decode_tree(tree, members.__getitem__, lambda k: f"{archive}:{k}", f"{archive}:{prefix}")
+    return Cifar(*arrays, source)
+
+
+def check_tree_classes(tree: Tree, dataset: str, labels: str, source: str) -> None:
+    """The class count of `tree`, checked before anything is decoded; an empty train/ is left to decode_tree,
+    whose message says what to put there."""
+    if tree["train"]:
+        check_class_count(dataset, labels, sorted(tree["train"]), source)

@@ -1,4 +1,4 @@
-"""The official CIFAR python layouts, read through a restricted unpickler.
+"""Read: the official CIFAR python layouts, loose or inside an archive, read through a restricted unpickler.
 
     cifar-10-batches-py/   data_batch_1 .. data_batch_5, test_batch   {b"data", b"labels", ...}
                            batches.meta                               {b"label_names", ...}
@@ -9,6 +9,9 @@ Each file is a python2 pickle of a dict with byte-string keys, read with encodin
 (N, 3072) array: the R, G and B planes of a 32x32 image one after the other, each row-major, so a reshape to
 (N, 3, 32, 32) gives NCHW. Labels are lists of ints, names lists of byte strings.
 
+read_folder reads a pickle folder; read_members reads the same files among an archive's members (read into
+memory by data/folders.py). Both name a bad file as the user would find it: its path, or archive:member.
+
 Safety: unpickling can call any importable function. RestrictedUnpickler.find_class admits only the
 three globals numpy needs to rebuild an array (the official files name nothing else: dicts, lists,
 strings and ints are opcodes, not globals), so a crafted file raises DataError before anything in it
@@ -17,13 +20,14 @@ runs.
 
 import io
 import pickle
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 
 import numpy as np
 
-from data.errors import DataError
+from data.cifar import IMAGE_SHAPE, TITLES, Cifar
+from data.errors import DataError, one_line
 
-IMAGE_SHAPE = (3, 32, 32)  # channels, height, width of every CIFAR image
 IMAGE_BYTES = 3 * 32 * 32  # one row of b"data"
 
 DATASET_DIRS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
@@ -52,12 +56,6 @@ ALLOWED_GLOBALS = {
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
 }
-
-
-def one_line(text: str, limit: int = 200) -> str:
-    """`text` on one line, at most `limit` characters: messages quote file contents and exceptions."""
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -159,6 +157,29 @@ def read_official(dataset: str, labels: str, read: Callable[[str], bytes], descr
     train_images = np.concatenate([images for images, _ in train])
     train_labels = np.concatenate([labels for _, labels in train])
     return train_images, train_labels, test_images, test_labels, classes
+
+
+def read_folder(folder: Path, dataset: str, labels: str) -> Cifar:
+    """The official pickle folder `folder`, whose files data/locate.py has found all there."""
+    read, describe = (lambda n: (folder / n).read_bytes()), (lambda n: str(folder / n))
+    arrays = read_official(dataset, labels, read, describe)
+    return Cifar(*arrays, f"{folder} (official {TITLES[dataset]} pickles)")
+
+
+def read_members(members: Mapping[str, bytes], prefix: str, archive: Path, dataset: str, labels: str) -> Cifar:
+    """The official pickles under `prefix` of an archive read into `members`; a missing file names itself."""
+    title = TITLES[dataset]
+
+    def read(name: str) -> bytes:
+        if prefix + name not in members:
+            raise DataError(
+                f"{archive}:{prefix}{name}: missing from the archive, which holds an incomplete copy of the "
+                f"{title} pickles (it needs {', '.join(PICKLE_FILES[dataset])}): copy the archive again"
+            )
+        return members[prefix + name]
+
+    arrays = read_official(dataset, labels, read, lambda n: f"{archive}:{prefix}{n}")
+    return Cifar(*arrays, f"{archive}:{prefix} (official {title} pickles in an archive)")
 
 
 def find_official_prefix(names: Iterable[str], dataset: str) -> str | None:

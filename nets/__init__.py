@@ -12,11 +12,11 @@ import importlib
 import pkgutil
 
 from nets.core import IMAGE_SHAPE, Net, NetError
-from nets.registry import build, names, options
+from nets.registry import build, declarations, names, options, parse_options
 
-_INFRASTRUCTURE = {"core", "registry", "blocks", "__main__"}
+_INFRASTRUCTURE = {"core", "options", "registry", "blocks", "__main__"}
 for _module in pkgutil.iter_modules(__path__):
     if _module.name not in _INFRASTRUCTURE:
         importlib.import_module(f"nets.{_module.name}")
 
-__all__ = ["IMAGE_SHAPE", "Net", "NetError", "build", "names", "options"]
+__all__ = ["IMAGE_SHAPE", "Net", "NetError", "build", "declarations", "names", "options", "parse_options"]

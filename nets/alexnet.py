@@ -30,10 +30,12 @@ config "imagenet", 1000 classes: 61,100,840 (torchvision's alexnet).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 from torch import nn
 
-from nets.core import Net, NetError
+from nets.core import Net
+from nets.options import DropRate, OneOf
 from nets.registry import register
 
 
@@ -101,16 +103,10 @@ class AlexNet(nn.Module):
 
 
 @register("alexnet")
-def alexnet(num_classes: int = 10, config: str = "cifar", batchnorm: bool | None = None,
-            dropout: float | None = None) -> Net:
+def alexnet(num_classes: int = 10, config: Annotated[str, OneOf(*CONFIGS)] = "cifar", batchnorm: bool | None = None,
+            dropout: DropRate | None = None) -> Net:
     """config: "cifar" or "imagenet"; batchnorm, dropout: None takes the config's (cifar: on, 0; imagenet: off, 0.5)."""
-    if config not in CONFIGS:
-        raise NetError(f"alexnet config must be one of {', '.join(CONFIGS)}, got {config!r}")
     cfg = CONFIGS[config]
     batchnorm = cfg.batchnorm if batchnorm is None else batchnorm
     dropout = cfg.dropout if dropout is None else dropout
-    if not isinstance(batchnorm, bool):
-        raise NetError(f"alexnet batchnorm must be true or false, got {batchnorm!r}")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise NetError(f"alexnet dropout must be in [0, 1), got {dropout!r}")
     return Net("alexnet", lambda: AlexNet(cfg, num_classes, batchnorm, dropout), num_classes)

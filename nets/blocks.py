@@ -13,18 +13,17 @@ the reference (the nets expose it as their `kernels` option).
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import nn
 
+from nets.options import OneOf
+
+# The nets' `kernels` option: a literal, so that importing nets imports no Triton (kernels/ accepts more impls,
+# e.g. "triton", which forces the kernel and fails off CUDA: not a choice a net offers).
 KERNEL_CHOICES = ("auto", "reference")
-
-
-def check_kernels(kernels: str) -> str:
-    from nets.core import NetError
-
-    if kernels not in KERNEL_CHOICES:
-        raise NetError(f"kernels must be one of {', '.join(KERNEL_CHOICES)}, got {kernels!r}")
-    return kernels
+Kernels = Annotated[str, OneOf(*KERNEL_CHOICES)]
 
 
 def conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1, relu: bool = True) -> nn.Sequential:
@@ -51,7 +50,7 @@ class DepthwiseConv2d(nn.Conv2d):
 
     def __init__(self, channels: int, k: int = 3, stride: int = 1, kernels: str = "auto"):
         super().__init__(channels, channels, k, stride=stride, padding=k // 2, groups=channels, bias=False)
-        self.kernels = check_kernels(kernels)
+        self.kernels = kernels
 
     def forward(self, x):
         return depthwise(x, self.weight, self.stride[0], self.kernels)

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -79,6 +80,12 @@ class Net:
             skeleton = make_module()
         # Two skeletons, one per mode, so that `apply` never flips a flag on a shared module.
         self._skeleton = {True: skeleton.train(), False: copy.deepcopy(skeleton).eval()}
+
+    @property
+    def skeletons(self) -> Mapping[bool, nn.Module]:
+        """Both skeletons by mode, read-only: {True: the train-mode module, False: the eval-mode one}. A change
+        to the architecture's layers (train/sync_bn.py's) must reach both."""
+        return types.MappingProxyType(self._skeleton)
 
     @property
     def module(self) -> nn.Module:

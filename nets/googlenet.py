@@ -40,11 +40,14 @@ config "imagenet", torchvision_quirks=True, 1000 classes: 13,004,888 (torchvisio
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nets.core import Net, NetError
+from nets.core import Net
+from nets.options import DropRate, OneOf
 from nets.registry import register
 
 # Widths of each inception module, the paper's Table 1:
@@ -161,19 +164,12 @@ class GoogLeNet(nn.Module):
 
 
 @register("googlenet")
-def googlenet(num_classes: int = 10, config: str = "cifar", aux_logits: bool | None = None,
-              torchvision_quirks: bool = False, dropout: float | None = None) -> Net:
+def googlenet(num_classes: int = 10, config: Annotated[str, OneOf(*CONFIGS)] = "cifar", aux_logits: bool | None = None,
+              torchvision_quirks: bool = False, dropout: DropRate | None = None) -> Net:
     """config: "cifar" or "imagenet"; aux_logits: None takes the config's (cifar off, imagenet on, as
     torchvision's); torchvision_quirks: torchvision's 3x3 third branch and 2x2 pool; dropout: None takes the
     config's (cifar 0, imagenet 0.4, or torchvision's 0.2 with torchvision_quirks)."""
-    if config not in CONFIGS:
-        raise NetError(f"googlenet config must be one of {', '.join(CONFIGS)}, got {config!r}")
     aux_logits = config == "imagenet" if aux_logits is None else aux_logits
-    for option, value in (("aux_logits", aux_logits), ("torchvision_quirks", torchvision_quirks)):
-        if not isinstance(value, bool):
-            raise NetError(f"googlenet {option} must be true or false, got {value!r}")
     dropout = DROPOUT[config, torchvision_quirks] if dropout is None else dropout
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise NetError(f"googlenet dropout must be in [0, 1), got {dropout!r}")
     return Net("googlenet", lambda: GoogLeNet(num_classes, config, aux_logits, torchvision_quirks, dropout),
                num_classes)

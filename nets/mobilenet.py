@@ -35,10 +35,13 @@ Strides change no parameter, so `imagenet=True` has the same counts.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from torch import nn
 
-from nets.blocks import DepthwiseConv2d, check_kernels, conv_bn_relu
-from nets.core import Net, NetError
+from nets.blocks import DepthwiseConv2d, Kernels, conv_bn_relu
+from nets.core import Net
+from nets.options import Above
 from nets.registry import register
 
 STEM_CHANNELS = 32
@@ -98,12 +101,8 @@ class MobileNetV1(nn.Module):
 
 
 @register("mobilenetv1")
-def mobilenetv1(num_classes: int = 10, alpha: float = 1.0, imagenet: bool = False, kernels: str = "auto") -> Net:
+def mobilenetv1(num_classes: int = 10, alpha: Annotated[float, Above(0)] = 1.0, imagenet: bool = False,
+                kernels: Kernels = "auto") -> Net:
     """alpha: width multiplier (1, 0.75, 0.5, 0.25 in the paper); imagenet: the paper's stride-2 stem;
     kernels: "auto" (Triton depthwise kernel on CUDA) or "reference" (plain PyTorch)."""
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
-        raise NetError(f"mobilenetv1 alpha must be a positive number, got {alpha!r}")
-    if not isinstance(imagenet, bool):
-        raise NetError(f"mobilenetv1 imagenet must be true or false, got {imagenet!r}")
-    check_kernels(kernels)
     return Net("mobilenetv1", lambda: MobileNetV1(num_classes, alpha, imagenet, kernels), num_classes)

@@ -22,13 +22,17 @@ Parameters (stem "cifar"):   10 classes    100 classes
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from torch import nn
 
-from nets.core import Net, NetError
+from nets.core import Net
+from nets.options import AtLeast, OneOf
 from nets.registry import register
 
 # Blocks per stage, from the paper's Table 1.
 STAGES = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+STEMS = ("cifar", "imagenet")
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -121,10 +125,10 @@ class ResNet(nn.Module):
 
 
 def resnet(depth: int):
-    def build(num_classes: int = 10, width: int = 64, stem: str = "cifar", zero_init_residual: bool = False):
-        """width: channels of the first stage (64 in the paper); stem: "cifar" or "imagenet"."""
-        if stem not in ("cifar", "imagenet"):
-            raise NetError(f"resnet stem must be 'cifar' or 'imagenet', got {stem!r}")
+    def build(num_classes: int = 10, width: Annotated[int, AtLeast(1)] = 64,
+              stem: Annotated[str, OneOf(*STEMS)] = "cifar", zero_init_residual: bool = False) -> Net:
+        """width: channels of the first stage (64 in the paper); stem: "cifar" or "imagenet";
+        zero_init_residual: each residual branch's last BN scale starts at 0."""
         return Net(f"resnet{depth}", lambda: ResNet(depth, num_classes, width, stem, zero_init_residual), num_classes)
 
     return build

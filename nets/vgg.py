@@ -29,9 +29,12 @@ config "imagenet", 1000 classes: 132,868,840 / 133,053,736 / 138,365,992 / 143,6
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from torch import nn
 
-from nets.core import Net, NetError
+from nets.core import Net
+from nets.options import DropRate, OneOf
 from nets.registry import register
 
 # Output channels of each 3x3 convolution, "M" a 2x2 stride-2 max-pool: the paper's Table 1, columns A, B, D, E.
@@ -80,13 +83,10 @@ class VGG(nn.Module):
 
 
 def vgg(depth: int):
-    def build(num_classes: int = 10, config: str = "cifar", dropout: float | None = None) -> Net:
+    def build(num_classes: int = 10, config: Annotated[str, OneOf(*CONFIGS)] = "cifar",
+              dropout: DropRate | None = None) -> Net:
         """config: "cifar" or "imagenet"; dropout: None takes the config's (cifar 0, imagenet 0.5)."""
-        if config not in CONFIGS:
-            raise NetError(f"vgg config must be one of {', '.join(CONFIGS)}, got {config!r}")
         dropout = DROPOUT[config] if dropout is None else dropout
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise NetError(f"vgg dropout must be in [0, 1), got {dropout!r}")
         return Net(f"vgg{depth}", lambda: VGG(depth, num_classes, config, dropout), num_classes)
 
     return build

@@ -38,13 +38,16 @@ Parameters (patch 4, pool "cls"):   10 classes    100 classes
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 from einops import rearrange
 from torch import nn
 
 from nets import blocks
+from nets.blocks import Kernels
 from nets.core import Net, NetError
+from nets.options import AtLeast, DropRate, OneOf
 from nets.registry import register
 
 
@@ -173,30 +176,21 @@ def drop_path_rates(drop_path: float, depth: int) -> list[float]:
     return [drop_path * i / (depth - 1) if depth > 1 else drop_path for i in range(depth)]
 
 
-def _positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
 def vit(name: str):
     size = SIZES[name]
 
-    def build(num_classes: int = 10, patch: int = 4, pool: str = "cls", image_size: int = 32,
-              dropout: float = 0.0, kernels: str = "auto", drop_path: float = 0.0) -> Net:  # fmt: skip
+    def build(num_classes: int = 10, patch: Annotated[int, AtLeast(1)] = 4, pool: Annotated[str, OneOf(*POOLS)] = "cls",
+              image_size: Annotated[int, AtLeast(1)] = 32, dropout: DropRate = 0.0, kernels: Kernels = "auto",
+              drop_path: DropRate = 0.0) -> Net:  # fmt: skip
         """patch: patch side in pixels (4 for CIFAR, 16 for the paper's /16 models); pool: "cls" (class token)
         or "mean" (average of the tokens); image_size: input side in pixels (a multiple of patch); dropout:
         after the embedding, the attention and each MLP layer (0 keeps `apply` pure; above 0 it draws from
         PyTorch's global generator in train mode); kernels: "auto" (Triton attention on CUDA) or "reference";
         drop_path: stochastic depth of the last block's two residual branches, rising linearly from 0 at the
         first block (drop_path_rates; DeiT trains its ViTs with 0.1; above 0 it draws as dropout does)."""
-        if not _positive_int(patch) or not _positive_int(image_size) or image_size % patch:
-            raise NetError(f"{name} needs positive integers image_size and patch with image_size a multiple of "
-                           f"patch, got image_size={image_size!r}, patch={patch!r}")  # fmt: skip
-        if pool not in POOLS:
-            raise NetError(f"{name} pool must be one of {', '.join(POOLS)}, got {pool!r}")
-        for key, value in (("dropout", dropout), ("drop_path", drop_path)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
-                raise NetError(f"{name} {key} must be a number in [0, 1), got {value!r}")
-        blocks.check_kernels(kernels)
+        if image_size % patch:  # the options' own ranges are checked by nets.build, from the signature
+            raise NetError(f"{name}: net.image_size={image_size} must be a multiple of patch, net.patch={patch} "
+                           "(the image is cut into patch x patch squares)")
         return Net(name, lambda: ViT(size, num_classes, patch, image_size, pool, dropout, kernels, drop_path),
                    num_classes)
 

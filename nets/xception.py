@@ -30,8 +30,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from nets.blocks import SeparableConv2d, check_kernels
-from nets.core import Net, NetError
+from nets.blocks import Kernels, SeparableConv2d
+from nets.core import Net
 from nets.registry import register
 
 STEM_CHANNELS = (32, 64)
@@ -106,10 +106,7 @@ class Xception(nn.Module):
 
 
 @register("xception")
-def xception(num_classes: int = 10, imagenet: bool = False, kernels: str = "auto") -> Net:
+def xception(num_classes: int = 10, imagenet: bool = False, kernels: Kernels = "auto") -> Net:
     """imagenet: the paper's strides and unpadded stem (for 299x299 inputs);
     kernels: "auto" (Triton depthwise kernel on CUDA) or "reference" (plain PyTorch)."""
-    if not isinstance(imagenet, bool):
-        raise NetError(f"xception imagenet must be true or false, got {imagenet!r}")
-    check_kernels(kernels)
     return Net("xception", lambda: Xception(num_classes, imagenet, kernels), num_classes)

@@ -1,14 +1,17 @@
-"""Compiles kernels.depthwise's Triton kernels (and kernels/depthwise_rows.py's) to an sm_90 (H100/H200) cubin
-on a machine without a GPU, in a process of its own with TRITON_INTERPRET=0: Triton's front end, its MLIR
-passes and ptxas all run on the CPU, so this catches what the interpreter cannot (code generation: constexpr
-branches, jit helpers, types), though not numbers or speed, nor what this Triton accepts and an older one does
-not (tests/test_kernels_compile.py checks one such case in the source).
+"""Compiles every Triton kernel of kernels/depthwise/ to an sm_90 (H100/H200) cubin on a machine without a GPU,
+in a process of its own with TRITON_INTERPRET=0: Triton's front end, its MLIR passes and ptxas all run on the
+CPU, so this catches what the interpreter cannot (code generation: constexpr branches, jit helpers, types),
+though not numbers or speed, nor what this Triton accepts and an older one does not
+(tests/test_kernels_compile.py checks one such case in the source). The kernels are found by walking the
+package (every @triton.jit function named *_kernel), so a kernel without variants here is a failure.
 Prints one line per kernel variant; exits 1 on the first failure.
 
     python3 tests/compile_for_hopper.py
 """
 
+import importlib
 import os
+import pkgutil
 import sys
 from pathlib import Path
 
@@ -18,8 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
+from triton.runtime.jit import JITFunction  # noqa: E402
 
-from kernels import depthwise as dw  # noqa: E402
+import kernels.depthwise  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)  # Hopper, 32 threads per warp
 FLOAT32_POINTERS = {"w_ptr", "scale_ptr", "shift_ptr", "part_ptr", "gw_ptr", "gscale_ptr", "gshift_ptr"}
@@ -38,36 +42,54 @@ def signature(kernel, consts: dict) -> dict:
     return sig
 
 
+def depthwise_kernels() -> dict:
+    """Every @triton.jit kernel (a function named *_kernel) defined in a module of kernels.depthwise, by name."""
+    found = {}
+    for info in pkgutil.iter_modules(kernels.depthwise.__path__):
+        module = importlib.import_module(f"kernels.depthwise.{info.name}")
+        found |= {fn.__name__: fn for fn in vars(module).values() if isinstance(fn, JITFunction)
+                  and fn.__name__.endswith("_kernel") and fn.__module__ == module.__name__}
+    return found
+
+
 def variants():
-    """(kernel, constexprs) pairs: both layouts, strides 1 and 2, with and without the full epilogue."""
+    """(kernel name, constexprs) pairs: both layouts, strides 1 and 2, with and without the full epilogue."""
     for cl in (True, False):
         for stride in (1, 2):
             for ep in (True, False):
                 geometry = dict(C=64, H=16, W=16, STRIDE=stride, K=3, CHANNELS_LAST=cl)
                 flags = dict(HAS_SCALE=ep, HAS_SHIFT=ep, RELU=ep)
-                yield dw._dwconv_fwd_kernel, dict(geometry, **flags, BLOCK_R=32, BLOCK_K=32)
-                yield dw._dwconv_bwd_weight_kernel, dict(geometry, KKP=16, **flags, NEED_Z=ep, STORE_GZ=ep,
-                                                         BLOCK_R=8, BLOCK_K=32)
+                yield "_dwconv_fwd_kernel", dict(geometry, **flags, BLOCK_R=32, BLOCK_K=32)
+                yield "_dwconv_bwd_weight_kernel", dict(geometry, KKP=16, **flags, NEED_Z=ep, STORE_GZ=ep,
+                                                        BLOCK_R=8, BLOCK_K=32)
                 if cl:
-                    yield dw._rows._dwconv_rows_kernel, dict(C=64, H=16, W=16, STRIDE=stride, FLIP=not ep, **flags,
-                                                             UPCAST=ep, ROWS=4, BLOCK_W=16 // stride, BLOCK_K=64)
-                    yield dw._dwconv_bwd_weight_taps_kernel, dict(C=64, H=16, W=16, STRIDE=stride, **flags,
-                                                                  NEED_Z=ep, STORE_GZ=ep, BLOCK_R=32, BLOCK_K=32)
-            yield dw._dwconv_bwd_input_kernel, dict(C=64, H=16, W=16, STRIDE=stride, K=3, CHANNELS_LAST=cl,
-                                                    BLOCK_R=32, BLOCK_K=32)
+                    yield "_dwconv_rows_kernel", dict(C=64, H=16, W=16, STRIDE=stride, FLIP=not ep, **flags,
+                                                      UPCAST=ep, ROWS=4, BLOCK_W=16 // stride, BLOCK_K=64)
+                    yield "_dwconv_bwd_weight_taps_kernel", dict(C=64, H=16, W=16, STRIDE=stride, **flags,
+                                                                 NEED_Z=ep, STORE_GZ=ep, BLOCK_R=32, BLOCK_K=32)
+            yield "_dwconv_bwd_input_kernel", dict(C=64, H=16, W=16, STRIDE=stride, K=3, CHANNELS_LAST=cl,
+                                                   BLOCK_R=32, BLOCK_K=32)
     for ep in (True, False):
-        yield dw._dwconv_wgrad_finish_kernel, dict(C=64, KK=9, HAS_SCALE=ep, HAS_SHIFT=ep, BLOCK_G=32, BLOCK_C=64)
+        yield "_dwconv_wgrad_finish_kernel", dict(C=64, KK=9, HAS_SCALE=ep, HAS_SHIFT=ep, BLOCK_G=32, BLOCK_C=64)
+        yield "_dwconv_bwd_fused_kernel", dict(C=64, H=16, W=16, HAS_SHIFT=ep, BLOCK_R=16, BLOCK_K=32)
+        yield "_dwconv_bwd_window_kernel", dict(C=64, H=16, W=16, HAS_SHIFT=ep, ROWS=8, BLOCK_W=16, BLOCK_K=32)
 
 
 def main() -> int:
-    for kernel, consts in variants():
+    found = depthwise_kernels()
+    missing = sorted(set(found) - {name for name, _ in variants()})
+    if missing:
+        print(f"FAILED no variants here for {', '.join(missing)}")
+        return 1
+    for name, consts in variants():
+        kernel = found[name]
         try:
             triton.compile(ASTSource(fn=kernel, signature=signature(kernel, consts), constexprs=consts),
                            target=TARGET)
         except Exception as e:  # report which variant, then stop
-            print(f"FAILED {kernel.__name__} {consts}: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
+            print(f"FAILED {name} {consts}: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
             return 1
-        print(f"compiled {kernel.__name__} {consts}")
+        print(f"compiled {name} {consts}")
     return 0
 
 

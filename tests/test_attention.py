@@ -16,7 +16,7 @@ if DEVICE == "cpu":
 import pytest  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from kernels.attention import attention, reference_attention  # noqa: E402
+from kernels.attention import attention, auto_impl, reference_attention  # noqa: E402
 
 # ||kernel - ref64|| / ||ref64||. Measured in the interpreter: bf16 ~5e-3 forward / ~6e-3 gradients, fp16
 # ~3e-4 / ~3e-4 (P is rounded to the input dtype before P V, as in flash attention); about 3x headroom.
@@ -160,8 +160,10 @@ def test_func_grad(dtype):
 def test_auto_dispatch():
     """"auto" takes the reference for float32 and for CPU tensors, the kernels for fp16/bf16 on CUDA."""
     qkv32 = torch.randn(2, 9, 3, 2, 16, device=DEVICE)
+    assert auto_impl(qkv32) == "reference"
     assert torch.equal(attention(qkv32), reference_attention(qkv32))
     qkv16 = torch.randn(2, 9, 3, 2, 16, device=DEVICE, dtype=torch.bfloat16)
+    assert auto_impl(qkv16) == ("reference" if DEVICE == "cpu" else "triton")
     if DEVICE == "cpu":
         assert torch.equal(attention(qkv16), reference_attention(qkv16))
     else:

@@ -10,8 +10,8 @@ import contextlib
 import pytest
 import torch
 
-import kernels.attention as attention_module
-from kernels.attention import attention, reference_attention
+import kernels.attention.ops as attention_ops
+from kernels.attention import attention, auto_impl, reference_attention, sdpa_attention
 
 pytestmark = [
     pytest.mark.gpu,
@@ -47,7 +47,7 @@ def test_real_shapes(B, S, H, D, dtype):
     grad_out = torch.randn(B, S, H * D, device="cuda", dtype=dtype)
     out = attention(qkv)  # "auto" must pick the kernels here
     (grad,) = torch.autograd.grad(out, qkv, grad_out)
-    if S <= attention_module._ONE_BLOCK_MAX_S or attention_module._AUTO_TILED:
+    if auto_impl(qkv) == "triton":  # S > 128 goes to SDPA while kernels.attention.ops.AUTO_TILED is off
         assert type(out.grad_fn).__name__ == "_TritonAttentionBackward"
 
     x = qkv.detach().double().requires_grad_(True)
@@ -57,6 +57,17 @@ def test_real_shapes(B, S, H, D, dtype):
     errors |= {f"d{name}": rel_err(grad[:, :, i], ref_grad[:, :, i]) for i, name in enumerate("qkv")}
     assert errors["out"] < TOLERANCE[dtype]["out"], errors
     assert max(errors[g] for g in ("dq", "dk", "dv")) < TOLERANCE[dtype]["grad"], errors
+
+
+def test_auto_tiled_switch(monkeypatch):
+    """AUTO_TILED decides where "auto" sends S > 128 (tiled kernels or SDPA); S <= 128 stays on the kernels."""
+    long = torch.randn(2, 257, 3, 2, 32, device="cuda", dtype=torch.bfloat16)
+    short = torch.randn(2, 65, 3, 2, 32, device="cuda", dtype=torch.bfloat16)
+    monkeypatch.setattr(attention_ops, "AUTO_TILED", True)
+    assert (auto_impl(long), auto_impl(short)) == ("triton", "triton")
+    monkeypatch.setattr(attention_ops, "AUTO_TILED", False)
+    assert (auto_impl(long), auto_impl(short)) == ("sdpa", "triton")
+    assert torch.equal(attention(long), sdpa_attention(long))
 
 
 @pytest.mark.parametrize("S", [65, 257])

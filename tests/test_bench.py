@@ -4,6 +4,7 @@ itself needs a GPU and runs there)."""
 import fcntl
 
 import pytest
+from test_depthwise import DEVICE, needs_triton
 
 import bench.step as step
 
@@ -112,30 +113,29 @@ def test_profile_sorts_kernels_into_categories_and_sums_them_per_step():
 
 
 def test_depthwise_bench_has_every_depthwise_layer_of_the_nets_and_no_other():
-    """bench/depthwise.py's layers are the CIFAR nets' (nets/mobilenet.py and nets/xception.py describe the
+    """bench/depthwise/layers.py's layers are the CIFAR nets' (nets/mobilenet.py and nets/xception.py describe the
     strides): the 13 blocks of MobileNetV1 with stride 2 in blocks 2, 4 and 6 only, and Xception's 34 separable
     convolutions at 32x32 through the second entry block, 16x16 in the third, 8x8 through the middle flow
     and the exit block, 4x4 after its pool. Each layer as (channels, input size, stride)."""
-    from bench import depthwise
+    from bench.depthwise import compare, layers
 
     mobilenet = [(32, 32, 1), (64, 32, 2), (128, 16, 1), (128, 16, 2), (256, 8, 1), (256, 8, 2)] + [
         (512, 4, 1)] * 6 + [(1024, 4, 1)]
     xception = [(64, 32, 1), (128, 32, 1), (128, 32, 1), (256, 32, 1), (256, 16, 1), (728, 16, 1)] + [
         (728, 8, 1)] * 26 + [(1024, 4, 1), (1536, 4, 1)]
-    assert list(depthwise.net_layers("mobilenetv1")) == mobilenet
-    assert list(depthwise.net_layers("xception")) == xception
-    table = depthwise.layer_table()
+    assert list(layers.net_layers("mobilenetv1")) == mobilenet
+    assert list(layers.net_layers("xception")) == xception
+    table = layers.layer_table()
     assert [row[1:] for row in table] == list(dict.fromkeys(mobilenet + xception))
     assert dict((row[1:], row[0]) for row in table)[(1024, 4, 1)] == "mobilenet_v1+xception"
-    assert set(depthwise.QUICK["shapes"]) <= {row[1:] for row in table}
-
+    assert set(compare.QUICK["shapes"]) <= {row[1:] for row in table}
 
 
 def test_depthwise_summary_bounds_the_speedup_by_the_copy_bandwidth():
     """The summary's ceiling is PyTorch's best time over the time to move min_bytes at the copy bandwidth:
     at 1,000 GB/s, 1 MB takes 1 µs and 2 MB 2 µs; PyTorch's best at 4 and 18 µs gives ceilings 4 and 9, whose
     geometric mean, 6, puts the 3x target at 50% of the copy bandwidth. NCHW rows do not count."""
-    from bench import depthwise
+    from bench.depthwise import compare
 
     def row(layout, nbytes, torch_us, triton_us):
         return {"net": "t", "N": 1, "C": 8, "H": 4, "stride": 1, "dtype": "bf16", "layout": layout,
@@ -147,9 +147,89 @@ def test_depthwise_summary_bounds_the_speedup_by_the_copy_bandwidth():
 
     rows = [row("channels_last", 10**6, 4.0, 2.0), row("channels_last", 2 * 10**6, 18.0, 9.0),
             row("nchw", 10**6, 100.0, 2.0)]
-    s = depthwise.summarize(rows, copy_gbs=1000.0)
+    s = compare.summarize(rows, copy_gbs=1000.0)
     assert s["ceiling: geomean fwd+bwd speedup vs best at 100% copy, bf16 channels_last"] == pytest.approx(6.0)
     assert s["ceiling: geomean fwd+bwd % copy the speedup target needs, bf16 channels_last"] == pytest.approx(50.0)
     pct = s["best PyTorch fwd+bwd % copy, bf16 channels_last: geomean, min, max"]
     assert pct == pytest.approx([(25 * 100 / 9) ** 0.5, 100 / 9, 25.0])
     assert s["geomean fwd+bwd speedup bf16 channels_last vs best"] == pytest.approx(2.0)
+
+
+def test_depthwise_tiles_sweep_candidates():
+    """`python -m bench depthwise tune=tiles` times the rule's tile first, then candidates of whole warps; the
+    weight pass only where launch_bwd_weight runs gather (taps has tune=wgrad)."""
+    from bench.depthwise import tune_tiles
+
+    shapes = tune_tiles.tune_shapes()
+    assert shapes[-len(tune_tiles.TUNE_NCHW):] == [(False, *s) for s in tune_tiles.TUNE_NCHW]
+    for cl, C, H, s in shapes:
+        kinds = tune_tiles.tuned_kinds(cl, tune_tiles.BATCH, C, H, s)
+        assert kinds[:2] == ("fwd", "bwd_input") and len(kinds) in (2, 3)
+        for kind in kinds:
+            candidates = tune_tiles.candidates(kind, cl, C, H, s)
+            assert candidates[0] == (None, tune_tiles.WGRAD_TARGET_PROGRAMS) and len(candidates) >= 3
+            assert all(t is None or (t[0] >= 1 and t[2] in (2, 4, 8)) for t, _ in candidates)
+    assert tune_tiles.tuned_kinds(True, 256, 32, 32, 1) == ("fwd", "bwd_input")  # taps: bf16 from 2**21
+
+
+@needs_triton
+def test_depthwise_tiles_sweep_with_fake_timer(monkeypatch):
+    """The whole tiles sweep on one tiny layer, channels_last and NCHW (interpreted without CUDA): rows, the
+    per-case table with the rule's tile against the fastest, the summary and its text. Two candidates a kernel,
+    to stay quick in the interpreter."""
+    import torch
+
+    from bench import common
+    from bench.depthwise import sweep, tune_tiles
+
+    candidates = tune_tiles.candidates
+    monkeypatch.setattr(tune_tiles, "candidates", lambda *case: candidates(*case)[:2])
+    monkeypatch.setattr(tune_tiles, "TUNE_NCHW", ((8, 4, 1),))
+    monkeypatch.setattr(tune_tiles, "BATCH", 2)
+    timed = []
+
+    def fake_us(call, n_sets):
+        call(n_sets - 1)  # the call runs on every input set
+        timed.append(n_sets)
+        return 10.0 + len(timed) % 3  # µs; varies so that a best tile is picked
+
+    result = tune_tiles.measure(DEVICE, [("tiny", 8, 4, 1)], time_us=fake_us, copy_gbs=100.0, compile_ahead=False)
+    rows, best = result["rows"], result["best"]
+    assert len(rows) == len(timed) == 2 * 3 * 2  # 2 layouts x 3 kernels (gather at this size) x 2 candidates
+    assert len(best) == 6 and {r["layout"] for r in best} == {"channels_last", "nchw"}
+    for r in best:
+        case = [x for x in rows if all(x[k] == r[k] for k in tune_tiles.CASE_KEYS)]
+        rule = next(x["us"] for x in case if x["config"] == "rule")
+        assert r["rule / fastest"] == rule / min(x["us"] for x in case) and r["best us"] == min(x["us"] for x in case)
+    checked = sum(r["rule / fastest"] <= sweep.RULE_TOL for r in best)
+    key = "rule's tile (pointwise_config, wgrad_config): cases within 3% of the fastest"
+    assert result["summary"][key] == f"{checked} of 6"
+    head = common.header(torch.device("cpu"), "python -m bench depthwise tune=tiles")
+    markdown = tune_tiles.to_markdown(result, head)
+    assert key in markdown and "python -m bench depthwise tune=tiles" in markdown
+
+
+def fake_loader(monkeypatch):
+    import bench.loader
+
+    result = {"title": "fake", "columns": ["a"], "rows": [{"a": 1}], "summary": {}}
+    monkeypatch.setattr(bench.loader, "measure", lambda device, quick: dict(result))
+
+
+def test_a_cpu_run_prints_and_writes_nothing_into_the_tree(monkeypatch, tmp_path, capsys):
+    import bench.report
+
+    fake_loader(monkeypatch)
+    monkeypatch.setattr(bench.report, "RESULTS", tmp_path / "results")
+    assert bench.report.main(["loader"]) == 0
+    assert "fake" in capsys.readouterr().out
+    assert not (tmp_path / "results").exists()
+
+
+def test_each_section_writes_its_own_file_where_out_says(monkeypatch, tmp_path):
+    import bench.report
+
+    fake_loader(monkeypatch)
+    assert bench.report.main(["loader", f"out={tmp_path}"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loader-cpu.json", "loader-cpu.md"]
+    assert "command:" in (tmp_path / "loader-cpu.md").read_text()

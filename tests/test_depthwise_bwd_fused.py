@@ -1,6 +1,7 @@
-"""The one-pass depthwise backward (kernels/depthwise_backward.py through kernels.depthwise.launch_bwd_fused) against
-the float64 reference and the two-pass backward it replaces, its argument checks, where the autograd binding takes
-it (eager and under torch.func.grad), and its dispatch rule.
+"""The one-pass depthwise backward (kernels/depthwise/onepass.py through launchers.launch_bwd_fused) against the
+float64 reference and the two-pass backward it replaces, its argument checks, where the autograd binding takes it
+(eager and under torch.func.grad), its dispatch rule, and the CPU-side bookkeeping of its sweep,
+`python -m bench depthwise tune=backward`, with a fake timer.
 
 Without CUDA the kernels run in Triton's interpreter (test_depthwise sets TRITON_INTERPRET before triton is
 imported); the shapes are tiny for it.
@@ -20,7 +21,9 @@ from test_depthwise import (  # noqa: F401 (one_cpu_thread: an autouse fixture, 
     rel_err,
 )
 
-from kernels import depthwise as dw
+from kernels.depthwise import LaunchConfig, autograd, depthwise_conv2d, launchers, reference_depthwise_conv2d
+from kernels.depthwise.helpers import next_pow2
+from kernels.depthwise.rules import FUSED_SCHEDULES, backward_variant, bwd_fused_config, window_config
 
 # (N, C, H, W, shift, tiles config, window config, programs): odd sizes (5x7: 35 pixels, off BLOCK_R), batch 1,
 # C = 20 off BLOCK_K = 8, 2x2 maps; config None = the interpreter's tile; programs = 3 with 3 channel blocks: one
@@ -38,26 +41,26 @@ DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 def _reference(x, w, sh, grad_y):
     """float64 (grad_x, grad_weight, grad_shift) by autograd through the reference."""
     x, w, sh = float64_twins((x, w, sh))
-    y = dw.reference_depthwise_conv2d(x, w, 1, None, sh)
+    y = reference_depthwise_conv2d(x, w, 1, None, sh)
     wrt = [t for t in (x, w, sh) if t is not None]
     grads = iter(torch.autograd.grad(y, wrt, grad_y.double().cpu()))
     return [next(grads) if t is not None else None for t in (x, w, sh)]
 
 
 @needs_triton
-@pytest.mark.parametrize("schedule", dw.FUSED_SCHEDULES)
+@pytest.mark.parametrize("schedule", FUSED_SCHEDULES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(v).replace(" ", "") for v in c))
 def test_fused_matches_reference_and_split(case, dtype, schedule):
-    N, C, H, W, shift, tiles_config, window_config, programs = case
-    config = tiles_config if schedule == "tiles" else window_config
+    N, C, H, W, shift, tiles_tile, window_tile, programs = case
+    config = tiles_tile if schedule == "tiles" else window_tile
     x, w, _, sh = (t.detach() if t is not None else None
                    for t in make_inputs(N, C, H, W, 3, dtype, "channels_last", False, shift))  # fmt: skip
     grad_y = torch.randn(N, C, H, W, device=DEVICE, dtype=dtype).to(memory_format=torch.channels_last)
-    cfg = config and dw.LaunchConfig(*config)
-    fused = dw.launch_bwd_fused(grad_y, x, w, sh, config=cfg, programs=programs, schedule=schedule)
-    weight_pass = dw.launch_bwd_weight(grad_y, x, w, None, sh, 1, False, False, variant="taps")
-    split = (dw.launch_bwd_input(grad_y, w, x, 1), weight_pass[0], weight_pass[2])
+    cfg = config and LaunchConfig(*config)
+    fused = launchers.launch_bwd_fused(grad_y, x, w, sh, config=cfg, programs=programs, schedule=schedule)
+    weight_pass = launchers.launch_bwd_weight(grad_y, x, w, None, sh, 1, False, False, variant="taps")
+    split = (launchers.launch_bwd_input(grad_y, w, x, 1), weight_pass[0], weight_pass[2])
     for name, f, s, r in zip(("grad_x", "grad_weight", "grad_shift"), fused, split, _reference(x, w, sh, grad_y)):
         if r is None:
             assert f.numel() == 0, name
@@ -69,15 +72,16 @@ def test_fused_matches_reference_and_split(case, dtype, schedule):
 
 
 def _spy(monkeypatch):
-    """Record launch_bwd_fused's schedule at each call (the triton_op reaches it through the module too)."""
+    """Record launch_bwd_fused's schedule at each call (the autograd binding and the triton_op reach it through
+    the launchers module)."""
     calls = []
-    real = dw.launch_bwd_fused
+    real = launchers.launch_bwd_fused
 
     def spy(*args, **kwargs):
         calls.append(kwargs.get("schedule", "tiles"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(dw, "launch_bwd_fused", spy)
+    monkeypatch.setattr(launchers, "launch_bwd_fused", spy)
     return calls
 
 
@@ -97,11 +101,11 @@ def test_autograd_takes_the_fused_pass_where_the_rule_says(monkeypatch):
                                                          (bf16, 6, "channels_last", 2, False, False, None),
                                                          (bf16, 6, "nchw", 1, False, False, None)):  # fmt: skip
         x, w, _, sh = make_inputs(1, 12, H, H + 1, 3, dtype, layout, False, shift)
-        y = dw.depthwise_conv2d(x, w, stride, None, sh, relu, impl="triton")
+        y = depthwise_conv2d(x, w, stride, None, sh, relu, impl="triton")
         grad_y = torch.randn_like(y)
         y.backward(grad_y)
         xr, wr, shr = float64_twins((x, w, sh))
-        dw.reference_depthwise_conv2d(xr, wr, stride, None, shr, relu).backward(grad_y.double().cpu())
+        reference_depthwise_conv2d(xr, wr, stride, None, shr, relu).backward(grad_y.double().cpu())
         for t, r in zip((x, w, sh), (xr, wr, shr)):
             if t is not None:
                 assert rel_err(t.grad, r.grad) < TOL[dtype]
@@ -117,9 +121,9 @@ def test_fused_pass_takes_expanded_and_other_format_grad_y(monkeypatch):
     for grad_y in (torch.randn(1, 12, 1, 1, device=DEVICE).expand(2, 12, 6, 7),
                    torch.randn(2, 12, 6, 7, device=DEVICE)):  # fmt: skip
         x, w, _, sh = make_inputs(2, 12, 6, 7, 3, torch.bfloat16, "channels_last", False, True)
-        dw.depthwise_conv2d(x, w, 1, None, sh, impl="triton").backward(grad_y.to(torch.bfloat16))
+        depthwise_conv2d(x, w, 1, None, sh, impl="triton").backward(grad_y.to(torch.bfloat16))
         xr, wr, shr = float64_twins((x, w, sh))
-        dw.reference_depthwise_conv2d(xr, wr, 1, None, shr).backward(grad_y.to(torch.bfloat16).double().cpu())
+        reference_depthwise_conv2d(xr, wr, 1, None, shr).backward(grad_y.to(torch.bfloat16).double().cpu())
         for t, r in zip((x, w, sh), (xr, wr, shr)):
             assert rel_err(t.grad, r.grad) < TOL[torch.bfloat16]
     assert len(calls) == 2
@@ -136,7 +140,7 @@ def test_func_grad_through_the_fused_pass(monkeypatch, dtype, schedule):
     grad_y = torch.randn(1, 12, 16, 17, device=DEVICE)
 
     def loss(impl, x, w, sh):
-        return (dw.depthwise_conv2d(x, w, 1, None, sh, impl=impl) * grad_y.to(x.dtype)).sum()
+        return (depthwise_conv2d(x, w, 1, None, sh, impl=impl) * grad_y.to(x.dtype)).sum()
 
     grads = torch.func.grad(lambda *a: loss("triton", *a), argnums=(0, 1, 2))(x, w, sh)
     ref = torch.func.grad(lambda *a: loss("reference", *a), argnums=(0, 1, 2))(*(t.double() for t in (x, w, sh)))
@@ -147,13 +151,14 @@ def test_func_grad_through_the_fused_pass(monkeypatch, dtype, schedule):
 
 def test_only_the_x_or_weight_gradient_takes_two_passes(monkeypatch):
     """With one of grad_x and grad_weight asked for, the pass that gives only it runs (no fused pass)."""
-    monkeypatch.setattr(dw, "launch_bwd_fused", lambda *a, **k: pytest.fail("fused pass with one gradient"))
+    monkeypatch.setattr(launchers, "launch_bwd_fused", lambda *a, **k: pytest.fail("fused pass with one gradient"))
     ran = []
-    monkeypatch.setattr(dw, "launch_bwd_input", lambda *a, **k: ran.append("input") or a[2])
-    monkeypatch.setattr(dw, "launch_bwd_weight", lambda *a, **k: ran.append("weight") or (a[2], None, None, None))
+    monkeypatch.setattr(launchers, "launch_bwd_input", lambda *a, **k: ran.append("input") or a[2])
+    monkeypatch.setattr(launchers, "launch_bwd_weight",
+                        lambda *a, **k: ran.append("weight") or (a[2], None, None, None))
     x, w = torch.randn(1, 4, 5, 5).to(memory_format=torch.channels_last), torch.randn(4, 1, 3, 3)
     for needs, expected in (((True, False, False, False), ["input"]), ((False, True, False, False), ["weight"])):
-        grads = dw.backward_pass(x, x, w, None, None, 1, False, needs, eager=True)
+        grads = autograd.backward_pass(x, x, w, None, None, 1, False, needs, eager=True)
         assert ran == expected and [g is not None for g in grads] == list(needs)
         ran.clear()
 
@@ -165,93 +170,59 @@ def test_fused_rejects_what_it_does_not_take():
     x_cl = x.to(memory_format=torch.channels_last)
     w3, w5 = torch.randn(4, 1, 3, 3), torch.randn(4, 1, 5, 5)
     with pytest.raises(ValueError, match="channels_last"):
-        dw.launch_bwd_fused(x, x, w3, None)
+        launchers.launch_bwd_fused(x, x, w3, None)
     with pytest.raises(ValueError, match="3x3"):
-        dw.launch_bwd_fused(x_cl, x_cl, w5, None)
+        launchers.launch_bwd_fused(x_cl, x_cl, w5, None)
     with pytest.raises(ValueError, match="stride 1"):
-        dw.launch_bwd_fused(torch.randn(1, 4, 3, 3).to(memory_format=torch.channels_last), x_cl, w3, None)
+        launchers.launch_bwd_fused(torch.randn(1, 4, 3, 3).to(memory_format=torch.channels_last), x_cl, w3, None)
     with pytest.raises(ValueError, match="schedule must be one of"):
-        dw.launch_bwd_fused(x_cl, x_cl, w3, None, schedule="rows")
+        launchers.launch_bwd_fused(x_cl, x_cl, w3, None, schedule="rows")
 
 
 def test_backward_variant_rule():
     """One pass only where it can run: channels_last, 3x3, stride 1, an epilogue that leaves the gradient alone;
-    the size lines as kernels.depthwise.backward_variant states them."""
+    the size lines as rules.backward_variant states them."""
     bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
-    assert dw.backward_variant(True, bf16, 256, 32, 32, 32, 1) == "window"
-    assert dw.backward_variant(True, bf16, 256, 32, 32, 32, 1, changes_grad=True) == "split"
-    assert dw.backward_variant(True, bf16, 256, 32, 32, 32, 2) == "split"
-    assert dw.backward_variant(False, bf16, 256, 32, 32, 32, 1) == "split"
-    assert dw.backward_variant(True, bf16, 256, 32, 32, 32, 1, K=5) == "split"
-    assert dw.backward_variant(True, fp16, 512, 728, 16, 16, 1) == "window"  # from 16x16 in 16 bits, any size
-    assert dw.backward_variant(True, fp16, 512, 728, 15, 16, 1) == "split"  # below: the tiles up to 2**25
-    assert dw.backward_variant(True, fp16, 128, 1024, 8, 16, 1) == "fused"
-    assert dw.backward_variant(True, fp32, 512, 64, 32, 32, 1) == "window"
-    assert dw.backward_variant(True, fp32, 512, 64, 31, 32, 1) == "fused"
-    assert dw.backward_variant(True, fp32, 512, 728, 16, 16, 1) == "fused"
-    assert dw.backward_variant(True, fp32, 512, 728, 8, 8, 1) == "split"
-
-
-# (dtype, N, C, H): the rule's choice over the fastest at its default tile, where more than 1.03 (the window)
-NOT_TAKEN = {("fp32", 256, 128, 16): 1.07, ("fp32", 256, 728, 8): 1.04, ("fp32", 512, 728, 8): 1.16}
-
-
-def test_backward_variant_follows_the_committed_measurement():
-    """At every committed H200 case (bench/results/backward-h200.json: the nets' stride-1 layers, batch 256 and
-    512, both dtypes) the rule's choice at its default tile (split, bwd_fused_config's, window_config's) is
-    within 3% of the fastest of the three, but at the three float32 cases backward_variant's docstring names
-    (NOT_TAKEN: where the window was faster and the rule leaves it); its geometric mean over split is as the
-    docstring states; each one pass's default tile is within 3% of that schedule's fastest tile timed, in
-    geometric mean per dtype over the cases it is taken."""
-    import json
-    from pathlib import Path
-
-    from bench.common import geomean, group_rows
-    from kernels.depthwise_backward import window_config
-
-    measured = json.loads((Path(__file__).parents[1] / "bench/results/backward-h200.json").read_text())
-    cases = group_rows(measured["rows"], ("dtype", "N", "C", "H"))
-    speedups = {"bf16": [], "fp32": []}
-    slowdowns = {(d, v): [] for d in speedups for v in ("fused", "window")}
-    for (dname, N, C, H), rows in cases.items():
-        dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[dname]
-        tiles = {"split": "defaults", "fused": str(tuple(dw.bwd_fused_config(C))),
-                 "window": str(tuple(window_config(C, H, H, dtype)))}
-        us = {v: next(r["us"] for r in rows if r["variant"] == v and r["config"] == t) for v, t in tiles.items()}
-        choice = dw.backward_variant(True, dtype, N, C, H, H, 1)
-        assert us[choice] <= NOT_TAKEN.get((dname, N, C, H), 1.03) * min(us.values()), ((dname, N, C, H), choice, us)
-        speedups[dname].append(us["split"] / us[choice])
-        if choice != "split":
-            slowdowns[dname, choice].append(us[choice] / min(r["us"] for r in rows if r["variant"] == choice))
-    assert len(cases) == 48
-    assert round(geomean(speedups["bf16"]), 2) == 1.15 and round(geomean(speedups["fp32"]), 2) == 1.12, speedups
-    assert all(geomean(v) < 1.03 for v in slowdowns.values()), {k: geomean(v) for k, v in slowdowns.items()}
+    assert backward_variant(True, bf16, 256, 32, 32, 32, 1) == "window"
+    assert backward_variant(True, bf16, 256, 32, 32, 32, 1, changes_grad=True) == "split"
+    assert backward_variant(True, bf16, 256, 32, 32, 32, 2) == "split"
+    assert backward_variant(False, bf16, 256, 32, 32, 32, 1) == "split"
+    assert backward_variant(True, bf16, 256, 32, 32, 32, 1, K=5) == "split"
+    assert backward_variant(True, fp16, 512, 728, 16, 16, 1) == "window"  # from 16x16 in 16 bits, any size
+    assert backward_variant(True, fp16, 512, 728, 15, 16, 1) == "split"  # below: the tiles up to 2**25
+    assert backward_variant(True, fp16, 128, 1024, 8, 16, 1) == "fused"
+    assert backward_variant(True, fp32, 512, 64, 32, 32, 1) == "window"
+    assert backward_variant(True, fp32, 512, 64, 31, 32, 1) == "fused"
+    assert backward_variant(True, fp32, 512, 728, 16, 16, 1) == "fused"
+    assert backward_variant(True, fp32, 512, 728, 8, 8, 1) == "split"
 
 
 # ---------------------------------------------------------------------------------------------------------
-# bench/backward.py without a GPU
+# `python -m bench depthwise tune=backward` without a GPU
 
 
 def test_bench_bytes_and_tiles():
-    from bench import backward, depthwise
-    from kernels.depthwise_backward import window_config
+    from bench.depthwise import layers as depthwise
+    from bench.depthwise import tune_backward as backward
 
     assert backward.backward_bytes(2, 64, 32, 2) == 3 * 2 * 64 * 1024 * 2  # read grad_y and x, write grad_x
     for _, C, _, _ in depthwise.layer_table():  # the tiles depend on C alone
         tiles = backward.fused_candidates(C)
-        assert tiles[0] == dw.bwd_fused_config(C)
+        assert tiles[0] == bwd_fused_config(C)
         assert len(set(tiles)) == len(tiles) >= 3 and all(t.block_k <= max(32, C) for t in tiles)
     for (_, C, H, _), dtype in itertools.product(depthwise.layer_table(), (torch.bfloat16, torch.float32)):
         windows = backward.window_candidates(C, H, dtype)
         assert windows[0] == window_config(C, H, H, dtype) and len(set(windows)) == len(windows) >= 3
-        assert all(t.block_r <= H and 16 <= t.block_k <= max(16, dw._next_pow2(C)) for t in windows)
+        assert all(t.block_r <= H and 16 <= t.block_k <= max(16, next_pow2(C)) for t in windows)
 
 
 @needs_triton
 def test_bench_measure_with_fake_timer(monkeypatch):
     """The whole measurement on two tiny layers (interpreted without CUDA), the stride-2 one left out: rows, the
-    per-case table, the summary and its text. Two fused tiles, to stay quick in the interpreter."""
-    from bench import backward, common
+    per-case table with the rule's choice against the fastest, the summary and its text. Two fused tiles, to stay
+    quick in the interpreter."""
+    from bench import common
+    from bench.depthwise import tune_backward as backward
 
     tiles, windows = backward.fused_candidates, backward.window_candidates
     monkeypatch.setattr(backward, "fused_candidates", lambda *case: tiles(*case)[:2])
@@ -275,16 +246,30 @@ def test_bench_measure_with_fake_timer(monkeypatch):
     for r in rows:
         assert r["% copy"] == pytest.approx(100 * r["bytes"] / r["us"] / 1e3 / 100.0)
         assert r["rel err"] < backward.MATCH_TOL[r["dtype"]], r
-    markdown = backward.to_markdown(result, common.header(torch.device("cpu"), "python3 bench/backward.py /tmp/x"))
-    assert "geomean speedup fused (default tile) vs split, bf16" in markdown and "python3 bench/backward.py" in markdown
+    for r in best:  # backward_variant's choice at its default tile (split, then each schedule's first tile)
+        case = [x for x in rows if x["dtype"] == r["dtype"]]
+        choice = backward_variant(True, backward.DTYPES[r["dtype"]], 2, 8, 4, 4, 1)
+        rule_us = next(x["us"] for x in case if x["variant"] == choice)
+        assert r["rule"] == choice and r["rule / fastest"] == rule_us / min(x["us"] for x in case)
+    head = common.header(torch.device("cpu"), "python -m bench depthwise tune=backward")
+    markdown = backward.to_markdown(result, head)
+    assert "geomean speedup fused (default tile) vs split, bf16" in markdown
+    assert "python -m bench depthwise tune=backward" in markdown
 
 
-def test_sweep_scripts_say_why_they_measure_nothing_without_cuda(monkeypatch, tmp_path):
-    """bench/backward.py and bench/wgrad.py (bench.common.run_sweep) exit with a one-line reason, writing nothing."""
-    from bench import backward, wgrad
+def test_tune_says_why_it_measures_nothing_without_cuda(monkeypatch, tmp_path, capsys):
+    """`python -m bench depthwise tune=KIND` (bench.report) says in one line that it needs CUDA, writing nothing;
+    tune= without the depthwise section, or an unknown sweep, is a one-line error."""
+    from bench import report
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    for module, name in ((backward, "backward"), (wgrad, "wgrad")):
-        with pytest.raises(SystemExit, match=f"bench/{name}.py times CUDA kernels and found no CUDA device"):
-            module.main([str(tmp_path / name)])
+    for kind in ("tiles", "rows", "wgrad", "backward"):
+        assert report.main(["depthwise", f"tune={kind}", f"out={tmp_path}"]) == 0
+        assert f"skipping depthwise tune={kind}: it times CUDA kernels" in capsys.readouterr().out
     assert not list(tmp_path.iterdir())
+    with pytest.raises(SystemExit, match="tune= is an option of one kernel section"):
+        report.main(["tune=wgrad"])
+    with pytest.raises(SystemExit, match="unknown tune=taps; one of tiles, rows, wgrad, backward"):
+        report.main(["depthwise", "tune=taps"])
+    assert report.main(["attention", "tune=true"]) == 0
+    assert "skipping attention tune=true: it times CUDA kernels" in capsys.readouterr().out

@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from kernels import depthwise as depthwise_module
-from kernels.depthwise import Layer, depthwise_conv2d, precompile, reference_depthwise_conv2d
+from kernels.depthwise import Layer, depthwise_conv2d, dispatch, precompile, reference_depthwise_conv2d
 
 # gpu: selected by `pytest -m gpu`, the command that runs the GPU tests on the device machine.
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -13,7 +12,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 # (N, C, H, stride, epilogue): channel counts and sizes of MobileNetV1's and Xception's depthwise layers
-# (bench/depthwise.py lists the layers themselves) at batch 128-256 (C=728 is not a multiple of 16), with
+# (bench/depthwise/layers.py lists the layers themselves) at batch 128-256 (C=728 is not a multiple of 16), with
 # (scale, shift, relu) on some. Each case is a separate Triton compilation.
 CASES = [(256, 32, 32, 1, False), (128, 64, 32, 2, True), (256, 256, 8, 2, False), (256, 728, 4, 1, True),
          (256, 1024, 2, 1, False)]
@@ -95,8 +94,8 @@ def test_compiled_matches_eager(layout):
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_compiled_graph_writes_the_outputs_once(layout):
     """Inductor (torch 2.11) lowers a channels_last torch.empty inside a triton_op to an empty plus a copy that
-    writes NaN over it, a whole extra pass over each output before the kernel writes it (kernels.depthwise
-    ._empty allocates by strides instead): no kernel of the compiled graph may store a NaN constant."""
+    writes NaN over it, a whole extra pass over each output before the kernel writes it (kernels.depthwise.helpers
+    .empty_in_layout allocates by strides instead): no kernel of the compiled graph may store a NaN constant."""
     from torch._inductor.utils import run_and_get_code
 
     torch._dynamo.reset()
@@ -122,7 +121,7 @@ def test_compiled_has_no_graph_breaks():
 
 @pytest.mark.parametrize(("H", "kernel"), [(16, "_dwconv_bwd_window_kernel"), (8, "_dwconv_bwd_fused_kernel")])
 def test_compiled_one_pass_backward(H, kernel):
-    """Without an epilogue at stride 1 in channels_last the backward is one kernel (kernels/depthwise_backward.py),
+    """Without an epilogue at stride 1 in channels_last the backward is one kernel (kernels/depthwise/onepass.py),
     the window from 16x16 maps in bf16, the tiles below: inside torch.compile, as one graph, with the gradients of
     the float64 reference."""
     from torch._inductor.utils import run_and_get_code
@@ -171,8 +170,8 @@ def test_func_grad_on_gpu():
 def test_auto_dispatch_follows_rule(monkeypatch, dtype, layout, H, stride, fused, expect_triton):
     """impl='auto' on CUDA takes the reference exactly where triton_preferred says PyTorch is faster."""
     calls = []
-    real_reference = depthwise_module.reference_depthwise_conv2d
-    monkeypatch.setattr(depthwise_module, "reference_depthwise_conv2d",
+    real_reference = dispatch.reference_depthwise_conv2d
+    monkeypatch.setattr(dispatch, "reference_depthwise_conv2d",
                         lambda *a, **k: calls.append(1) or real_reference(*a, **k))
     x = torch.randn(4, 16, H, H, device="cuda", dtype=dtype).to(memory_format=LAYOUTS[layout])
     w = torch.randn(16, 1, 3, 3, device="cuda")

@@ -1,6 +1,6 @@
-"""The "taps" weight gradient of kernels.depthwise against the "gather" kernel and the float64 reference, their
-argument checks, and the CPU-side bookkeeping of bench/wgrad.py (shapes, bytes, configs, and the whole measurement
-with a fake timer).
+"""The "taps" weight gradient (kernels/depthwise/weight.py) against the "gather" kernel and the float64 reference,
+their argument checks, the rules that pick them, and the CPU-side bookkeeping of their sweep,
+`python -m bench depthwise tune=wgrad` (shapes, bytes, configs, and the whole measurement with a fake timer).
 
 Without CUDA the kernels run in Triton's interpreter (tests/conftest.py and test_depthwise set TRITON_INTERPRET
 before triton is imported); the shapes are tiny for it.
@@ -20,13 +20,9 @@ from test_depthwise import (  # noqa: F401 (one_cpu_thread: an autouse fixture, 
     rel_err,
 )
 
-from kernels.depthwise import (
-    LaunchConfig,
-    launch_bwd_weight,
-    reference_depthwise_conv2d,
-    wgrad_taps_config,
-    wgrad_variant,
-)
+from kernels.depthwise import LaunchConfig, reference_depthwise_conv2d
+from kernels.depthwise.launchers import launch_bwd_weight
+from kernels.depthwise.rules import wgrad_taps_config, wgrad_variant
 
 OUTPUTS = ("grad_weight", "grad_scale", "grad_shift", "grad_z")
 # (N, C, H, W, stride, epilogue, config, programs): odd sizes (5x7: 35 or 12 output pixels, off BLOCK_R),
@@ -123,73 +119,26 @@ def test_taps_config():
     assert wgrad_taps_config(torch.bfloat16, 32, 32, 32, 32, 1, True, cpu=True).num_warps == 1
 
 
-def committed_taps_rows():
-    """The taps rows of the committed H200 sweep (bench/wgrad.py), each with `default`: whether its tile is
-    wgrad_taps_config's for that case."""
-    import json
-    from pathlib import Path
-
-    from bench import wgrad
-
-    measured = json.loads((Path(__file__).parents[1] / "bench/results/wgrad-h200.json").read_text())
-    rows = [r for r in measured["rows"] if r["variant"] == "taps"]
-    for r in rows:
-        tile = LaunchConfig(*(int(v) for v in r["config"].strip("()").split(",")))
-        r["default"] = tile == wgrad.default_taps_config(r["C"], r["H"], r["stride"], r["dtype"], r["N"],
-                                                         r["epilogue"])
-    return rows
-
-
-def test_taps_config_follows_the_committed_measurement():
-    """Per dtype and epilogue, the default tile's time is within 2% of the fastest tile timed at each case, in
-    geometric mean over the nets' 30 (layer, batch) cases, and within 15% at every case."""
-    import math
-    from collections import defaultdict
-
-    from bench.common import geomean
-    from bench.wgrad import DNAMES, EPILOGUES
-
-    cases = defaultdict(dict)
-    for r in committed_taps_rows():
-        case = cases[r["dtype"], r["epilogue"], r["N"], r["C"], r["H"], r["stride"]]
-        case["best"] = min(case.get("best", math.inf), r["us"])
-        if r["default"]:
-            case["default"] = r["us"]
-    groups = defaultdict(list)
-    for (dname, epilogue, *_), case in cases.items():
-        groups[dname, epilogue].append(case["default"] / case["best"])
-    assert sorted(groups) == sorted(itertools.product(DNAMES, EPILOGUES))
-    for group, slowdowns in groups.items():
-        assert len(slowdowns) == 30, group
-        assert geomean(slowdowns) < 1.02 and max(slowdowns) < 1.15, group
-
-
-def test_wgrad_variant_follows_the_committed_measurement():
-    """The default kernel is the one measured faster at the default taps tile, at every committed H200 case
-    whose two kernels differ by more than 10% (closer ones may go either way)."""
-    from bench.wgrad import DTYPES as dtypes
-
-    checked = 0
-    for r in committed_taps_rows():
-        if not r["default"]:
-            continue
-        if abs(r["speedup vs gather"] - 1) > 0.1:
-            faster = "taps" if r["speedup vs gather"] > 1 else "gather"
-            assert wgrad_variant(True, dtypes[r["dtype"]], r["N"], r["C"], r["H"], r["H"], r["stride"]) == faster, r
-            checked += 1
-    assert checked >= 100  # of the 120 (layer, batch, dtype, epilogue) cases
-    assert wgrad_variant(False, torch.float32, 512, 32, 32, 32, 1) == "gather"  # taps is channels_last only
-    assert wgrad_variant(True, torch.float32, 512, 32, 32, 32, 1, K=5) == "gather"  # and 3x3 only
+def test_wgrad_variant_rule():
+    """taps only where it can run (channels_last, 3x3); there in float32 always, in 16 bits from 2**21 output
+    elements (N x C x OH x OW), as rules.wgrad_variant states it."""
+    fp32, bf16, fp16 = torch.float32, torch.bfloat16, torch.float16
+    assert wgrad_variant(False, fp32, 512, 32, 32, 32, 1) == "gather"  # taps is channels_last only
+    assert wgrad_variant(True, fp32, 512, 32, 32, 32, 1, K=5) == "gather"  # and 3x3 only
+    assert wgrad_variant(True, fp32, 1, 8, 4, 4, 2) == "taps"
+    assert wgrad_variant(True, bf16, 128, 256, 16, 16, 2) == "taps"  # 128 x 256 x 8 x 8 = 2**21
+    assert wgrad_variant(True, fp16, 127, 256, 16, 16, 2) == "gather"
 
 
 # ---------------------------------------------------------------------------------------------------------
-# bench/wgrad.py without a GPU
+# `python -m bench depthwise tune=wgrad` without a GPU
 
 
 def test_bench_shapes_bytes_and_configs():
-    from bench import depthwise, wgrad
+    from bench.depthwise import layers as bench_layers
+    from bench.depthwise import tune_wgrad as wgrad
 
-    layers = depthwise.layer_table()  # the nets' own layers: tests/test_bench.py checks them
+    layers = bench_layers.layer_table()  # the nets' own layers: tests/test_bench.py checks them
     # x (N, C, H, H) + grad_y and grad_z (N, C, OH, OH), in bytes: 2 * 64 * (32*32 + 2*16*16) * 2
     assert wgrad.wgrad_bytes(2, 64, 32, 2, 2) == 2 * 64 * (1024 + 512) * 2
     assert wgrad.wgrad_bytes(1, 3, 5, 1, 4) == 3 * 75 * 4
@@ -205,10 +154,11 @@ def test_bench_shapes_bytes_and_configs():
 
 @needs_triton
 def test_bench_measure_with_fake_timer(monkeypatch):
-    """The whole measurement on two tiny layers (interpreted without CUDA): rows, best configs, summary, text.
-    Two taps configurations, to stay quick in the interpreter (the sweeps' own lists are checked
-    by test_bench_shapes_bytes_and_configs)."""
-    from bench import common, wgrad
+    """The whole measurement on two tiny layers (interpreted without CUDA): rows, best configs, the rule's choice
+    against the fastest, summary, text. Two taps configurations, to stay quick in the interpreter (the sweeps' own
+    lists are checked by test_bench_shapes_bytes_and_configs)."""
+    from bench import common
+    from bench.depthwise import tune_wgrad as wgrad
 
     taps = wgrad.taps_candidates
     monkeypatch.setattr(wgrad, "taps_candidates", lambda *shape: taps(*shape)[:2])
@@ -233,8 +183,16 @@ def test_bench_measure_with_fake_timer(monkeypatch):
         assert r["% copy"] == pytest.approx(100 * r["GB/s"] / 100.0)
         assert r["rel err"] < wgrad.MATCH_TOL[r["dtype"]], r
     assert result["summary"]["rows with rel err over MATCH_TOL"] == 0
-    head = common.header(torch.device("cpu"), "python3 bench/wgrad.py /tmp/x")
+    for r in best:  # the rule's choice: wgrad_variant's kernel at its default tile, over the fastest timed
+        case = [x for x in rows if all(x[k] == r[k] for k in wgrad.CASE_KEYS)]
+        variant = wgrad_variant(True, wgrad.DTYPES[r["dtype"]], r["N"], r["C"], r["H"], r["H"], r["stride"])
+        tile = case[0]["config"] if variant == "gather" else str(tuple(wgrad.default_taps_config(
+            r["C"], r["H"], r["stride"], r["dtype"], r["N"], r["epilogue"])))
+        rule_us = next(x["us"] for x in case if x["variant"] == variant and x["config"] == tile)
+        assert r["rule"] == f"{variant} {tile}" and r["rule / fastest"] == rule_us / min(x["us"] for x in case)
+    head = common.header(torch.device("cpu"), "python -m bench depthwise tune=wgrad")
     markdown = wgrad.to_markdown(result, head)
     assert "geomean speedup, best taps config vs gather, bf16, plain" in markdown
     assert "geomean speedup, best taps config vs gather, fp32, fused" in markdown
-    assert "python3 bench/wgrad.py" in markdown
+    assert "the rule's choice (wgrad_variant, wgrad_taps_config): cases within 3% of the fastest" in markdown
+    assert "python -m bench depthwise tune=wgrad" in markdown

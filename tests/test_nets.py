@@ -135,3 +135,12 @@ def test_zero_init_residual():
     params, _ = net.init(torch.Generator().manual_seed(0))
     assert params["layer1.0.bn2.weight"].abs().sum() == 0
     assert params["layer1.0.bn1.weight"].abs().sum() > 0
+
+
+def test_skeletons_are_both_modes_read_only():
+    """Net.skeletons: the train-mode and eval-mode modules (what train/sync_bn.py rewrites), not replaceable."""
+    net = nets.build("resnet18", 10)
+    assert net.skeletons[True] is net.module and net.module.training
+    assert not net.skeletons[False].training and net.skeletons[False] is not net.module
+    with pytest.raises(TypeError):
+        net.skeletons[True] = net.skeletons[False]

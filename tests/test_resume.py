@@ -28,6 +28,7 @@ from train import checkpoint
 from train.checkpoint import CheckpointError
 from train.cli import main, resume_command
 from train.config import from_json
+from train.resume import CHECKPOINT_KEYS
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def test_checkpoint_round_trip_holds_the_resume_state(reference):
     run_dir, _ = reference
     saved = checkpoint.load(run_dir / "last.pt")
     assert saved["format"] == checkpoint.FORMAT and len(saved["sha256"]) == 64
-    assert set(saved) == {*train.loop.CHECKPOINT_KEYS, "format", "sha256"}
+    assert set(saved) == {*CHECKPOINT_KEYS, "format", "sha256"}
     assert saved["epoch"] == 2 and saved["step"] == 0 and saved["best"]["epoch"] in (1, 2)
     assert len(saved["train_idx"]) == 180 and len(saved["val_idx"]) == 20
     assert saved["state"]["bn1.running_var"].shape == (4,)

@@ -5,7 +5,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -111,61 +110,6 @@ def test_adamw_resumes_exactly(cifar10_pickles, tmp_path):
         run(parse(args(tmp_path / "resumed", "2")), log=lambda line: None)
         run(parse([*args(tmp_path / "resumed", "3"), "resume=true"]), log=lambda line: None)
     assert_same_run(tmp_path / "whole", tmp_path / "resumed")
-
-
-def test_gpu_lock_is_held_from_compiling_to_the_end(tmp_path):
-    """gpu_turn holds an flock another open file cannot take, and lets go at the end of the block."""
-    import fcntl
-
-    from train.gpu_lock import gpu_turn
-
-    lock, lines = tmp_path / "gpu.lock", []
-    with gpu_turn(str(lock), lines.append), open(lock) as other:
-        with pytest.raises(BlockingIOError):
-            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    with open(lock) as other:
-        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free again
-    assert len(lines) == 1 and "waited" in lines[0]
-    with gpu_turn("", lines.append):
-        pass
-    assert len(lines) == 1
-
-
-def test_gpu_slots_let_that_many_runs_train_at_once_and_the_next_one_waits(tmp_path):
-    """With slots=2, two turns are held together (gpu.lock and gpu.lock.1); a third run waits until one ends."""
-    import threading
-
-    from train.gpu_lock import gpu_turn
-
-    lock, lines, events = str(tmp_path / "gpu.lock"), [], []
-    third_started = threading.Event()
-
-    def third():
-        third_started.set()
-        with gpu_turn(lock, lines.append, slots=2):
-            events.append("third")
-
-    with gpu_turn(lock, lines.append, slots=2), gpu_turn(lock, lines.append, slots=2):
-        assert sorted(line.split()[-5] for line in lines) == [lock, lock + ".1"]  # both slots, one each
-        waiter = threading.Thread(target=third)
-        waiter.start()
-        third_started.wait()
-        time.sleep(1.5)  # three polls: it must still be waiting
-        assert events == []
-        events.append("released")
-    waiter.join(timeout=10)
-    assert events == ["released", "third"]
-    assert all("(one of 2 turns)" in line for line in lines)
-
-
-def test_gpu_lock_is_refused_on_several_ranks(cifar10_pickles, tmp_path, monkeypatch):
-    """Each rank would queue for the one lock while the others wait for it in a collective: a one-line error."""
-    import train.loop
-    from train.config import ConfigError
-
-    monkeypatch.setattr(train.loop.distributed, "init_from_env", lambda device_type: (0, 2, 0))
-    with pytest.raises(ConfigError, match="gpu_lock= orders single-GPU runs"):
-        run(parse(train_args(cifar10_pickles, tmp_path, f"gpu_lock={tmp_path / 'lock'}")), log=lambda line: None)
 
 
 def cli(*args):

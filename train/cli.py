@@ -21,9 +21,11 @@ from pathlib import Path
 from data import DataError
 from nets import NetError
 from train.checkpoint import CheckpointError
+from train.compile_cache import keep_compiled_work
 from train.config import Config, ConfigError, from_json, parse
-from train.loop import TrainingDiverged, TrainingInterrupted, run
+from train.loop import TrainingDiverged, run
 from train.run_dir import ToolError
+from train.signals import TrainingInterrupted
 
 # Errors caused by what the user asked for or pointed at: reported without a traceback.
 USER_ERRORS = (ConfigError, DataError, NetError, CheckpointError, ToolError)
@@ -47,6 +49,7 @@ def resume_command(argv: list[str]) -> str:
 
 
 def main(argv: list[str]) -> int:
+    keep_compiled_work()  # before anything compiles: a later run of the same net loads its kernels
     try:
         run(parse_command_line(argv))
     except USER_ERRORS as e:

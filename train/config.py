@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import nets
 from data.loader import MIXES
 from data.randaugment import MAGNITUDE_BINS
 from train.optim import OPTIMIZERS
@@ -72,9 +73,6 @@ class Config:
     eval_batch_size: int = 1024  # images per evaluation batch (no gradients, so larger)
     progress: bool = True  # a progress bar on a terminal (never in logs; one summary line per epoch always)
     resume: bool = False  # continue the run in `out` from its last.pt (the keys below RESUMABLE may change)
-    gpu_lock: str = ""  # a file: hold an exclusive lock on it from the end of compiling to the end of testing,
-    #                     so runs started together on one GPU compile in parallel but train and time one by one
-    gpu_slots: int = 1  # with gpu_lock: how many of those runs may train at once (lock files gpu_lock, .1, .2, ...)
 
     def run_dir(self) -> str:
         return self.out or f"runs/{self.model}-{self.dataset}"
@@ -95,8 +93,8 @@ RECIPES: dict[str, dict[str, Any]] = {
              "label_smoothing": 0.1, "schedule": "onecycle", "cutout": 8, "tta": True},
 }
 # A recipe's settings for one family, on top of RECIPES (explicit keys still win). "fast": each family's
-# settings are those of its README accuracy row, chosen on the validation split among the runs in results/fast/
-# (best validation top-1; the test set chose nothing); families not listed keep 40 epochs.
+# settings are those of its README accuracy row, chosen on the validation split among the runs that
+# docs/results.md reports (best validation top-1; the test set chose nothing); families not listed keep 40 epochs.
 #   VGG-16, ResNet-18, GoogLeNet: cutmix (Yun et al. 2019) in place of cutout. VGG-16 250 epochs: val 93.24,
 #     over 92.58 (200, cutmix) and 91.90 (200, cutout); ResNet-18 200: 93.94, over 93.14 (150, cutout);
 #     GoogLeNet 120: 93.82, over 92.86 (80, cutout).
@@ -135,17 +133,19 @@ CHOICES = {
     "cudagraphs": ("auto", "true", "false"),
     "precision": ("auto", "fp32", "bf16"),
 }
-# Keys that may differ from the saved run on resume=true (train/loop.py checks the conditions):
+# Keys that may differ from the saved run on resume=true (train/resume.py checks the conditions):
 #   epochs                   how far to train; with schedule=plateau only (onecycle's lr curve spans all epochs)
 #   data, download, out      where things are; the data's digest must still match the saved one
 #   progress, compile,       machinery that does not change what is computed (compile and the evaluation batch
-#   eval_batch_size, device, change float rounding only; gpu_lock and gpu_slots only order runs; cudnn_benchmark
-#   gpu_lock, gpu_slots,     picks among algorithms for the same convolution, cudagraphs replays the same kernels);
-#   cudnn_benchmark,         device may be respelled (auto for cuda) but must resolve to the same kind, as the
-#   cudagraphs               loader's random stream lives on the device
+#   eval_batch_size, device, change float rounding only; cudnn_benchmark picks among algorithms for the same
+#   cudnn_benchmark,         convolution, cudagraphs replays the same kernels); device may be respelled (auto for
+#   cudagraphs               cuda) but must resolve to the same kind, as the loader's random stream lives on the device
 RESUMABLE = ("epochs", "progress", "device", "compile", "eval_batch_size", "data", "download", "out", "resume",
-             "gpu_lock", "gpu_slots", "cudnn_benchmark", "cudagraphs")
-POSITIVE = ("epochs", "batch_size", "eval_batch_size", "lr", "gpu_slots")
+             "cudnn_benchmark", "cudagraphs")
+# Keys that older versions saved and this one no longer has: from_json drops them, so those runs still load and
+# resume. gpu_lock and gpu_slots ordered runs that shared a GPU; they never changed what a run computed.
+RETIRED = ("gpu_lock", "gpu_slots")
+POSITIVE = ("epochs", "batch_size", "eval_batch_size", "lr")
 NON_NEGATIVE = ("momentum", "weight_decay", "label_smoothing", "patience", "min_lr", "cutout", "randaugment")
 FRACTIONS = ("val_fraction", "warmup_fraction", "lr_factor", "label_smoothing", "beta2")
 
@@ -161,18 +161,9 @@ def _coerce(key: str, text: str, kind: type) -> Any:
         raise ConfigError(f"{key}={text!r} is not a valid {kind.__name__}") from None
 
 
-def _net_value(text: str) -> Any:
-    """Net options are typed by their text: int, float, true/false, else a string."""
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
-
-
 def parse(argv: list[str], base: Config | None = None) -> Config:
-    """`key=value` words -> Config, checked. Raises ConfigError with a one-line reason.
+    """`key=value` words -> Config, checked. Raises ConfigError (NetError for the model or a net. option) with a
+    one-line reason.
 
     `base` (a resumed run's saved configuration) replaces the defaults and the recipe; the words win over it,
     `net.` options key by key."""
@@ -184,7 +175,7 @@ def parse(argv: list[str], base: Config | None = None) -> Config:
         if not sep or not key:
             raise ConfigError(f"expected key=value, got {word!r} (e.g. epochs=30)")
         if key.startswith("net."):
-            net[key[4:]] = _net_value(text)
+            net[key[4:]] = text  # typed below, by the net's declaration of the option
         elif key in fields:
             kind = {"int": int, "float": float, "bool": bool, "str": str}[str(fields[key].type)]
             values[key] = _coerce(key, text, kind)
@@ -200,16 +191,22 @@ def parse(argv: list[str], base: Config | None = None) -> Config:
         preset = {**RECIPES[recipe], **RECIPE_BY_MODEL.get(recipe, {}).get(model, {})}
         cfg = Config(**{**preset, **values, "net": {**preset.get("net", {}), **net}})  # net. words win key by key
     check(cfg)
-    return cfg
+    # The words' net options, typed and checked by the net's own declarations (NetError), so config.json holds
+    # typed values. An option the model does not declare is left for nets.build to refuse: with resume=true and
+    # no base, cfg.model is not yet the saved run's.
+    return dataclasses.replace(cfg, net={**cfg.net, **nets.parse_options(cfg.model, net)})
 
 
 def from_json(text: str, where: str) -> Config:
-    """The Config saved as `text` (Config.to_json) in `where`; keys added since then take their defaults."""
+    """The Config saved as `text` (Config.to_json) in `where`; keys added since then take their defaults, and
+    RETIRED keys are dropped."""
     try:
         saved = json.loads(text)
     except (json.JSONDecodeError, TypeError) as e:
         raise ConfigError(f"{where}: not a saved configuration ({getattr(e, 'msg', e)})") from None
     names = {f.name for f in dataclasses.fields(Config)}
+    if isinstance(saved, dict):
+        saved = {k: v for k, v in saved.items() if k not in RETIRED}
     if not isinstance(saved, dict) or set(saved) - names:
         unknown = sorted(set(saved) - names) if isinstance(saved, dict) else "not a JSON object"
         raise ConfigError(f"{where}: not a configuration of this version (unknown keys: {unknown})")
@@ -246,8 +243,5 @@ def check(cfg: Config) -> None:
         raise ConfigError("optimizer=adamw takes no nesterov and needs momentum (its beta1) below 1, got "
                           f"nesterov={cfg.nesterov} momentum={cfg.momentum} (recipe=fast sets nesterov=true for "
                           "every model but the ViT: add nesterov=false)")
-    if cfg.gpu_slots > 1 and not cfg.gpu_lock:
-        raise ConfigError(f"gpu_slots={cfg.gpu_slots} shares out the turns of a gpu_lock=<file>; give one, or "
-                          "drop gpu_slots")
     if cfg.labels == "coarse" and cfg.dataset != "cifar100":
         raise ConfigError("labels=coarse exists only for dataset=cifar100")

@@ -24,34 +24,40 @@ A checkpoint (train/checkpoint.py adds "format" and "sha256") holds:
 Resuming (resume=true) restores all of it; a run stopped mid-epoch replays the loader from the epoch's start
 state and skips the steps already taken, so on the CPU, with the same thread count, a resumed run ends with
 the same params and metrics, bit for bit, as one never stopped (only timing fields differ).
+
+`train` reads top to bottom: set_up (machinery, net, data, the fresh or restored state, the steps),
+start_run_dir, compile_steps, then per epoch train_epoch (stop_here at a step boundary on a signal) and
+end_of_epoch (metrics, the schedule, save_checkpoint), and final_test. Beside it: train/device_data.py (the
+split on the device), train/resume.py (a checkpoint's keys, the run to resume), train/signals.py (SIGINT/SIGTERM).
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import math
 import signal
 import sys
-import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple, NoReturn
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 import nets
-from data import DataError, DeviceBatches, load_cifar, normalisation_stats, stratified_split
+from data import Cifar, DeviceBatches
 from data.cifar import NUM_CLASSES
-from train import checkpoint, distributed, sync_bn
-from train.config import RESUMABLE, Config, ConfigError, from_json, resume_differences
-from train.gpu_lock import gpu_turn
+from train import checkpoint, compile_cache, distributed, sync_bn
+from train.config import Config, ConfigError
+from train.device_data import DeviceSplit, device_split, load_data
 from train.optim import init_state
-from train.schedule import load_schedule, make_schedule
+from train.resume import keep_metrics_until, resume_point
+from train.schedule import OneCycle, Plateau, load_schedule, make_schedule
+from train.signals import StopRequests, TrainingInterrupted
 from train.step import (
+    Precision,
     TrainState,
     copy_into,
     make_eval_step,
@@ -68,12 +74,6 @@ TENSORBOARD_TAGS = {
     "train_loss": "loss/train", "val_loss": "loss/val", "train_top1": "top1/train", "val_top1": "top1/val",
     "val_top5": "top5/val", "lr": "lr", "seconds": "time/epoch_seconds", "images_per_s": "time/images_per_s",
 }
-# What a checkpoint of this trainer holds (train/checkpoint.py adds "format" and "sha256"); see the module doc.
-CHECKPOINT_KEYS = (
-    "params", "state", "momentum", "epoch", "step", "generator", "torch_rng", "cuda_rng", "epoch_losses",
-    "epoch_correct", "epoch_seconds", "schedule", "best", "config", "model", "device_type", "classes", "mean",
-    "std", "train_idx", "val_idx", "data_sha256", "train_seconds",
-)
 TIMING_KEYS = ("seconds", "images_per_s", "train_seconds", "compile_seconds")  # differ between equal runs
 
 
@@ -81,40 +81,413 @@ class TrainingDiverged(RuntimeError):
     """The loss or the parameters became NaN or infinite."""
 
 
-class TrainingInterrupted(Exception):
-    """SIGINT or SIGTERM stopped the run; `signum` gives the exit code 128 + signum."""
+class RunContext(NamedTuple):
+    """What stays fixed while one rank trains: the config and machinery, the net, the data and its split on the
+    device, and the two steps (built by set_up, compiled by compile_steps)."""
 
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.signum = signum
+    cfg: Config
+    device: torch.device
+    out: Path  # the run directory
+    main: bool  # the one rank that writes the run directory
+    world: int  # ranks
+    log: Callable[[str], None]  # a no-op on every rank but rank 0
+    net: nets.Net
+    data: Cifar  # as load_cifar read it
+    split: DeviceSplit
+    precision: Precision
+    use_compile: bool
+    use_graphs: bool
+    gradients: str  # "func" | "autograd" (train/step.py)
+    step: Callable  # (ts, batch, lr) -> (ts, metrics)
+    eval_step: Callable  # (params, state, x, y) -> (summed metrics, logits)
 
 
-class StopRequests:
-    """While active, SIGINT and SIGTERM only set `signum`, which the step loop checks between steps; a second
-    signal stops at once (raising TrainingInterrupted wherever the run is: checkpoints are written atomically,
-    so last.pt is then the previous one). Handlers can be set in the main thread only; elsewhere this does
-    nothing and signals keep their usual effect."""
+@dataclass
+class EpochSums:
+    """The epoch in progress so far: its steps' losses (device scalars), top-1 hits and seconds."""
 
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    losses: list[torch.Tensor]
+    correct: torch.Tensor
+    seconds: float
 
-    def __init__(self):
-        self.signum: int | None = None
-        self._previous: dict = {}
+    @staticmethod
+    def empty(device) -> EpochSums:
+        return EpochSums([], torch.zeros((), device=device, dtype=torch.long), 0.0)
 
-    def _handle(self, signum, frame) -> None:
-        if self.signum is not None:
-            raise TrainingInterrupted(f"stopped at once by a second {signal.Signals(signum).name}, without "
-                                      "saving; last.pt holds the previous checkpoint", signum)
-        self.signum = signum  # no I/O here: the loop logs when it reaches the next step boundary
 
-    def __enter__(self) -> StopRequests:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
+@dataclass
+class Progress:
+    """Where the run is, as its checkpoints save it: the train state and schedule, `epoch` epochs completed and
+    `step` steps of the next one (`sums`), the best val top-1 and its epoch, the seconds spent training; and
+    `kept`, what a divergence message says about the checkpoint left behind."""
 
-    def __exit__(self, *exc) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
+    ts: TrainState
+    schedule: Plateau | OneCycle
+    epoch: int
+    step: int
+    sums: EpochSums
+    best: dict
+    train_seconds: float
+    kept: str
+
+
+def run(cfg: Config, log=print) -> dict:
+    """Train and test `cfg`; under torchrun (WORLD_SIZE set) as one rank of a data-parallel job, in which
+    only rank 0 logs and writes files (see train/distributed.py and the README's "Several GPUs")."""
+    device = resolve_device(cfg.device)
+    rank, world, local_rank = distributed.init_from_env(device.type)
+    try:
+        if world > 1 and device.type == "cuda":
+            device = torch.device("cuda", local_rank)  # one GPU per process
+        return train(cfg, device, rank, world, log if distributed.is_main() else lambda line: None)
+    finally:
+        distributed.close()
+
+
+def train(cfg: Config, device: torch.device, rank: int, world: int, log) -> dict:
+    """One rank's run, top to bottom: set up (fresh, or resumed from last.pt), compile, then epoch by epoch
+    train, evaluate and checkpoint, stopping at a safe point on SIGINT/SIGTERM; finally test the best
+    checkpoint. Returns results.json's dict."""
+    ctx, progress = set_up(cfg, device, rank, world, log)
+    start_run_dir(ctx, progress)
+    compile_seconds = compile_steps(ctx, progress.ts)
+    # purge_step: TensorBoard hides events at epochs >= it written earlier into the folder (a stopped run's
+    # later epochs, or a previous run's), so the curves show this run's history once.
+    writer = tensorboard_writer(ctx.out / "tensorboard", progress.epoch + 1, log) if ctx.main else None
+    host = distributed.host_group()  # for agreeing on a stop request without a GPU sync
+    try:
+        with StopRequests() as stop:
+            while progress.epoch < cfg.epochs:
+                lrs = train_epoch(ctx, progress, stop, host)
+                end_of_epoch(ctx, progress, lrs, writer)
+                if stop.signum is not None and progress.epoch < cfg.epochs:  # the signal came after the last step
+                    raise TrainingInterrupted(f"{signal.Signals(stop.signum).name}: stopped after epoch "
+                                              f"{progress.epoch} and saved {ctx.out / 'last.pt'}", stop.signum)
+    finally:
+        if writer is not None:
+            writer.close()
+    return final_test(ctx, progress, compile_seconds)
+
+
+# --- set-up and resume ----------------------------------------------------------------------------------
+
+
+def set_up(cfg: Config, device: torch.device, rank: int, world: int, log) -> tuple[RunContext, Progress]:
+    """The machinery, the net, the data on the device, the starting point (fresh, or resume=true's last.pt,
+    checked against cfg) and the steps, built but not compiled yet."""
+    precision = precision_for(device, cfg.precision)
+    if device.type == "cuda":  # read at each convolution call, compiled graphs' too
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+    use_compile = cfg.compile == "true" or (cfg.compile == "auto" and device.type == "cuda")
+    use_graphs = graphs_for(cfg, use_compile, device, world)
+    out = Path(cfg.run_dir())
+
+    # The net first: a wrong model name or option fails before any data is read; then the checkpoint to resume.
+    net = nets.build(cfg.model, num_classes=NUM_CLASSES[(cfg.dataset, cfg.labels)], **cfg.net)
+    if world > 1 and cfg.sync_bn:  # BatchNorm statistics over all ranks' images (1 rank: it has them all)
+        sync_bn.synchronise_batchnorm(net)
+    saved = resume_point(cfg, out, device) if cfg.resume else None
+
+    # Data: split and statistics from the training images only; everything then lives on the device.
+    data = load_data(cfg)
+    split = device_split(cfg, data, saved, out, device, rank, world, net.num_classes)
+    progress = starting_point(cfg, device, net, precision, split.train, saved, out)
+
+    # The "autograd" form where torch.func.grad cannot be compiled around: Triton kernels with custom backwards,
+    # and sync BN's collectives (a graph break inside func.grad leaves the whole gradient eager; with autograd
+    # the pieces between BatchNorm layers still compile: train/sync_bn.py).
+    synced = world > 1 and cfg.sync_bn
+    gradients = "autograd" if uses_custom_kernels(net, device) or synced else "func"
+    grad_hook = distributed.all_reduce_mean_ if world > 1 else None  # every rank takes the same averaged step
+    # With graphs, ts's tensors are the state's persistent buffers, which each replay overwrites.
+    step, progress.ts = prepare_step(make_train_step(net, cfg, precision, gradients, grad_hook), progress.ts,
+                                     gradients, use_compile, use_graphs)
+    eval_step = maybe_compile(make_eval_step(net, precision, cfg.tta), use_compile)
+    ctx = RunContext(cfg, device, out, rank == 0, world, log, net, data, split, precision, use_compile, use_graphs,
+                     gradients, step, eval_step)
+    return ctx, progress
+
+
+def starting_point(cfg: Config, device: torch.device, net, precision: Precision, train_batches: DeviceBatches,
+                   saved: dict | None, out: Path) -> Progress:
+    """The run before its first step: the seeded init and an empty history, or the saved run's (restore)."""
+    params, state = net.init(torch.Generator().manual_seed(cfg.seed), device)
+    schedule = make_schedule(cfg)
+    torch.manual_seed(cfg.seed)  # torch's global generators: anything random outside the loader's generator
+    momentum = init_state(cfg.optimizer, params)  # the optimizer's state, in the params' layout
+    progress = Progress(TrainState(params, state, momentum), schedule, epoch=0, step=0,
+                        sums=EpochSums.empty(device), best={"val_top1": -1.0, "epoch": 0}, train_seconds=0.0,
+                        kept="no checkpoint was written yet")
+    if saved is not None:
+        restore(progress, saved, cfg, device, train_batches, out / "last.pt")
+    params, state, momentum = progress.ts
+    progress.ts = TrainState(to_memory_format(params, precision), state, to_memory_format(momentum, precision))
+    return progress
+
+
+def restore(progress: Progress, saved: dict, cfg: Config, device: torch.device, train_batches: DeviceBatches,
+            where: Path) -> None:
+    """Everything of the saved run into `progress`, the loader's generator and torch's global generators; the
+    saved tensors must fit the fresh ones (CheckpointError)."""
+    for key, expected in zip(("params", "state", "momentum"), progress.ts):
+        checkpoint.check_fits(where, saved[key], expected)
+    progress.ts = TrainState(*({k: v.to(device) for k, v in saved[key].items()}
+                               for key in ("params", "state", "momentum")))
+    train_batches.generator.set_state(saved["generator"])
+    torch.set_rng_state(saved["torch_rng"])
+    if device.type == "cuda" and len(saved["cuda_rng"]):
+        torch.cuda.set_rng_state(saved["cuda_rng"], device)
+    progress.schedule = load_schedule(cfg, saved["schedule"])
+    progress.best, progress.train_seconds = dict(saved["best"]), saved["train_seconds"]
+    progress.epoch, progress.step = saved["epoch"], saved["step"]
+    if progress.step:  # the stopped epoch's partial sums, so its metrics line is the uninterrupted one
+        progress.sums = EpochSums(list(saved["epoch_losses"].to(device)), saved["epoch_correct"].to(device),
+                                  saved["epoch_seconds"])
+    position = f"epoch {progress.epoch + 1}, after step {progress.step}" if progress.step else \
+        f"after epoch {progress.epoch}"
+    progress.kept = f"the last good checkpoint, {where} ({position}), is kept"
+
+
+def start_run_dir(ctx: RunContext, progress: Progress) -> None:
+    """Rank 0 writes config.json and cuts metrics.jsonl back to the epochs completed; the run's header lines."""
+    cfg, out = ctx.cfg, ctx.out
+    if ctx.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(cfg.to_json() + "\n")
+        keep_metrics_until(out / "metrics.jsonl", progress.epoch)  # a fresh run: empty
+    split, data = ctx.split, ctx.data
+    ranks = f" x {ctx.world} ranks ({len(split.train.images)} train each)" if ctx.world > 1 else ""
+    ctx.log(f"{ctx.net.name}: {ctx.net.param_count():,} params | {cfg.dataset} ({data.source}): "
+            f"{len(split.train_idx)} train, {len(split.val_idx)} val, {len(data.test_labels)} test | "
+            f"{ctx.device.type}{ranks}, {'bf16' if ctx.precision.autocast else 'fp32'}, compile={ctx.use_compile}, "
+            f"cudagraphs={ctx.use_graphs}, gradients={ctx.gradients} | run dir {out}")
+    if cfg.resume:
+        ctx.log(f"resuming from {out / 'last.pt'} at epoch {progress.epoch + 1}, step {progress.step + 1}")
+
+
+# --- warm-up (compile) ------------------------------------------------------------------------------------
+
+
+def graphs_for(cfg: Config, use_compile: bool, device: torch.device, world: int) -> bool:
+    """Whether the step runs as CUDA graphs. They need compile, CUDA and one process (the gradient all-reduce
+    and sync BN's collectives stay outside graphs); cudagraphs=true outside those conditions is an error."""
+    possible = use_compile and device.type == "cuda" and world == 1
+    if cfg.cudagraphs == "true" and not possible:
+        raise ConfigError("cudagraphs=true needs compile on, a CUDA device and one process; "
+                          "use cudagraphs=auto or false")
+    return cfg.cudagraphs == "true" or (cfg.cudagraphs == "auto" and possible)
+
+
+def compile_steps(ctx: RunContext, ts: TrainState) -> float:
+    """Compiles outside the timed epochs (with compile on); returns the seconds it took, 0 without compile."""
+    compile_seconds = 0.0
+    if ctx.use_compile:  # warm_up leaves ts as it found it
+        before = compile_cache.cache_counts()
+        with compile_cache.heartbeat(ctx.log, "compiling"):
+            compile_seconds = warm_up(ctx.step, ctx.eval_step, ts, ctx.split.train, (ctx.split.val, ctx.split.test))
+        ctx.log(f"compiled in {compile_seconds:.1f} s ({compile_cache.describe(before, compile_cache.cache_counts())})")
+    if ctx.device.type == "cuda":
+        torch.cuda.empty_cache()  # the warm-up's activations, back to the driver for other processes on the GPU
+    return compile_seconds
+
+
+def warm_up(step, eval_step, ts: TrainState, train: DeviceBatches, evaluation: tuple[DeviceBatches, ...]) -> float:
+    """Seconds to compile every graph the run will call: the train step, and the eval step at each batch
+    shape of the evaluation sets. Calls on the first training images (not augmented), at lr 0; ts is then
+    restored (the CUDA-graph step writes its state in place, and at lr 0 the momentum and BatchNorm statistics
+    still move), so nothing of the run changes."""
+    device = train.images.device
+    t0 = time.perf_counter()
+    kept = TrainState(*({k: v.detach().clone() for k, v in tree.items()} for tree in ts))
+    batch = train.example()
+    zero_lr = torch.zeros(1, device=device)[0]  # a 0-dim view, as the epochs pass lrs[i]
+    # Twice: the second call sees the step's own outputs, whose layouts (strides) a first call may not have had;
+    # the eval step is then warmed on those outputs, the tensors it will see after every epoch.
+    warm_ts, _ = step(step(ts, batch, zero_lr)[0], batch, zero_lr)
+    # One call per distinct batch shape (a full batch and the last, partial one) compiles every graph.
+    shapes = {x.shape: (x, y) for batches in evaluation for x, y in batches}
+    for x, y in shapes.values():
+        eval_step(warm_ts.params, warm_ts.state, x, y)
+    copy_into(ts, kept)
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+# --- one epoch ----------------------------------------------------------------------------------------------
+
+
+def train_epoch(ctx: RunContext, progress: Progress, stop: StopRequests, host) -> torch.Tensor:
+    """Epoch progress.epoch + 1's steps from progress.step on (a stopped epoch resumes there: the loader replays
+    from the epoch's start state and the steps already taken are drawn and dropped), summed into
+    progress.sums; returns the epoch's lrs. A stop request ends it at the next step boundary (stop_here)."""
+    epoch_generator = ctx.split.train.generator.get_state()  # on resume, the saved state: the epoch replays
+    steps = len(ctx.split.train)
+    lrs = torch.tensor(progress.schedule.lrs(progress.epoch, steps), device=ctx.device)
+    first, sums = progress.step, progress.sums
+    bar = tqdm(total=steps, initial=first, desc=f"epoch {progress.epoch + 1}/{ctx.cfg.epochs}", leave=False,
+               disable=not (ctx.cfg.progress and sys.stderr.isatty()))
+    _sync(ctx.device)
+    t0 = time.perf_counter()
+    for i, batch in enumerate(ctx.split.train):
+        if i < first:
+            continue  # drawn and dropped: the loader's random stream reaches step `first`
+        # A safe point: after a step, before the next; every rank stops at the same one.
+        if distributed.any_rank(stop.signum is not None, host):
+            add_seconds(ctx, progress, t0)
+            bar.close()
+            progress.step = i
+            stop_here(ctx, progress, epoch_generator, stop)
+        progress.ts, m = ctx.step(progress.ts, batch, lrs[i])
+        sums.losses.append(m["loss"])
+        sums.correct += m["correct"]
+        bar.update()
+    add_seconds(ctx, progress, t0)
+    bar.close()
+    return lrs
+
+
+def add_seconds(ctx: RunContext, progress: Progress, t0: float) -> None:
+    """The seconds since t0 (after a device sync) to the epoch's and the run's training time."""
+    _sync(ctx.device)
+    elapsed = time.perf_counter() - t0
+    progress.sums.seconds, progress.train_seconds = progress.sums.seconds + elapsed, progress.train_seconds + elapsed
+
+
+def stop_here(ctx: RunContext, progress: Progress, epoch_generator: torch.Tensor, stop: StopRequests) -> NoReturn:
+    """Stops inside an epoch, before its step progress.step: last.pt then resumes at that step (unless the run
+    diverged, which keeps the last good checkpoint)."""
+    sums, steps = progress.sums, len(ctx.split.train)
+    if not all_finite({"loss": torch.stack(sums.losses)} if sums.losses else {}, progress.ts.params):
+        raise diverged(ctx, progress, f"the loss or parameters became non-finite in epoch {progress.epoch + 1} "
+                                      f"(found when stopping at step {progress.step} of {steps})")
+    if ctx.main:
+        checkpoint.save(ctx.out / "last.pt", payload(ctx, progress, epoch_generator, sums))
+    signum = stop.signum or signal.SIGTERM  # a rank that did not see it stops as the others
+    raise TrainingInterrupted(f"{signal.Signals(signum).name}: stopped in epoch {progress.epoch + 1} after step "
+                              f"{progress.step} of {steps} and saved {ctx.out / 'last.pt'}", signum)
+
+
+# --- evaluation and checkpoint -------------------------------------------------------------------------
+
+
+def end_of_epoch(ctx: RunContext, progress: Progress, lrs: torch.Tensor, writer) -> None:
+    """After an epoch's last step: its metrics line (all ranks' steps, rank 0's validation), the schedule's and
+    the best epoch's update, best.pt and last.pt, one log line."""
+    record = epoch_record(ctx, progress, lrs)
+    write_record(ctx, record, writer)
+    improved = observe(ctx, progress, record)
+    progress.epoch, progress.step, progress.sums = progress.epoch + 1, 0, EpochSums.empty(ctx.device)
+    save_checkpoint(ctx, progress, improved)
+    ctx.log(f"epoch {record['epoch']:3d}/{ctx.cfg.epochs}  train loss {record['train_loss']:.4f} top1 "
+            f"{record['train_top1']:5.2f}  val loss {record['val_loss']:.4f} top1 {record['val_top1']:5.2f} top5 "
+            f"{record['val_top5']:5.2f}  lr {record['lr']:.4g}  {record['seconds']:5.1f} s  "
+            f"{record['images_per_s']:,.0f} img/s" + ("  *" if improved else ""))
+
+
+def epoch_record(ctx: RunContext, progress: Progress, lrs: torch.Tensor) -> dict:
+    """The epoch's metrics.jsonl line, after checking that the loss and the parameters are finite. Per-step
+    losses and top-1 hits of all ranks (one collective each per epoch): every rank then sees the same numbers
+    and takes the same decisions."""
+    epoch, steps, world, ts = progress.epoch + 1, len(ctx.split.train), ctx.world, progress.ts
+    losses = distributed.all_reduce_sum(torch.stack(progress.sums.losses)) / world
+    correct = distributed.all_reduce_sum(progress.sums.correct)
+    finite = torch.isfinite(losses)
+    if not finite.all():
+        bad = int((~finite).nonzero()[0])
+        raise diverged(ctx, progress, f"loss became {losses[bad].item()} at epoch {epoch}, step {bad + 1} of {steps}")
+    if not all_finite(ts.params, ts.state):
+        raise diverged(ctx, progress, f"parameters became non-finite at epoch {epoch}, step {steps} of {steps}")
+    seen, seconds = steps * ctx.cfg.batch_size * world, progress.sums.seconds
+    distributed.broadcast_tree_(ts.state)  # rank 0's BatchNorm statistics, evaluated and saved
+    # Rank 0 evaluates; its numbers drive every rank's schedule, so the lrs stay the same everywhere.
+    val = distributed.from_main(evaluate(ctx.eval_step, ts.params, ts.state, ctx.split.val) if ctx.main else None)
+    return {
+        "epoch": epoch, "train_loss": losses.mean().item(), "train_top1": 100 * correct.item() / seen,
+        "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
+        "lr": lrs[-1].item(), "seconds": seconds, "images_per_s": seen / seconds,
+    }
+
+
+def write_record(ctx: RunContext, record: dict, writer) -> None:
+    """The epoch's line appended to metrics.jsonl (rank 0), its scalars to TensorBoard (when installed)."""
+    if ctx.main:
+        with (ctx.out / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+    if writer is not None:
+        for key, tag in TENSORBOARD_TAGS.items():
+            writer.add_scalar(tag, record[key], record["epoch"])
+        writer.flush()
+
+
+def observe(ctx: RunContext, progress: Progress, record: dict) -> bool:
+    """The schedule sees the epoch's error; whether the epoch is the new best (then progress.best names it).
+    Without a validation split the training error drives the schedule and the last epoch is kept."""
+    with_val = bool(ctx.split.val_idx.size)
+    progress.schedule.observe(100 - (record["val_top1"] if with_val else record["train_top1"]))
+    improved = record["val_top1"] > progress.best["val_top1"] if with_val else True
+    if improved:
+        progress.best = {"val_top1": record["val_top1"], "epoch": record["epoch"]}
+    return improved
+
+
+def save_checkpoint(ctx: RunContext, progress: Progress, improved: bool) -> None:
+    """last.pt at the epoch boundary progress.epoch, best.pt too when the epoch improved (rank 0 writes).
+    best.pt before last.pt: a crash between the two leaves last.pt at the previous epoch, whose replay writes
+    this best.pt again, never a last.pt whose "best" names a best.pt not written."""
+    if ctx.main:
+        at_boundary = EpochSums([], torch.zeros((), dtype=torch.long), 0.0)  # no partial epoch (on the CPU)
+        ckpt = payload(ctx, progress, ctx.split.train.generator.get_state(), at_boundary)
+        checkpoint.save([ctx.out / "best.pt", ctx.out / "last.pt"] if improved else [ctx.out / "last.pt"], ckpt)
+    progress.kept = f"the last good checkpoint, {ctx.out / 'last.pt'} (after epoch {progress.epoch}), is kept"
+
+
+def payload(ctx: RunContext, progress: Progress, epoch_generator: torch.Tensor, sums: EpochSums) -> dict:
+    """Everything needed to continue after progress.step steps of epoch index progress.epoch, whose sums so far
+    are `sums` and whose loader starts from `epoch_generator` (see the module doc)."""
+    ts, device, split = progress.ts, ctx.device, ctx.split
+    return {  # train.resume.CHECKPOINT_KEYS, in that order
+        "params": ts.params, "state": ts.state, "momentum": ts.momentum, "epoch": progress.epoch,
+        "step": progress.step, "generator": epoch_generator, "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.zeros(0),
+        "epoch_losses": torch.stack(sums.losses) if sums.losses else torch.zeros(0), "epoch_correct": sums.correct,
+        "epoch_seconds": sums.seconds, "schedule": progress.schedule.state_dict(), "best": dict(progress.best),
+        "config": ctx.cfg.to_json(), "model": ctx.cfg.model, "device_type": device.type,
+        "classes": list(ctx.data.classes), "mean": split.train.mean, "std": split.train.std,
+        "train_idx": torch.from_numpy(split.train_idx), "val_idx": torch.from_numpy(split.val_idx),
+        "data_sha256": split.digest, "train_seconds": progress.train_seconds,
+    }
+
+
+# --- the final test -----------------------------------------------------------------------------------------
+
+
+def final_test(ctx: RunContext, progress: Progress, compile_seconds: float) -> dict:
+    """The best-validation checkpoint, evaluated once on the test set: rank 0 writes results.json and every
+    rank returns its dict."""
+    if not ctx.main:
+        return distributed.from_main(None)
+    cfg, best, best_path = ctx.cfg, progress.best, ctx.out / "best.pt"
+    best_saved = checkpoint.load(best_path, map_location=ctx.device)
+    if best_saved["epoch"] != best["epoch"]:
+        raise checkpoint.CheckpointError(f"{best_path} holds epoch {best_saved['epoch']} but the run's best "
+                                         f"validation epoch is {best['epoch']}; was it replaced?")
+    test = evaluate(ctx.eval_step, to_memory_format(best_saved["params"], ctx.precision), best_saved["state"],
+                    ctx.split.test)
+    results = {
+        "model": cfg.model, "dataset": cfg.dataset, "test_top1": test["top1"], "test_top5": test["top5"],
+        "test_loss": test["loss"], "best_val_top1": best["val_top1"] if ctx.split.val_idx.size else None,
+        "best_epoch": best["epoch"], "epochs_run": cfg.epochs, "train_seconds": progress.train_seconds,
+        "compile_seconds": compile_seconds, "params": ctx.net.param_count(), "recipe": cfg.recipe, "tta": cfg.tta,
+        "device": torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu",
+        "torch": torch.__version__, "data_source": ctx.data.source,
+    }
+    (ctx.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    ctx.log(f"test (best val epoch {best['epoch']}): top1 {test['top1']:.2f}  top5 {test['top5']:.2f}  "
+            f"| {progress.train_seconds:.1f} s training, {compile_seconds:.1f} s compiling")
+    return distributed.from_main(results)
+
+
+# --- helpers -------------------------------------------------------------------------------------------------
 
 
 def resolve_device(name: str) -> torch.device:
@@ -143,164 +516,22 @@ def evaluate(eval_step, params, state, batches: DeviceBatches) -> dict[str, floa
             "top5": 100 * totals["top5"].item() / n}
 
 
-def _device_tensors(images: np.ndarray, labels: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.from_numpy(images).to(device), torch.from_numpy(labels).to(device)
-
-
-def load_data(cfg: Config):
-    """load_cifar for this config; an OS-level failure (permissions, a device error) is a DataError too."""
-    try:
-        return load_cifar(cfg.dataset, cfg.data, download=cfg.download, labels=cfg.labels)
-    except OSError as e:
-        where = e.filename or cfg.data
-        raise DataError(f"cannot read the data at {where} ({e.strerror or type(e).__name__}); check the path "
-                        "and its permissions, or point data=<path> at another copy") from None
-
-
-def data_digest(data) -> str:
-    """sha256 of the training images and labels (what the saved split indexes), to refuse other data."""
-    h = hashlib.sha256()
-    for a in (data.train_images, data.train_labels):
-        h.update(str((a.dtype, a.shape)).encode())
-        h.update(np.ascontiguousarray(a).data)
-    return h.hexdigest()
-
-
 def all_finite(*trees: dict) -> bool:
     """Whether every tensor of the trees is finite (one device sync)."""
     flags = [torch.isfinite(t).all() for tree in trees for t in tree.values() if t.is_floating_point()]
     return bool(torch.stack(flags).all()) if flags else True
 
 
-def resume_point(cfg: Config, out: Path, device: torch.device) -> dict:
-    """The checkpoint a resume=true run continues from, checked against `cfg` (ConfigError, CheckpointError)."""
-    path = out / "last.pt"
-    if not path.is_file():
-        raise checkpoint.CheckpointError(
-            f"resume=true but {out} holds no checkpoint (no last.pt); check out=<run dir>, or start the run "
-            "without resume=true")
-    saved = checkpoint.load(path)
-    checkpoint.require(path, saved, CHECKPOINT_KEYS)
-    saved_cfg = from_json(saved["config"], str(path))
-    changed = resume_differences(cfg, saved_cfg)
-    if changed:
-        raise ConfigError(
-            f"resume=true: {changed[0]} differs from the run saved in {path}; only "
-            f"{', '.join(RESUMABLE)} may change on resume (start a new run in another out= to change it)")
-    if saved["device_type"] != device.type:
-        raise ConfigError(f"resume=true: the run in {out} trained on {saved['device_type']} and this one would "
-                          f"run on {device.type}; the loader's random stream does not carry across, so set "
-                          f"device={saved['device_type']}")
-    if cfg.epochs != saved_cfg.epochs and cfg.schedule == "onecycle":
-        raise ConfigError(f"resume=true: epochs cannot change with schedule=onecycle (its lr curve spans all "
-                          f"{saved_cfg.epochs} epochs); drop epochs={cfg.epochs}")
-    if cfg.epochs < saved["epoch"] + (saved["step"] > 0):
-        raise ConfigError(f"resume=true: epochs={cfg.epochs}, but {path} is already past epoch {saved['epoch']}")
-    return saved
-
-
-def _keep_metrics_until(path: Path, epoch: int) -> None:
-    """Keep the metrics.jsonl lines of epochs 1..`epoch` (a resumed run writes the later ones again; a fresh
-    run, epoch 0, starts empty), atomically. A line that does not parse (a torn write) is dropped."""
-
-    def epoch_of(line: str) -> int | None:
-        try:
-            return int(json.loads(line)["epoch"])
-        except (ValueError, KeyError, TypeError):
-            return None
-
-    lines = path.read_text().splitlines(keepends=True) if epoch and path.is_file() else []
-    kept = [line for line in lines if (e := epoch_of(line)) is not None and e <= epoch]
-    checkpoint.write_atomically(path, lambda f: f.write("".join(kept).encode()))
-
-
-@dataclass
-class DeviceSplit:
-    """The run's split on the device: indices into the training images (numpy), the (train, val, test)
-    DeviceBatches (the training one holds the normalisation, 0..255 pixel units, and the loader's generator),
-    and the digest of the data the indices point into (data_digest)."""
-
-    digest: str
-    train_idx: np.ndarray
-    val_idx: np.ndarray
-    batches: tuple[DeviceBatches, DeviceBatches, DeviceBatches]
-
-
-def device_split(cfg: Config, data, saved: dict | None, out: Path, device, rank: int, world: int,
-                 num_classes: int) -> DeviceSplit:
-    """Split and statistics from the training images only (or the saved run's), then everything on the device;
-    with several ranks, this rank's shard of the training split."""
-    digest = data_digest(data)
-    if saved is None:
-        train_idx, val_idx = stratified_split(data.train_labels, cfg.val_fraction, cfg.seed)
-        mean, std = (torch.from_numpy(a) for a in normalisation_stats(data.train_images[train_idx],
-                                                                      per=cfg.normalisation))
-    else:
-        if saved["data_sha256"] != digest:
-            raise DataError(f"the data at {cfg.data} ({data.source}) differs from the data the run in {out} "
-                            "trained on; point data=<path> at that copy to resume")
-        train_idx, val_idx, mean, std = (saved[k] for k in ("train_idx", "val_idx", "mean", "std"))
-        train_idx, val_idx = train_idx.numpy(), val_idx.numpy()
-    # Several ranks: each trains on its own equal, disjoint share of the split (batch_size is per rank).
-    rank_idx = train_idx if world == 1 else distributed.shard(train_idx, rank, world, cfg.seed).numpy()
-    if cfg.batch_size > len(rank_idx):
-        raise ConfigError(
-            f"batch_size={cfg.batch_size} is larger than the training split ({len(train_idx)} images"
-            + (f", {len(rank_idx)} per rank" if world > 1 else "") + ")"
-        )
-    mean, std = mean.to(device), std.to(device)
-    # The same seed on every rank: each shuffles and augments its own shard with the same random stream, so the
-    # one generator state rank 0 saves resumes every rank.
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    train = DeviceBatches(*_device_tensors(data.train_images[rank_idx], data.train_labels[rank_idx], device),
-                          mean, std, cfg.batch_size, train=True, generator=generator, cutout=cfg.cutout,
-                          mix=cfg.mix, num_classes=num_classes, randaugment_ops=cfg.randaugment,
-                          randaugment_magnitude=cfg.randaugment_magnitude)
-    val = DeviceBatches(*_device_tensors(data.train_images[val_idx], data.train_labels[val_idx], device),
-                        mean, std, cfg.eval_batch_size, train=False)
-    test = DeviceBatches(*_device_tensors(data.test_images, data.test_labels, device),
-                         mean, std, cfg.eval_batch_size, train=False)
-    return DeviceSplit(digest, train_idx, val_idx, (train, val, test))
-
-
-def warm_up(step, eval_step, ts: TrainState, train: DeviceBatches, evaluation: tuple[DeviceBatches, ...]) -> float:
-    """Seconds to compile every graph the run will call: the train step, and the eval step at each batch
-    shape of the evaluation sets. Calls on the first training images (not augmented), at lr 0; ts is then
-    restored (the CUDA-graph step writes its state in place, and at lr 0 the momentum and BatchNorm statistics
-    still move), so nothing of the run changes."""
-    device = train.images.device
-    t0 = time.perf_counter()
-    kept = TrainState(*({k: v.detach().clone() for k, v in tree.items()} for tree in ts))
-    batch = train.example()
-    zero_lr = torch.zeros(1, device=device)[0]  # a 0-dim view, as the epochs pass lrs[i]
-    # Twice: the second call sees the step's own outputs, whose layouts (strides) a first call may not have had;
-    # the eval step is then warmed on those outputs, the tensors it will see after every epoch.
-    warm_ts, _ = step(step(ts, batch, zero_lr)[0], batch, zero_lr)
-    # One call per distinct batch shape (a full batch and the last, partial one) compiles every graph.
-    shapes = {x.shape: (x, y) for batches in evaluation for x, y in batches}
-    for x, y in shapes.values():
-        eval_step(warm_ts.params, warm_ts.state, x, y)
-    copy_into(ts, kept)
-    _sync(device)
-    return time.perf_counter() - t0
-
-
-def graphs_for(cfg: Config, use_compile: bool, device: torch.device, world: int) -> bool:
-    """Whether the step runs as CUDA graphs. They need compile, CUDA and one process (the gradient all-reduce
-    and sync BN's collectives stay outside graphs); cudagraphs=true outside those conditions is an error."""
-    possible = use_compile and device.type == "cuda" and world == 1
-    if cfg.cudagraphs == "true" and not possible:
-        raise ConfigError("cudagraphs=true needs compile on, a CUDA device and one process; "
-                          "use cudagraphs=auto or false")
-    return cfg.cudagraphs == "true" or (cfg.cudagraphs == "auto" and possible)
-
-
 def divergence_hint(cfg: Config) -> str:
     """What to try after a NaN: a lower lr; for a ViT on SGD (lr 0.2 at batch 512 diverged on the H100, see
-    README), recipe=fast, which gives the ViTs AdamW."""
+    docs/results.md), recipe=fast, which gives the ViTs AdamW."""
     if cfg.model.startswith("vit") and cfg.optimizer == "sgd":
         return "try a lower lr, or recipe=fast (AdamW for the ViTs)"
     return "try a lower lr"
+
+
+def diverged(ctx: RunContext, progress: Progress, what: str) -> TrainingDiverged:
+    return TrainingDiverged(f"{what}; stopped: {progress.kept}; {divergence_hint(ctx.cfg)}")
 
 
 def tensorboard_writer(log_dir: Path, purge_step: int | None, log):
@@ -311,233 +542,3 @@ def tensorboard_writer(log_dir: Path, purge_step: int | None, log):
         log("tensorboard is not installed: no tensorboard/ logs (pip install 'cifar-zoo[tensorboard]')")
         return None
     return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
-
-
-def run(cfg: Config, log=print) -> dict:
-    """Train and test `cfg`; under torchrun (WORLD_SIZE set) as one rank of a data-parallel job, in which
-    only rank 0 logs and writes files (see train/distributed.py and the README's "Several GPUs")."""
-    device = resolve_device(cfg.device)
-    rank, world, local_rank = distributed.init_from_env(device.type)
-    try:
-        if world > 1 and device.type == "cuda":
-            device = torch.device("cuda", local_rank)  # one GPU per process
-        with contextlib.ExitStack() as turn:  # _train takes the GPU lock (gpu_lock=) into it after compiling
-            return _train(cfg, device, rank, world, log if distributed.is_main() else lambda line: None, turn)
-    finally:
-        distributed.close()
-
-
-def _train(cfg: Config, device: torch.device, rank: int, world: int, log, turn: contextlib.ExitStack) -> dict:
-    main = rank == 0  # the one rank that writes the run directory
-    precision = precision_for(device, cfg.precision)
-    if device.type == "cuda":  # read at each convolution call, compiled graphs' too
-        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
-    use_compile = cfg.compile == "true" or (cfg.compile == "auto" and device.type == "cuda")
-    use_graphs = graphs_for(cfg, use_compile, device, world)
-    out = Path(cfg.run_dir())
-
-    # The net first: a wrong model name or option fails before any data is read; then the checkpoint to resume.
-    net = nets.build(cfg.model, num_classes=NUM_CLASSES[(cfg.dataset, cfg.labels)], **cfg.net)
-    if world > 1 and cfg.gpu_lock:  # every rank would queue for the one lock while the others wait on it
-        raise ConfigError("gpu_lock= orders single-GPU runs that share a GPU; drop it for a run on several GPUs")
-    if world > 1 and cfg.sync_bn:  # BatchNorm statistics over all ranks' images (1 rank: it has them all)
-        sync_bn.synchronise_batchnorm(net)
-    saved = resume_point(cfg, out, device) if cfg.resume else None
-
-    # Data: split and statistics from the training images only; everything then lives on the device.
-    data = load_data(cfg)
-    split = device_split(cfg, data, saved, out, device, rank, world, net.num_classes)
-    train_batches, val_batches, test_batches = split.batches
-    train_idx, val_idx = split.train_idx, split.val_idx
-    generator, mean, std = train_batches.generator, train_batches.mean, train_batches.std
-
-    params, state = net.init(torch.Generator().manual_seed(cfg.seed), device)
-    schedule = make_schedule(cfg)
-    best = {"val_top1": -1.0, "epoch": 0}
-    train_seconds, start_epoch, start_step = 0.0, 0, 0
-    kept = "no checkpoint was written yet"
-    torch.manual_seed(cfg.seed)  # torch's global generators: anything random outside the loader's generator
-    momentum = init_state(cfg.optimizer, params)  # the optimizer's state, in the params' layout
-    if saved is not None:
-        where = out / "last.pt"
-        for key, expected in (("params", params), ("state", state), ("momentum", momentum)):
-            checkpoint.check_fits(where, saved[key], expected)
-        params, state, momentum = ({k: v.to(device) for k, v in saved[key].items()}
-                                   for key in ("params", "state", "momentum"))
-        generator.set_state(saved["generator"])
-        torch.set_rng_state(saved["torch_rng"])
-        if device.type == "cuda" and len(saved["cuda_rng"]):
-            torch.cuda.set_rng_state(saved["cuda_rng"], device)
-        schedule = load_schedule(cfg, saved["schedule"])
-        best, train_seconds = dict(saved["best"]), saved["train_seconds"]
-        start_epoch, start_step = saved["epoch"], saved["step"]
-        position = f"epoch {start_epoch + 1}, after step {start_step}" if start_step else f"after epoch {start_epoch}"
-        kept = f"the last good checkpoint, {where} ({position}), is kept"
-    params, momentum = to_memory_format(params, precision), to_memory_format(momentum, precision)
-    ts = TrainState(params, state, momentum)
-    # The "autograd" form where torch.func.grad cannot be compiled around: Triton kernels with custom backwards,
-    # and sync BN's collectives (a graph break inside func.grad leaves the whole gradient eager; with autograd
-    # the pieces between BatchNorm layers still compile: train/sync_bn.py).
-    synced = world > 1 and cfg.sync_bn
-    gradients = "autograd" if uses_custom_kernels(net, device) or synced else "func"
-    grad_hook = distributed.all_reduce_mean_ if world > 1 else None  # every rank takes the same averaged step
-    # With graphs, ts's tensors are the state's persistent buffers, which each replay overwrites.
-    step, ts = prepare_step(make_train_step(net, cfg, precision, gradients, grad_hook), ts, gradients, use_compile,
-                            use_graphs)
-    eval_step = maybe_compile(make_eval_step(net, precision, cfg.tta), use_compile)
-
-    metrics_path = out / "metrics.jsonl"
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(cfg.to_json() + "\n")
-        _keep_metrics_until(metrics_path, start_epoch)  # a fresh run: empty
-    log(f"{net.name}: {net.param_count():,} params | {cfg.dataset} ({data.source}): {len(train_idx)} train, "
-        f"{len(val_idx)} val, {len(data.test_labels)} test | {device.type}"
-        f"{f' x {world} ranks ({len(train_batches.images)} train each)' if world > 1 else ''}, "
-        f"{'bf16' if precision.autocast else 'fp32'}, compile={use_compile}, cudagraphs={use_graphs}, "
-        f"gradients={gradients} | run dir {out}")
-    if saved is not None:
-        log(f"resuming from {out / 'last.pt'} at epoch {start_epoch + 1}, step {start_step + 1}")
-
-    compile_seconds = 0.0
-    if use_compile:  # compile outside the timed epochs; warm_up leaves ts as it found it
-        compile_seconds = warm_up(step, eval_step, ts, train_batches, (val_batches, test_batches))
-        log(f"compiled in {compile_seconds:.1f} s")
-    if device.type == "cuda":
-        torch.cuda.empty_cache()  # the warm-up's activations: free for other runs while this one waits
-    turn.enter_context(gpu_turn(cfg.gpu_lock, log, cfg.gpu_slots))
-
-    def payload(epoch: int, step_: int, epoch_generator, losses, correct, seconds: float) -> dict:
-        """Everything needed to continue after `step_` steps of epoch index `epoch` (see the module doc)."""
-        return {  # CHECKPOINT_KEYS, in that order
-            "params": ts.params, "state": ts.state, "momentum": ts.momentum, "epoch": epoch, "step": step_,
-            "generator": epoch_generator, "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.zeros(0),
-            "epoch_losses": torch.stack(losses) if losses else torch.zeros(0), "epoch_correct": correct,
-            "epoch_seconds": seconds, "schedule": schedule.state_dict(), "best": dict(best),
-            "config": cfg.to_json(), "model": cfg.model, "device_type": device.type,
-            "classes": list(data.classes), "mean": mean, "std": std, "train_idx": torch.from_numpy(train_idx),
-            "val_idx": torch.from_numpy(val_idx), "data_sha256": split.digest, "train_seconds": train_seconds,
-        }
-
-    def diverged(what: str) -> TrainingDiverged:
-        return TrainingDiverged(f"{what}; stopped: {kept}; {divergence_hint(cfg)}")
-
-    steps = len(train_batches)
-    # purge_step: TensorBoard hides events at epochs >= it written earlier into the folder (a stopped run's
-    # later epochs, or a previous run's), so the curves show this run's history once.
-    writer = tensorboard_writer(out / "tensorboard", start_epoch + 1, log) if main else None
-    host = distributed.host_group()  # for agreeing on a stop request without a GPU sync
-    try:
-        with StopRequests() as stop:
-            for epoch in range(start_epoch, cfg.epochs):
-                epoch_generator = generator.get_state()  # on resume, the saved state: the epoch replays
-                lrs = torch.tensor(schedule.lrs(epoch, steps), device=device)
-                losses, correct, seconds = [], torch.zeros((), device=device, dtype=torch.long), 0.0
-                first = start_step if epoch == start_epoch else 0
-                if first:  # the stopped epoch's partial sums, so its metrics line is the uninterrupted one
-                    losses = list(saved["epoch_losses"].to(device))
-                    correct, seconds = saved["epoch_correct"].to(device), saved["epoch_seconds"]
-                bar = tqdm(total=steps, initial=first, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                           disable=not (cfg.progress and sys.stderr.isatty()))
-                _sync(device)
-                t0 = time.perf_counter()
-                for i, batch in enumerate(train_batches):
-                    if i < first:
-                        continue  # drawn and dropped: the loader's random stream reaches step `first`
-                    # A safe point: after a step, before the next; every rank stops at the same one.
-                    if distributed.any_rank(stop.signum is not None, host):
-                        _sync(device)
-                        elapsed = time.perf_counter() - t0
-                        seconds, train_seconds = seconds + elapsed, train_seconds + elapsed
-                        bar.close()
-                        if not all_finite({"loss": torch.stack(losses)} if losses else {}, ts.params):
-                            raise diverged(f"the loss or parameters became non-finite in epoch {epoch + 1} "
-                                           f"(found when stopping at step {i} of {steps})")
-                        if main:
-                            checkpoint.save(out / "last.pt", payload(epoch, i, epoch_generator, losses, correct,
-                                                                     seconds))
-                        signum = stop.signum or signal.SIGTERM  # a rank that did not see it stops as the others
-                        name = signal.Signals(signum).name
-                        raise TrainingInterrupted(f"{name}: stopped in epoch {epoch + 1} after step {i} of "
-                                                  f"{steps} and saved {out / 'last.pt'}", signum)
-                    ts, m = step(ts, batch, lrs[i])
-                    losses.append(m["loss"])
-                    correct += m["correct"]
-                    bar.update()
-                _sync(device)
-                elapsed = time.perf_counter() - t0
-                seconds, train_seconds = seconds + elapsed, train_seconds + elapsed
-                bar.close()
-                # Per-step losses and top-1 hits of all ranks (one collective each per epoch): every rank then
-                # sees the same numbers and takes the same decisions.
-                losses = distributed.all_reduce_sum(torch.stack(losses)) / world
-                correct = distributed.all_reduce_sum(correct)
-                finite = torch.isfinite(losses)
-                if not finite.all():
-                    bad = int((~finite).nonzero()[0])
-                    raise diverged(f"loss became {losses[bad].item()} at epoch {epoch + 1}, step {bad + 1} of "
-                                   f"{steps}")
-                if not all_finite(ts.params, ts.state):
-                    raise diverged(f"parameters became non-finite at epoch {epoch + 1}, step {steps} of {steps}")
-                seen = steps * cfg.batch_size * world
-                distributed.broadcast_tree_(ts.state)  # rank 0's BatchNorm statistics, evaluated and saved
-                # Rank 0 evaluates; its numbers drive every rank's schedule, so the lrs stay the same everywhere.
-                val = distributed.from_main(evaluate(eval_step, ts.params, ts.state, val_batches) if main else None)
-                record = {
-                    "epoch": epoch + 1, "train_loss": losses.mean().item(),
-                    "train_top1": 100 * correct.item() / seen,
-                    "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
-                    "lr": lrs[-1].item(), "seconds": seconds, "images_per_s": seen / seconds,
-                }
-                if main:
-                    with metrics_path.open("a") as f:
-                        f.write(json.dumps(record) + "\n")
-                if writer is not None:
-                    for key, tag in TENSORBOARD_TAGS.items():
-                        writer.add_scalar(tag, record[key], epoch + 1)
-                    writer.flush()
-                # Without a validation split the training error drives the schedule and the last epoch is kept.
-                schedule.observe(100 - (val["top1"] if val_idx.size else record["train_top1"]))
-                improved = val["top1"] > best["val_top1"] if val_idx.size else True
-                if improved:
-                    best = {"val_top1": val["top1"], "epoch": epoch + 1}
-                # best.pt before last.pt: a crash between the two leaves last.pt at the previous epoch, whose
-                # replay writes this best.pt again, never a last.pt whose "best" names a best.pt not written.
-                ckpt = payload(epoch + 1, 0, generator.get_state(), [], torch.zeros((), dtype=torch.long), 0.0)
-                if main:
-                    checkpoint.save([out / "best.pt", out / "last.pt"] if improved else [out / "last.pt"], ckpt)
-                kept = f"the last good checkpoint, {out / 'last.pt'} (after epoch {epoch + 1}), is kept"
-                log(f"epoch {epoch + 1:3d}/{cfg.epochs}  train loss {record['train_loss']:.4f} top1 "
-                    f"{record['train_top1']:5.2f}  val loss {val['loss']:.4f} top1 {val['top1']:5.2f} top5 "
-                    f"{val['top5']:5.2f}  lr {record['lr']:.4g}  {seconds:5.1f} s  "
-                    f"{record['images_per_s']:,.0f} img/s" + ("  *" if improved else ""))
-                if stop.signum is not None and epoch + 1 < cfg.epochs:  # the signal came after the last step
-                    name = signal.Signals(stop.signum).name
-                    raise TrainingInterrupted(f"{name}: stopped after epoch {epoch + 1} and saved "
-                                              f"{out / 'last.pt'}", stop.signum)
-    finally:
-        if writer is not None:
-            writer.close()
-
-    if not main:  # rank 0 tests the best checkpoint and writes results.json; the others receive its results
-        return distributed.from_main(None)
-    # The best-validation checkpoint, evaluated once on the test set.
-    best_path = out / "best.pt"
-    best_saved = checkpoint.load(best_path, map_location=device)
-    if best_saved["epoch"] != best["epoch"]:
-        raise checkpoint.CheckpointError(f"{best_path} holds epoch {best_saved['epoch']} but the run's best "
-                                         f"validation epoch is {best['epoch']}; was it replaced?")
-    test = evaluate(eval_step, to_memory_format(best_saved["params"], precision), best_saved["state"], test_batches)
-    results = {
-        "model": cfg.model, "dataset": cfg.dataset, "test_top1": test["top1"], "test_top5": test["top5"],
-        "test_loss": test["loss"], "best_val_top1": best["val_top1"] if val_idx.size else None,
-        "best_epoch": best["epoch"], "epochs_run": cfg.epochs, "train_seconds": train_seconds,
-        "compile_seconds": compile_seconds, "params": net.param_count(), "recipe": cfg.recipe, "tta": cfg.tta,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch": torch.__version__, "data_source": data.source,
-    }
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    log(f"test (best val epoch {best['epoch']}): top1 {test['top1']:.2f}  top5 {test['top5']:.2f}  "
-        f"| {train_seconds:.1f} s training, {compile_seconds:.1f} s compiling")
-    return distributed.from_main(results)

@@ -143,7 +143,7 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str = "cpu") -> 
 def test_set(loaded: LoadedRun, data: str = "") -> tuple[torch.Tensor, torch.Tensor]:
     """The test images uint8 (N, 3, 32, 32) and labels int64 (N,) of the run's dataset, read from `data`
     (default: the run's data=, never downloaded); its class names must be the checkpoint's."""
-    from train.loop import load_data
+    from train.device_data import load_data
 
     cfg = dataclasses.replace(loaded.cfg, data=data or loaded.cfg.data, download=False)
     found = load_data(cfg)

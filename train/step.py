@@ -173,8 +173,8 @@ def maybe_compile(fn, enabled: bool, gradients: str = "func", cudagraphs: bool =
 
     cudagraphs=True (CUDA): mode="reduce-overhead", in which the compiled graph's kernels are recorded once as
     a CUDA graph and each call replays it: one launch instead of the hundreds of kernels of a training step,
-    whose launching kept the GPU busy only 46% of the compiled ResNet-18 step on an H200 (bench/step_profile.py,
-    bench/results/step-profile.md). Each call starts a new step for torch's CUDA-graph trees
+    whose launching kept the GPU busy only 46% of the compiled ResNet-18 step on an H200
+    (`python -m bench.step_profile`, docs/benchmarks.md). Each call starts a new step for torch's CUDA-graph trees
     (cudagraph_mark_step_begin), at which the previous replay's outputs become invalid, passing them back in
     included: so the outputs are returned as copies. A whole train state returned that way costs its copies
     (ResNet-18: about 90 MB and some 190 small kernels per step); compile_in_place returns only the metrics."""
@@ -209,7 +209,7 @@ def compile_in_place(step, ts: TrainState, gradients: str = "func"):
     static addresses, so the graph reads and writes them where they are; without that, each replay copied the
     state in (torch's graph trees) and out (maybe_compile's output copies), about 90 MB and some 190 small
     copies per ResNet-18 step: in place, the steps ran 1.10-1.19x faster than with those copies (ResNet-18,
-    VGG-16, AlexNet on an H200, bench/results/h200-3s.md). Returns (ts, metrics) like the step, ts being the
+    VGG-16, AlexNet on an H200, `python -m bench step`). Returns (ts, metrics) like the step, ts being the
     same tensors. Not pure: a call changes ts (train.loop.warm_up restores it). gradients="autograd": ts's
     params are the leaves that require grad (as_leaves), written under no_grad as an optimizer writes its
     params."""

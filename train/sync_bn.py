@@ -91,7 +91,7 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
 def synchronise_batchnorm(net: Net) -> Net:
     """Swap every BatchNorm layer in `net`'s skeletons (train and eval) for SyncBatchNorm, in place, keeping
     names, hyperparameters and (meta) tensors, so params, state and checkpoints are unchanged. Returns `net`."""
-    for skeleton in net._skeleton.values():  # Net keeps one skeleton per mode; both must agree
+    for skeleton in net.skeletons.values():  # Net keeps one skeleton per mode; both must agree
         for parent in list(skeleton.modules()):
             for name, child in parent.named_children():
                 if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, SyncBatchNorm):
