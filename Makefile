@@ -8,10 +8,17 @@ else
 SETUP :=
 endif
 
+# MODEL, DATASET, DATA and OUT reach the trainer only when given (on the command line or in the environment): with
+# resume=true the run's config.json supplies them, and otherwise the trainer's defaults are these same values.
+# OUT's default is also the run the tools read (RUN).
 MODEL ?= resnet18
 DATASET ?= cifar10
 DATA ?= .data
 OUT ?= runs/$(MODEL)-$(DATASET)
+# $(call given,VAR,key): key=$(VAR) when VAR was given, else nothing.
+given = $(if $(filter command line environment,$(origin $(1))),$(2)=$($(1)))
+TRAIN_KEYS = $(strip $(call given,MODEL,model) $(call given,DATASET,dataset) $(call given,DATA,data) \
+                     $(call given,OUT,out))
 ARGS ?=
 RUN ?= $(OUT)
 IMAGES ?=
@@ -24,7 +31,7 @@ TRAIN_LAUNCH = $(if $(filter-out 0 1,$(GPUS)),$(PYTHON) -m torch.distributed.run
 .PHONY: train test bench lint nets evaluate predict export plot
 
 train: $(SETUP)
-	$(TRAIN_LAUNCH) model=$(MODEL) dataset=$(DATASET) data=$(DATA) out=$(OUT) $(ARGS)
+	$(TRAIN_LAUNCH) $(TRAIN_KEYS) $(ARGS)
 
 test: $(SETUP)
 	$(PYTHON) -m pytest -q --benchmark-disable $(ARGS)

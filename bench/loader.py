@@ -1,28 +1,24 @@
 """DeviceBatches throughput: images/s for a CIFAR-sized training split that lives on the device.
 
-    python3 bench/loader.py [PREFIX] [--quick] [--cpu]   -> prints a markdown table; writes PREFIX.json and
-                                                          PREFIX.md (default bench/results/loader-<device>)
+`python -m bench loader [quick=true] [out=DIR]` runs `measure` (bench/report.py: on a GPU it writes
+bench/results/loader-<device>.json and .md; on the CPU it prints the table and writes only where out= says).
 
 45,000 random uint8 images (3, 32, 32) (the training split after a 5,000-image validation hold-out; 4,096 with
---quick) with a per-pixel mean and std, iterated by DeviceBatches at batch 256 and 512 in train mode (shuffle,
-random crop and flip, normalise) and eval mode (normalise). An epoch's time runs from the first batch asked
-for to the last batch finished (torch.cuda.synchronize on CUDA); the figure is the median over several epochs
-after one warm-up epoch. "GB/s" counts the float32 batches written (12,288 bytes an image) plus the uint8
-images read (3,072 bytes), against a device-to-device copy measured in the same run ("% copy").
+quick=true, as on every CPU run) with a per-pixel mean and std, iterated by DeviceBatches at batch 256 and 512
+in train mode (shuffle, random crop and flip, normalise) and eval mode (normalise). An epoch's time runs from
+the first batch asked for to the last batch finished (torch.cuda.synchronize on CUDA); the figure is the
+median over several epochs after one warm-up epoch. "GB/s" counts the float32 batches written (12,288 bytes an
+image) plus the uint8 images read (3,072 bytes), against a device-to-device copy measured in the same run
+("% copy").
 """
 
 import statistics
-import sys
 import time
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from bench.common import cell, copy_gbs, device_name, publish, results_prefix, script_header, table  # noqa: E402
-from data import DeviceBatches  # noqa: E402
+from bench.common import copy_gbs, device_name
+from data import DeviceBatches
 
 N_IMAGES = 45_000  # CIFAR-10's 50,000 training images less a 10% validation split
 N_IMAGES_QUICK = 4_096
@@ -82,22 +78,3 @@ def measure(device: str = "cuda", quick: bool = False) -> dict:
         },
     }
 
-
-def to_markdown(result: dict, header: dict) -> str:
-    lines = [f"# {result['title']}", ""]
-    lines += [f"- {k}: {v}" for k, v in header.items()]
-    lines += [""] + table(result["columns"], result["rows"])
-    lines += ["", "Summary: " + ", ".join(f"{k} {cell(v)}" for k, v in result["summary"].items()), ""]
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    device = "cpu" if "--cpu" in argv or not torch.cuda.is_available() else "cuda"
-    result = measure(device, quick="--quick" in argv)
-    device = torch.device(device)
-    publish(results_prefix(argv, "loader", device), result, script_header("bench/loader.py", argv, device), to_markdown)
-
-
-if __name__ == "__main__":
-    main()

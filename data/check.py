@@ -14,7 +14,7 @@ cache: it is cheap, and a cache is a file like any other. Every message is one l
 import numpy as np
 
 from data.cifar import DATASETS, IMAGE_SHAPE, NUM_CLASSES, SPLITS, TITLES, Cifar
-from data.errors import DataError
+from data.errors import DataError, DatasetMixUp
 
 # A class count that is another setting's: what a mix-up hint suggests.
 SETTING_OF_COUNT = {10: "dataset=cifar10", 100: "dataset=cifar100 labels=fine", 20: "dataset=cifar100 labels=coarse"}
@@ -36,8 +36,11 @@ def check_class_count(dataset: str, labels: str, classes: tuple[str, ...] | list
     if len(classes) != want:
         setting = f"dataset={dataset}" + (f" labels={labels}" if dataset == "cifar100" else "")
         guess = SETTING_OF_COUNT.get(len(classes))
-        fix = f"did you mean {guess}?" if guess else f"point data=<path> at a copy of {TITLES[dataset]}"
-        raise DataError(f"{source}: has {len(classes)} classes but {setting} has {want}; {fix}")
+        if guess is None:
+            raise DataError(f"{source}: has {len(classes)} classes but {setting} has {want}; point data=<path> "
+                            f"at a copy of {TITLES[dataset]}")
+        raise DatasetMixUp(f"{source}: has {len(classes)} classes but {setting} has {want}; did you mean {guess}?",
+                           source, f"has {len(classes)} classes")
 
 
 def check_cifar(cifar: Cifar, dataset: str, labels: str) -> None:

@@ -25,6 +25,7 @@ import torch
 from data.check import check_class_count
 from data.cifar import IMAGE_SHAPE, SPLITS, Cifar
 from data.errors import DataError, one_line
+from data.progress import DecodeProgress
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
@@ -178,11 +179,13 @@ def decode_png_jpg(data: bytes, name: str) -> np.ndarray:
     return image.numpy()
 
 
-def decode_tree(tree: Tree, read: Callable[[str], bytes], describe: Callable[[str], str], where: str):
+def decode_tree(tree: Tree, read: Callable[[str], bytes], describe: Callable[[str], str], where: str,
+                source: str, progress: DecodeProgress):
     """(train_images, train_labels, test_images, test_labels, classes) of an image-folder tree.
 
     read(key) gives a file's bytes and describe(key) its name in messages; `where` is what messages put
-    before train/ and test/ ("/data/", "data.tar.gz:", "data.tar.gz:top/").
+    before train/ and test/ ("/data/", "data.tar.gz:", "data.tar.gz:top/"); `source` is the copy as
+    `progress` names it. The tree is checked whole before the first image is decoded.
     """
     classes = sorted(tree["train"])
     if not classes:
@@ -195,40 +198,49 @@ def decode_tree(tree: Tree, read: Callable[[str], bytes], describe: Callable[[st
             f"{where}train/ and {where}test/ hold different class folders (only in train: {only_train}; "
             f"only in test: {only_test}); both must hold the same class folders"
         )
+    splits = [split_files(tree, split, classes, where) for split in SPLITS]  # [(keys, labels)] per split
     out = []
-    for split in SPLITS:
-        keys, labels = [], []
-        for label, name in enumerate(classes):
-            files = tree[split][name]
-            if not files:
-                raise DataError(f"{where}{split}/{name}/ holds no {'/'.join(IMAGE_SUFFIXES)} images; "
-                                "add some or remove the folder")
-            keys += files
-            labels += [label] * len(files)
-        # One image at a time (about 0.1 ms each): a thread pool measured slower on 2 cores.
-        images = np.empty((len(keys), *IMAGE_SHAPE), np.uint8)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", TORCHVISION_CODEC_DEPRECATION, DeprecationWarning)
+    with progress.decoding(sum(len(keys) for keys, _ in splits), source) as advance, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", TORCHVISION_CODEC_DEPRECATION, DeprecationWarning)
+        for keys, labels in splits:
+            # One image at a time (about 0.1 ms each): a thread pool measured slower on 2 cores.
+            images = np.empty((len(keys), *IMAGE_SHAPE), np.uint8)
             for i, key in enumerate(keys):
                 images[i] = decode_png_jpg(read(key), describe(key))
-        out += [images, np.asarray(labels, np.int64)]
+                advance()
+            out += [images, np.asarray(labels, np.int64)]
     return (*out, tuple(classes))
 
 
-def read_folder(root: Path, tree: Tree, dataset: str, labels: str) -> Cifar:
+def split_files(tree: Tree, split: str, classes: list[str], where: str) -> tuple[list[str], list[int]]:
+    """The image keys of one split, class by class, and their labels; an empty class folder is an error."""
+    keys, labels = [], []
+    for label, name in enumerate(classes):
+        files = tree[split][name]
+        if not files:
+            raise DataError(f"{where}{split}/{name}/ holds no {'/'.join(IMAGE_SUFFIXES)} images; "
+                            "add some or remove the folder")
+        keys += files
+        labels += [label] * len(files)
+    return keys, labels
+
+
+def read_folder(root: Path, tree: Tree, dataset: str, labels: str, progress: DecodeProgress) -> Cifar:
     """The image folder at `root`, whose files data/locate.py listed in `tree` (keys are full paths)."""
     source = f"{root} (image folder)"
     check_tree_classes(tree, dataset, labels, source)
-    arrays = decode_tree(tree, lambda k: Path(k).read_bytes(), str, f"{root}/")
+    arrays = decode_tree(tree, lambda k: Path(k).read_bytes(), str, f"{root}/", source, progress)
     return Cifar(*arrays, source)
 
 
-def read_members(members: Mapping[str, bytes], prefix: str, archive: Path, dataset: str, labels: str) -> Cifar:
+def read_members(members: Mapping[str, bytes], prefix: str, archive: Path, dataset: str, labels: str,
+                 progress: DecodeProgress) -> Cifar:
     """The image folder under `prefix` of an archive read into `members` (find_image_prefix found it)."""
     tree = tree_from_members(members, prefix, str(archive))
     source = f"{archive}:{prefix} (image folder in an archive)"
     check_tree_classes(tree, dataset, labels, source)
-    arrays = decode_tree(tree, members.__getitem__, lambda k: f"{archive}:{k}", f"{archive}:{prefix}")
+    arrays = decode_tree(tree, members.__getitem__, lambda k: f"{archive}:{k}", f"{archive}:{prefix}", source,
+                         progress)
     return Cifar(*arrays, source)
 
 

@@ -9,7 +9,9 @@
 Looked for in that order. When none is there and download=True, torchvision downloads the official
 archive into the folder (and checks its md5); it is then read like any other copy, never through
 torchvision's dataset classes (they unpickle without restriction, and their md5 checks would refuse the
-synthetic files the tests write).
+synthetic files the tests write). Nothing is downloaded into a folder that holds the other dataset in one
+of these layouts (the cifar10/cifar100 mix-up: a DatasetMixUp instead), and a download that fails removes
+what it wrote: the partial archive, and the folders made for it (a mistyped data= leaves nothing behind).
 
 What is found is a Found: the kind of copy, its path and every file it is read from, plain data that the
 cache signs (data/cache.py) and the readers read (data/read.py). An archive is not opened here: which
@@ -18,12 +20,13 @@ here: a pickle folder with a file missing (the signature stats every file) and a
 files or half its splits.
 """
 
+import os
 from pathlib import Path
 from typing import NamedTuple
 
 from data import folders
 from data.cifar import SPLITS, TITLES, other_dataset
-from data.errors import DataError, one_line
+from data.errors import DataError, DatasetMixUp, one_line
 from data.pickles import DATASET_DIRS, PICKLE_FILES
 
 OFFICIAL_ARCHIVES = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.tar.gz"}
@@ -45,6 +48,7 @@ def locate(dataset: str, root: Path, download: bool) -> Found:
     """The first copy of the module doc at `root`, downloaded first when there is none and `download`."""
     found = find(dataset, root)
     if found is None and download:
+        refuse_beside_other(dataset, root)
         fetch_official_archive(dataset, root)
         found = find(dataset, root)
         if found is None:
@@ -52,7 +56,10 @@ def locate(dataset: str, root: Path, download: bool) -> Found:
                             f"{DATASET_DIRS[dataset]}/ there; copy the data there yourself and pass "
                             "data=<path>")
     if found is None:
-        raise DataError(not_found(dataset, root))
+        other = other_copy(dataset, root)
+        if other is None:
+            raise DataError(not_found(dataset, root))
+        raise DatasetMixUp(not_found(dataset, root, other), str(other), f"holds {TITLES[other_dataset(dataset)]}")
     return found
 
 
@@ -102,23 +109,52 @@ def image_folder(dataset: str, root: Path) -> Found:
     return Found(IMAGE_FOLDER, root, dataset, files, tree)
 
 
-def not_found(dataset: str, root: Path) -> str:
-    """The one-line message for data that is not there: what was looked for, and the two ways to fix it."""
+def other_copy(dataset: str, root: Path) -> Path | None:
+    """The other dataset's copy in the folder `root`, where find looks for `dataset`'s: its pickle folder, `root`
+    as that folder, or its official archive; else None. (An image folder or an archive is found for either
+    dataset, and its class count or contents tell which it is.)"""
+    if not root.is_dir():
+        return None
+    other = other_dataset(dataset)
+    if (root / DATASET_DIRS[other]).is_dir():
+        return root / DATASET_DIRS[other]
+    if any((root / f).is_file() for f in PICKLE_FILES[other]):
+        return root
+    archive = root / OFFICIAL_ARCHIVES[other]
+    return archive if archive.is_file() else None
+
+
+def not_found(dataset: str, root: Path, other_copy: Path | None = None) -> str:
+    """The one-line message for data that is not there: what was looked for, and the two ways to fix it (and
+    the dataset=, when `other_copy` is the other dataset's copy at `root`)."""
     title, other = TITLES[dataset], other_dataset(dataset)
     where = f"at {root} (no such file or folder)" if not root.exists() else f"in {root}"
-    hint = (f"; {root / DATASET_DIRS[other]} holds {TITLES[other]}: did you mean dataset={other}?"
-            if (root / DATASET_DIRS[other]).is_dir() else "")
+    hint = f"; {other_copy} holds {TITLES[other]}: did you mean dataset={other}?" if other_copy else ""
+    into = " into a new folder" if other_copy else ""  # never beside the other dataset: refuse_beside_other
     return (
         f"no {title} data {where}: looked for the official pickles {root / DATASET_DIRS[dataset]}/ "
         f"({', '.join(PICKLE_FILES[dataset])}), an image folder {root}/train/<class>/ + "
         f"{root}/test/<class>/ (.png/.jpg), and the official archive {root / OFFICIAL_ARCHIVES[dataset]}; "
         f"point data=<path> at a copy (one of these folders, the pickle folder itself, or a "
-        f".tar/.tar.gz/.tgz/.zip archive of one) or set download=true to fetch {title}{hint}"
+        f".tar/.tar.gz/.tgz/.zip archive of one) or set download=true to fetch {title}{into}{hint}"
     )
 
 
+def refuse_beside_other(dataset: str, root: Path) -> None:
+    """Before a download: a folder holding the other dataset is a mix-up, never a place to fetch `dataset` into."""
+    found = other_copy(dataset, root)
+    if found is not None:
+        title, other = TITLES[dataset], other_dataset(dataset)
+        raise DatasetMixUp(
+            f"{found} holds {TITLES[other]}, not {title}: did you mean dataset={other}? {title} is never "
+            f"downloaded into a folder holding another dataset: to download it, point data=<path> at a new folder",
+            str(found), f"holds {TITLES[other]}",
+        )
+
+
 def fetch_official_archive(dataset: str, root: Path) -> None:
-    """Fetch the official archive into `root` through torchvision, which checks its md5.
+    """Fetch the official archive into `root` through torchvision, which checks its md5; on failure (or Ctrl-C),
+    remove what the download wrote: the partial archive and the folders made for it.
 
     Only the archive is fetched: it is then read like any local copy, through the restricted unpickler,
     never by torchvision's dataset classes (which would unpickle it with the unrestricted pickle module).
@@ -126,12 +162,47 @@ def fetch_official_archive(dataset: str, root: Path) -> None:
     from torchvision.datasets import CIFAR10, CIFAR100, utils  # imported here: only downloads need it
 
     official = {"cifar10": CIFAR10, "cifar100": CIFAR100}[dataset]
+    archive = root / official.filename
+    made = missing_folders(root)
+    wrote_archive = not os.path.lexists(archive)
     try:
         root.mkdir(parents=True, exist_ok=True)
         utils.download_url(official.url, str(root), filename=official.filename, md5=official.tgz_md5)
-    except Exception as e:  # network, disk and checksum failures all mean the same here
-        raise DataError(
-            f"downloading {TITLES[dataset]} into {root} failed ({type(e).__name__}: "
-            f"{one_line(e)}); check the network, or copy the data there yourself and pass "
-            "data=<path>"
-        ) from e
+    except BaseException as e:
+        remove_download(archive if wrote_archive else None, made)
+        if not isinstance(e, Exception):
+            raise  # Ctrl-C: stopped, and nothing half-written is left
+        # Network, disk and checksum failures all mean the same here.
+        raise DataError(download_failed(dataset, root, e, typo=bool(made))) from e
+
+
+def missing_folders(path: Path) -> list[Path]:
+    """`path` and those of its parents that do not exist, deepest first: what mkdir(parents=True) makes."""
+    missing = []
+    while not os.path.lexists(path):
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def remove_download(archive: Path | None, made: list[Path]) -> None:
+    """Remove a failed download's archive (when it wrote one) and the folders made for it, deepest first; a
+    folder that something else has since put a file in is kept."""
+    try:
+        if archive is not None:
+            archive.unlink(missing_ok=True)
+        for folder in made:
+            folder.rmdir()
+    except OSError:
+        pass  # kept: not ours alone, or not removable; the error about the download matters more
+
+
+def download_failed(dataset: str, root: Path, e: BaseException, typo: bool) -> str:
+    """The one-line message for a failed download into `root`; `typo`: `root` did not exist (a mistyped data=?)."""
+    title, why = TITLES[dataset], f"{type(e).__name__}: {one_line(e)}"
+    if typo:
+        return (f"no {title} data at {root} (no such file or folder), and downloading {title} there failed "
+                f"({why}); if data= is mistyped, point data=<path> at your copy (with download=false a wrong "
+                "path fails at once, fetching nothing); else check the network")
+    return (f"downloading {title} into {root} failed ({why}); check the network, or copy the data there "
+            "yourself and pass data=<path> (download=false reads local copies only, never fetching)")

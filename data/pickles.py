@@ -14,10 +14,13 @@ memory by data/folders.py). Both name a bad file as the user would find it: its 
 
 Safety: unpickling can call any importable function. RestrictedUnpickler.find_class admits only the
 three globals numpy needs to rebuild an array (the official files name nothing else: dicts, lists,
-strings and ints are opcodes, not globals), so a crafted file raises DataError before anything in it
-runs.
+strings and ints are opcodes, not globals), plus the one a copy re-saved by Python 3 at protocol 2 names:
+_codecs.encode(text, "latin1"), how such a pickle writes bytes (numpy's among them), which turns text into
+bytes and runs no other code. It is admitted through a wrapper that refuses any other encoding or
+argument when called. Anything else raises DataError before anything in the file runs.
 """
 
+import codecs
 import io
 import pickle
 from collections.abc import Callable, Iterable, Mapping
@@ -58,14 +61,22 @@ ALLOWED_GLOBALS = {
 }
 
 
+# How Python 3 pickles bytes at protocols 0-2: _codecs.encode(bytes decoded as latin-1, "latin1").
+LATIN1_ENCODE = ("_codecs", "encode")
+LATIN1 = ("latin1", "latin-1")
+
+
 class RestrictedUnpickler(pickle.Unpickler):
-    """An Unpickler that resolves only ALLOWED_GLOBALS; anything else raises DataError naming `name`."""
+    """An Unpickler that resolves only ALLOWED_GLOBALS and LATIN1_ENCODE (as latin1_encode); anything else
+    raises DataError naming `name`."""
 
     def __init__(self, file: io.BufferedIOBase, name: str):
         super().__init__(file, encoding="bytes")  # python2 str -> bytes, as the official files need
         self.name = name
 
     def find_class(self, module: str, name: str):
+        if (module, name) == LATIN1_ENCODE:
+            return self.latin1_encode
         found = ALLOWED_GLOBALS.get((module, name))
         if found is None:
             raise DataError(
@@ -74,6 +85,18 @@ class RestrictedUnpickler(pickle.Unpickler):
                 "code; it is not an official CIFAR file: delete it and copy or download the data again"
             )
         return found
+
+    def latin1_encode(self, *args) -> bytes:
+        """_codecs.encode as a Python 3 pickle calls it for bytes: (str, "latin1"), nothing else."""
+        if len(args) != 2 or not isinstance(args[0], str) or args[1] not in LATIN1:
+            call = one_line(f"_codecs.encode(<{type(args[0]).__name__ if args else 'nothing'}>, "
+                            f"{', '.join(repr(a) for a in args[1:])})", 120)
+            raise DataError(
+                f"{self.name}: refused the call {call}: a pickle re-saved by Python 3 calls _codecs.encode "
+                "only with text and 'latin1'; it is not an official CIFAR file: delete it and copy or "
+                "download the data again"
+            )
+        return codecs.encode(args[0], "latin1")
 
 
 def load_pickle(data: bytes, name: str) -> dict:

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import json
+import os
 import shutil
+import subprocess
 import sys
 import types
 from pathlib import Path
+from unittest import mock
 
 import torch
 from torch import nn
@@ -24,7 +28,8 @@ from train.loop import TIMING_KEYS, run
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["model=resnet18", "net.width=4", "device=cpu", "compile=false", "download=false", "progress=false"]
-REFERENCE = ["epochs=2", "batch_size=10", "lr=0.05", "seed=1"]  # plateau schedule, val_fraction 0.1
+# The seed recipe (plateau schedule, val_fraction 0.1, crop and flip only) at a test's size.
+REFERENCE = ["recipe=seed", "epochs=2", "batch_size=10", "lr=0.05", "seed=1"]
 STEPS_PER_EPOCH = 18  # 180 training images / batch_size 10
 
 
@@ -125,3 +130,16 @@ def assert_same_run(a: Path, b: Path) -> None:
             assert torch.equal(x[key], y[key]), f"{name} {key}"
     assert [without_timing(m) for m in metrics(a)] == [without_timing(m) for m in metrics(b)]
     assert without_timing(results(a)) == without_timing(results(b))
+
+
+def entry_point(capsys, *args: str) -> subprocess.CompletedProcess:
+    """`python -m <module> <words>` run in this process, through the same `main(argv)` the module's __main__
+    calls: its exit code, stdout and stderr, as a subprocess would give them (without paying torch's import
+    again). For the cases of a behaviour that one test also checks in a real subprocess."""
+    assert args[0] == "-m", args
+    module, argv = importlib.import_module("train.cli" if args[1] == "train" else args[1]), list(args[2:])
+    capsys.readouterr()
+    with mock.patch.dict(os.environ):  # what main sets (the compile cache's folder) stays with it
+        code = module.main(argv)
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out, err)

@@ -5,8 +5,8 @@ import pytest
 from train.config import Config, ConfigError, parse
 
 
-def test_defaults_are_the_seed_recipe():
-    cfg = parse([])
+def test_recipe_seed_is_the_seed_recipe():
+    cfg = parse(["recipe=seed"])
     assert (cfg.lr, cfg.momentum, cfg.weight_decay, cfg.batch_size, cfg.epochs) == (0.1, 0.9, 5e-4, 256, 200)
     assert cfg.schedule == "plateau" and cfg.val_fraction == 0.1 and cfg.recipe == "seed"
 
@@ -65,7 +65,7 @@ def test_fast_recipe_settings_per_model_and_explicit_keys_win():
     assert (default.epochs, default.mix, default.cutout) == (200, "cutmix", 0)
     mine = parse(["recipe=fast", "model=vit", "lr=5e-4", "epochs=3", "optimizer=sgd", "nesterov=true", "mix=none"])
     assert (mine.lr, mine.epochs, mine.optimizer, mine.nesterov, mine.mix) == (5e-4, 3, "sgd", True, "none")
-    seed = parse(["model=vit"])  # the seed recipe has no per-model settings: the design card's SGD
+    seed = parse(["recipe=seed", "model=vit"])  # the seed recipe has no per-model settings: the design card's SGD
     assert (seed.optimizer, seed.lr, seed.epochs, seed.mix) == ("sgd", 0.1, 200, "none")
 
 

@@ -77,7 +77,7 @@ def train(step, ts, data):
 
 def loop_config(data, out: Path, sync_bn: bool):
     """One epoch of a narrow ResNet-18 (with BatchNorm, per rank or synchronised) on the synthetic pickles."""
-    return parse(["model=resnet18", "net.width=4", "device=cpu", "compile=false", "download=false",
+    return parse(["model=resnet18", "net.width=4", "recipe=seed", "device=cpu", "compile=false", "download=false",
                   "progress=false", f"data={data}", f"out={out}", "epochs=1", "batch_size=20",
                   "val_fraction=0.2", "seed=3", f"sync_bn={str(sync_bn).lower()}"])
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import pytest
+from runs import entry_point
 from synthetic import write_cifar10_pickles
 
 import nets
@@ -176,15 +177,19 @@ def test_config_holds_typed_values_and_round_trips():
 
 
 @pytest.mark.parametrize("value", ["abc", "0", "-4"])
-def test_bad_net_option_on_the_command_line_is_one_line_and_exit_2(value, tmp_path):
+def test_bad_net_option_on_the_command_line_is_one_line_and_exit_2(value, tmp_path, capsys):
     """`python -m train model=resnet18 net.width=<bad>`: exit 2, one line on stderr, no run directory, and the
-    data untouched (loading it would write its cache beside it)."""
+    data untouched (loading it would write its cache beside it). The first value in a fresh interpreter, the
+    others through train.cli.main in this process (the same entry point, without another torch import)."""
     data = write_cifar10_pickles(tmp_path / "data", n_per_class_train=2, n_per_class_test=1)
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "train", "model=resnet18", f"net.width={value}", f"data={data}",
-                           f"out={out}", "device=cpu", "compile=false", "download=false", "progress=false",
-                           "epochs=1", "batch_size=10", "val_fraction=0"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    words = ["model=resnet18", f"net.width={value}", f"data={data}", f"out={out}", "device=cpu", "compile=false",
+             "download=false", "progress=false", "epochs=1", "batch_size=10", "val_fraction=0"]
+    if value == "abc":
+        proc = subprocess.run([sys.executable, "-m", "train", *words], cwd=REPO, capture_output=True, text=True,
+                              timeout=300)
+    else:
+        proc = entry_point(capsys, "-m", "train", *words)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert f"net.width={value}" in proc.stderr and "integer >= 1" in proc.stderr, proc.stderr

@@ -22,8 +22,9 @@ from data.randaugment import MAGNITUDE_BINS, OPS, SIGNED, apply_op, rand_augment
 from train.config import ConfigError, parse
 from train.loop import run
 
-# A narrow ResNet-18 on the CPU, as tests/test_train_e2e.py's TINY.
-TINY = ["model=resnet18", "net.width=4", "device=cpu", "compile=false", "download=false", "progress=false"]
+# A narrow ResNet-18 on the CPU on the seed recipe, as tests/test_train_e2e.py's TINY.
+TINY = ["model=resnet18", "net.width=4", "device=cpu", "compile=false", "download=false", "progress=false",
+        "recipe=seed"]
 
 
 @pytest.fixture

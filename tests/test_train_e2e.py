@@ -17,8 +17,10 @@ from train.config import parse
 from train.loop import run
 
 REPO = Path(__file__).resolve().parents[1]
-# A narrow ResNet-18 (4 channels in the first stage): the real architecture at a CPU-test cost.
-TINY = ["model=resnet18", "net.width=4", "device=cpu", "compile=false", "download=false", "progress=false"]
+# A narrow ResNet-18 (4 channels in the first stage): the real architecture at a CPU-test cost, on the seed
+# recipe (plain SGD, crop and flip only), under which each test names what it changes.
+TINY = ["model=resnet18", "net.width=4", "device=cpu", "compile=false", "download=false", "progress=false",
+        "recipe=seed"]
 
 
 def train_args(data, out, *extra):
@@ -57,11 +59,18 @@ def test_run_directory_contract(learned_run):
 
 
 def test_training_learns(learned_run):
-    """Loss falls and accuracy ends far above chance (10%) on held-out images."""
+    """Accuracy on held-out images far above chance, and the training loss falling from its chance level.
+
+    Thresholds sit far from where such runs land, as the landing point is chaotic: the same 6-epoch run at seeds
+    0-7 (CPU) reached test top-1 42-74% (best val 40-72.5%) and ended at 0.27-0.53 of its first epoch's train
+    loss (2.19-2.37, near chance's ln 10 = 2.30); with recipe=fast's cutmix and label smoothing instead, 53-79%
+    (52.5-82.5%) and 0.69-0.81. Chance on the 100 test images is 10% with a binomial standard deviation of 3
+    points, so 30% is 6.7 of them above it (probability 2e-8); the best of 6 epochs reaches 30% of the 40
+    validation images by chance with probability 0.23% at most (a union bound over the epochs)."""
     out, results = learned_run
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert lines[-1]["train_loss"] < 0.7 * lines[0]["train_loss"]
-    assert results["test_top1"] >= 50 and results["best_val_top1"] >= 50
+    assert lines[-1]["train_loss"] < 0.9 * lines[0]["train_loss"]
+    assert results["test_top1"] >= 30 and results["best_val_top1"] >= 30
 
 
 def test_fast_recipe_learns_with_cutout_and_flip_tta(cifar10_pickles, tmp_path):

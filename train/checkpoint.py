@@ -12,9 +12,12 @@ the destination's directory, flushed, fsync'ed and renamed over the old file (os
 so a crash mid-write leaves the previous checkpoint intact and a reader never sees half a file.
 
 Reading: `torch.load(weights_only=True)` refuses anything that would import or call code (a crafted pickle
-raises CheckpointError and its function is never called). A truncated file fails to parse (the zip directory
-is at its end); a file damaged in place parses but fails the digest. Either way CheckpointError names the file,
-so a damaged checkpoint is never mistaken for a good one.
+raises CheckpointError and its function is never called). What a refused file asked for is read from its
+pickle's opcodes, not from torch's message, which names the global for GLOBAL but says only "Unsupported
+operand 149" for protocol 4's STACK_GLOBAL: a file naming a callable that weights_only does not allow is
+refused as code, never called corrupt. A truncated file fails to parse (the zip directory is at its end); a
+file damaged in place parses but fails the digest. Either way CheckpointError names the file, so a damaged
+checkpoint is never mistaken for a good one.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import pickle
+import pickletools
 import re
 import tempfile
 import warnings
@@ -111,12 +114,82 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object
 
 def _weights_only_reason(error: Exception) -> str:
     """The informative part of torch's weights_only refusal (its first lines advise weights_only=False)."""
-    text = str(error)
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-    if found:
-        return f"it names the global {found.group(1)[:120]}, which loading would import or call"
-    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|\. |$)", text, re.S)
+    found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|\. |$)", str(error), re.S)
     return " ".join(found.group(1).split())[:160] if found else "not a stream of tensors and plain values"
+
+
+SCAN_BYTES = 16 << 20  # of a pickle read for the globals it names; a checkpoint's data.pkl is far smaller
+MAX_PICKLES = 8  # pickles read one after another from a file that is not a zip (torch's legacy format has 5)
+PICKLE_STARTS = (b"\x80", b"(", b"c")  # PROTO (protocols 2 and up), MARK or GLOBAL (protocols 0 and 1)
+DOTTED_NAME = re.compile(r"[A-Za-z_][\w.]*\.[A-Za-z_]\w*")
+
+
+def _pickle_bytes(path: Path) -> bytes:
+    """The pickle of the file at `path`: a torch.save zip's data.pkl, else the file itself if it starts as a
+    pickle does; b"" for anything else (a truncated zip, a damaged member, another kind of file)."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as z:
+                member = next((n for n in z.namelist() if n.rpartition("/")[2] == "data.pkl"), None)
+                if member is None:
+                    return b""
+                with z.open(member) as f:
+                    return f.read(SCAN_BYTES)
+        with open(path, "rb") as f:
+            data = f.read(SCAN_BYTES)
+        return data if data[:1] in PICKLE_STARTS else b""
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError):
+        return b""
+
+
+def named_globals(data: bytes) -> list[str]:
+    """module.name of each global the pickles in `data` would import, in order, read from their opcodes with
+    pickletools.genops (nothing is imported or run). GLOBAL and INST carry the name; STACK_GLOBAL (protocol 4)
+    takes the two strings pushed before it, which the pickler writes there or fetches from its memo."""
+    found: list[str] = []
+    stream = io.BytesIO(data)
+    for _ in range(MAX_PICKLES):  # torch's legacy format is several pickles in a row
+        pushed: list = []  # what each opcode pushed: a string as itself, anything else as None
+        memo: dict[int, object] = {}
+        try:
+            for op, arg, _pos in pickletools.genops(stream):
+                if op.name in ("GLOBAL", "INST"):
+                    found.append(arg.replace(" ", "."))  # genops gives "module name"
+                    pushed.append(None)
+                elif op.name == "STACK_GLOBAL":
+                    module, name = pushed[-2:] if len(pushed) >= 2 else (None, None)
+                    named = isinstance(module, str) and isinstance(name, str)
+                    found.append(f"{module}.{name}" if named else "an unnamed global")
+                    pushed.append(None)
+                elif op.name == "MEMOIZE":
+                    memo[len(memo)] = pushed[-1] if pushed else None
+                elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                    memo[arg] = pushed[-1] if pushed else None
+                elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                    pushed.append(memo.get(arg))
+                elif op.stack_after:
+                    pushed.append(arg if "UNICODE" in op.name else None)
+        except Exception:  # the end of the data, or bytes that are no pickle: what was read stands
+            break
+        if stream.tell() >= len(data):
+            break
+    return found
+
+
+def code_globals(path: Path) -> list[str]:
+    """The globals the pickle in `path` names that torch's weights_only unpickler does not allow, once each:
+    the callables that loading it would import or call (posix.system, io.open). Empty for a file that is no
+    pickle, and for a pickle of tensors and plain values."""
+    # torch's own allow-list, as torch.serialization.get_unsafe_globals_in_checkpoint reads it (that function
+    # is not used here: it reads GLOBAL opcodes only, not protocol 4's STACK_GLOBAL, and zip files only).
+    from torch import _weights_only_unpickler as unpickler
+
+    allowed = {*getattr(unpickler, "_get_allowed_globals", dict)(),
+               *getattr(unpickler, "_get_user_allowed_globals", dict)()}
+    # Bytes that are no pickle can read as a GLOBAL whose "name" is no identifier: no evidence of code.
+    names = [n for n in named_globals(_pickle_bytes(path))
+             if n not in allowed and (n == "an unnamed global" or DOTTED_NAME.fullmatch(n))]
+    return list(dict.fromkeys(names))
 
 
 def load(path: str | os.PathLike, map_location="cpu") -> dict:
@@ -129,17 +202,17 @@ def load(path: str | os.PathLike, map_location="cpu") -> dict:
         with warnings.catch_warnings():  # torch warns about the pickle protocol of foreign files: not news
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             payload = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "Unsupported global" in str(e):
-            raise CheckpointError(
-                f"{path}: refused to load it ({_weights_only_reason(e)}); a cifar-zoo checkpoint holds only "
-                "tensors and plain values, so this file is not one and nothing in it was run: delete it"
-            ) from None
+    except Exception as e:  # torch's unpickler meets bytes that are no pickle with KeyError, IndexError, ...
+        code = code_globals(path)
+        if code:
+            named = code[0][:120] + (f" and {len(code) - 1} more" if len(code) > 1 else "")
+            raise CheckpointError(f"refused: {path} asks to run code ({named}) when loaded; it is not a checkpoint "
+                                  "of this trainer, and nothing in it was run") from None
+        if isinstance(e, RuntimeError | EOFError | zipfile.BadZipFile | OSError):  # the zip or the file itself
+            reason = " ".join(str(e).split()).split(". ")[0][:120] or type(e).__name__  # torch's first sentence
+            raise CheckpointError(f"{path} is truncated or corrupt ({reason}); use another checkpoint") from None
         raise CheckpointError(f"{path} is truncated, corrupt or not a checkpoint ({_weights_only_reason(e)}); "
                               "nothing in it was run: use another checkpoint") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        reason = " ".join(str(e).split())[:120] or type(e).__name__
-        raise CheckpointError(f"{path} is truncated or corrupt ({reason}); use another checkpoint") from None
     if not isinstance(payload, dict) or not str(payload.get("format", "")).startswith("cifar-zoo-checkpoint"):
         raise CheckpointError(f"{path} is not a cifar-zoo checkpoint (expected format {FORMAT})")
     if payload["format"] != FORMAT:

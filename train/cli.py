@@ -4,7 +4,9 @@ Exit codes of `python -m train`:
     0    trained (or resumed to the end) and tested
     1    the loss or the parameters diverged; the last good checkpoint is kept
     2    a user error: an unknown model, dataset or key, a bad value, missing or unreadable data, a checkpoint
-         that is missing, damaged, refused or does not fit, a resume that changes what may not change
+         that is missing, damaged, refused or does not fit, a resume that changes what may not change, a run
+         directory that cannot be written, that another process trains in, or that holds a run (a new run
+         there needs overwrite=true; nothing of the old one is touched before)
     130  stopped by SIGINT (Ctrl-C), 143 by SIGTERM (128 + the signal's number, as a shell reports a
          killed process): last.pt was saved after the current step, and stderr gives the command to resume
 The tools (train.evaluate, train.predict, train.export, train.plot) return 0 or 2 the same way.
@@ -24,11 +26,12 @@ from train.checkpoint import CheckpointError
 from train.compile_cache import keep_compiled_work
 from train.config import Config, ConfigError, from_json, parse
 from train.loop import TrainingDiverged, run
+from train.out_dir import RunDirError
 from train.run_dir import ToolError
 from train.signals import TrainingInterrupted
 
 # Errors caused by what the user asked for or pointed at: reported without a traceback.
-USER_ERRORS = (ConfigError, DataError, NetError, CheckpointError, ToolError)
+USER_ERRORS = (ConfigError, DataError, NetError, CheckpointError, ToolError, RunDirError)
 
 
 def parse_command_line(argv: list[str]) -> Config:

@@ -1,12 +1,19 @@
 """The run configuration: one frozen dataclass, recipe presets, and the `key=value` parser of the command line.
 
-Precedence: the dataclass defaults are the seed recipe; `recipe=<name>` applies that preset on top, then its
-settings for the chosen model (RECIPE_BY_MODEL); every explicit `key=value` wins over all of them. Net options
+Precedence: the dataclass defaults, then the recipe (`recipe=<name>`, default `fast`: RECIPES, then its settings
+for the chosen model, RECIPE_BY_MODEL), then every explicit `key=value`, which wins over all of them. Net options
 travel as `net.<option>=<value>` (e.g. `net.width=32`).
+
+The dataclass defaults are the plain trainer, not a recipe: SGD with every addition off (no cutout, mixing,
+RandAugment, label smoothing or TTA). A key added later keeps its default when an older run's config.json is
+loaded, so its default must be what older runs did: off. `fast` lists what it changes from the plain trainer;
+`seed` spells out every key of the seed README's recipe, so it does not depend on the defaults matching it.
+Config.recipe names the preset parse applies by default; a Config built directly applies none.
 
 Resuming (`resume=true`): the run directory's saved configuration replaces the defaults and the recipe, so
 `out=<run dir> resume=true` alone continues a run; explicit keys still win, and the trainer refuses any that
-differs from the saved run unless it is in RESUMABLE.
+differs from the saved run unless it is in RESUMABLE. A new run into a directory that holds a run is refused
+unless `overwrite=true` (train/out_dir.py).
 """
 
 from __future__ import annotations
@@ -34,10 +41,10 @@ class Config:
     data: str = ".data"  # a directory (official pickles or train/ test/ class folders) or an archive of one
     download: bool = True  # fetch the official files through torchvision when `data` holds none
     labels: str = "fine"  # cifar100 only: fine (100 classes) | coarse (20 superclasses)
-    out: str = ""  # run directory; "" -> runs/<model>-<dataset>
+    out: str = ""  # run directory; "" -> runs/<model>-<dataset>; one that holds a run needs resume= or overwrite=
     net: dict[str, Any] = field(default_factory=dict)  # options of the net's builder (`net.width=32`)
-    # The seed recipe.
-    recipe: str = "seed"
+    recipe: str = "fast"  # fast | seed: the preset parse applies before the explicit keys (RECIPES)
+    # What to train with (the plain trainer's values; the recipe sets most of them).
     epochs: int = 200
     batch_size: int = 256  # images per SGD step
     lr: float = 0.1  # peak learning rate, per step of `batch_size` images
@@ -73,6 +80,7 @@ class Config:
     eval_batch_size: int = 1024  # images per evaluation batch (no gradients, so larger)
     progress: bool = True  # a progress bar on a terminal (never in logs; one summary line per epoch always)
     resume: bool = False  # continue the run in `out` from its last.pt (the keys below RESUMABLE may change)
+    overwrite: bool = False  # a new run into an `out` that holds a run: remove that run's files and start afresh
 
     def run_dir(self) -> str:
         return self.out or f"runs/{self.model}-{self.dataset}"
@@ -81,16 +89,25 @@ class Config:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
 
-# Presets applied by `recipe=`. "seed" is the design card's recipe, which the defaults above already are.
-# "fast" trains in a fixed number of epochs: one-cycle lr (linear up over the first 20% of steps, linear down
-#   to 0; Smith & Topin 2017), so no epochs are spent waiting for a plateau; batch 512 with lr 0.2 (the seed's
-#   0.1 per 256, scaled linearly: Goyal et al. 2017); Nesterov momentum; no weight decay on biases and BN
+# Presets applied by `recipe=`.
+# "fast", the default, trains in a fixed number of epochs: one-cycle lr (linear up over the first 20% of steps,
+#   linear down to 0; Smith & Topin 2017), so no epochs are spent waiting for a plateau; batch 512 with lr 0.2 (the
+#   seed's 0.1 per 256, scaled linearly: Goyal et al. 2017); Nesterov momentum; no weight decay on biases and BN
 #   scales; label smoothing 0.1 (Szegedy et al. 2016); cutout (DeVries & Taylor 2017); flip test-time
-#   augmentation. These values come from the literature, not from a search. Then RECIPE_BY_MODEL.
+#   augmentation. These values come from the literature, not from a search. Then RECIPE_BY_MODEL, where each
+#   family's best measured settings are.
+# "seed" is the seed README's recipe, the same for every family: a 45k/5k train/validation split, pad-4 random
+#   crop and horizontal flip only, per-pixel mean/std normalisation from the training split, SGD lr 0.1, momentum
+#   0.9, weight decay 5e-4 on every tensor, batch 256, 200 epochs, lr / 10 when the validation error plateaus
+#   (after `patience` epochs without an improvement, down to `min_lr`), the best-validation checkpoint kept (as
+#   every recipe keeps it).
 RECIPES: dict[str, dict[str, Any]] = {
-    "seed": {},
     "fast": {"epochs": 40, "batch_size": 512, "lr": 0.2, "nesterov": True, "decay_all": False,
              "label_smoothing": 0.1, "schedule": "onecycle", "cutout": 8, "tta": True},
+    "seed": {"val_fraction": 0.1, "normalisation": "pixel", "cutout": 0, "randaugment": 0, "mix": "none",
+             "label_smoothing": 0.0, "tta": False, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False,
+             "weight_decay": 5e-4, "decay_all": True, "batch_size": 256, "epochs": 200, "schedule": "plateau",
+             "lr_factor": 0.1, "patience": 10, "min_lr": 1e-5},
 }
 # A recipe's settings for one family, on top of RECIPES (explicit keys still win). "fast": each family's
 # settings are those of its README accuracy row, chosen on the validation split among the runs that
@@ -140,8 +157,12 @@ CHOICES = {
 #   eval_batch_size, device, change float rounding only; cudnn_benchmark picks among algorithms for the same
 #   cudnn_benchmark,         convolution, cudagraphs replays the same kernels); device may be respelled (auto for
 #   cudagraphs               cuda) but must resolve to the same kind, as the loader's random stream lives on the device
+#   resume, overwrite        what this command does with the run directory, not what the run computes
 RESUMABLE = ("epochs", "progress", "device", "compile", "eval_batch_size", "data", "download", "out", "resume",
-             "cudnn_benchmark", "cudagraphs")
+             "cudnn_benchmark", "cudagraphs", "overwrite")
+# Keys of one command, not of the run: a resumed run takes them from the words or the defaults, never from its
+# saved configuration (a run started with overwrite=true resumes without replacing itself).
+PER_COMMAND = ("resume", "overwrite")
 # Keys that older versions saved and this one no longer has: from_json drops them, so those runs still load and
 # resume. gpu_lock and gpu_slots ordered runs that shared a GPU; they never changed what a run computed.
 RETIRED = ("gpu_lock", "gpu_slots")
@@ -182,9 +203,10 @@ def parse(argv: list[str], base: Config | None = None) -> Config:
         else:
             raise ConfigError(f"unknown key {key!r}; valid keys: {', '.join(fields)}, net.<option>")
     if base is not None:
-        cfg = dataclasses.replace(base, **values, net={**base.net, **net})
+        per_command = {key: getattr(Config, key) for key in PER_COMMAND}
+        cfg = dataclasses.replace(base, **{**per_command, **values}, net={**base.net, **net})
     else:
-        recipe = values.get("recipe", "seed")
+        recipe = values.get("recipe", Config.recipe)
         if recipe not in RECIPES:
             raise ConfigError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
         model = values.get("model", Config.model)
@@ -241,7 +263,9 @@ def check(cfg: Config) -> None:
         raise ConfigError(f"randaugment_magnitude must be in 0..{MAGNITUDE_BINS - 1}, got {cfg.randaugment_magnitude}")
     if cfg.optimizer == "adamw" and (cfg.nesterov or not cfg.momentum < 1):
         raise ConfigError("optimizer=adamw takes no nesterov and needs momentum (its beta1) below 1, got "
-                          f"nesterov={cfg.nesterov} momentum={cfg.momentum} (recipe=fast sets nesterov=true for "
-                          "every model but the ViT: add nesterov=false)")
+                          f"nesterov={cfg.nesterov} momentum={cfg.momentum} (the default recipe, fast, sets "
+                          "nesterov=true for every model but the ViT: add nesterov=false)")
     if cfg.labels == "coarse" and cfg.dataset != "cifar100":
         raise ConfigError("labels=coarse exists only for dataset=cifar100")
+    if cfg.resume and cfg.overwrite:
+        raise ConfigError("resume=true continues the run in out= and overwrite=true replaces it; choose one")

@@ -15,10 +15,13 @@ from train import distributed
 from train.config import Config, ConfigError
 
 
-def load_data(cfg: Config):
-    """load_cifar for this config; an OS-level failure (permissions, a device error) is a DataError too."""
+def load_data(cfg: Config, log=None):
+    """load_cifar for this config; an OS-level failure (permissions, a device error) is a DataError too. `log`
+    hears what a first decode of an image folder reports (a bar instead of progress lines when cfg.progress and
+    stderr is a terminal); None: nothing."""
     try:
-        return load_cifar(cfg.dataset, cfg.data, download=cfg.download, labels=cfg.labels)
+        return load_cifar(cfg.dataset, cfg.data, download=cfg.download, labels=cfg.labels, log=log,
+                          bar=cfg.progress)
     except OSError as e:
         where = e.filename or cfg.data
         raise DataError(f"cannot read the data at {where} ({e.strerror or type(e).__name__}); check the path "

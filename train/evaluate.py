@@ -22,7 +22,7 @@ def evaluate_run(run: str, checkpoint: str = "best", tta: str = "none", data: st
     if tta not in TTA:
         raise ToolError(f"tta={tta!r} is not one of: {', '.join(TTA)}")
     loaded = load_run(run, checkpoint, device)
-    images, labels = test_set(loaded, data)
+    images, labels = test_set(loaded, data, log)
     logits = loaded.logits(images, tta, batch_size)
     result = {"top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, 5),
               "images": len(labels), "checkpoint": str(loaded.checkpoint), "epoch": loaded.epoch, "tta": tta}

@@ -8,6 +8,7 @@ The run directory gets:
     best.pt          the epoch with the best validation top-1 (same layout)
     results.json     the best-validation checkpoint evaluated once on the test set
     tensorboard/     the per-epoch scalars again, when the tensorboard package is installed
+    .lock            held (flock) while a process trains here, removed at its end (train/out_dir.py)
 
 A checkpoint (train/checkpoint.py adds "format" and "sha256") holds:
     params, state, momentum       the TrainState (params, BatchNorm statistics, optimizer state)
@@ -25,9 +26,10 @@ Resuming (resume=true) restores all of it; a run stopped mid-epoch replays the l
 state and skips the steps already taken, so on the CPU, with the same thread count, a resumed run ends with
 the same params and metrics, bit for bit, as one never stopped (only timing fields differ).
 
-`train` reads top to bottom: set_up (machinery, net, data, the fresh or restored state, the steps),
-start_run_dir, compile_steps, then per epoch train_epoch (stop_here at a step boundary on a signal) and
-end_of_epoch (metrics, the schedule, save_checkpoint), and final_test. Beside it: train/device_data.py (the
+`train` reads top to bottom: claim the run directory (train/out_dir.py: writable, one trainer at a time, no run
+replaced unless overwrite=true), set_up (machinery, net, data, the fresh or restored state, the steps),
+start_run_dir, compile_steps, then train_epochs: per epoch train_epoch (stop_here at a step boundary on a signal)
+and end_of_epoch (metrics, the schedule, save_checkpoint); and final_test. Beside it: train/device_data.py (the
 split on the device), train/resume.py (a checkpoint's keys, the run to resume), train/signals.py (SIGINT/SIGTERM).
 """
 
@@ -49,7 +51,7 @@ from tqdm import tqdm
 import nets
 from data import Cifar, DeviceBatches
 from data.cifar import NUM_CLASSES
-from train import checkpoint, compile_cache, distributed, sync_bn
+from train import checkpoint, compile_cache, distributed, out_dir, sync_bn
 from train.config import Config, ConfigError
 from train.device_data import DeviceSplit, device_split, load_data
 from train.optim import init_state
@@ -148,25 +150,32 @@ def train(cfg: Config, device: torch.device, rank: int, world: int, log) -> dict
     """One rank's run, top to bottom: set up (fresh, or resumed from last.pt), compile, then epoch by epoch
     train, evaluate and checkpoint, stopping at a safe point on SIGINT/SIGTERM; finally test the best
     checkpoint. Returns results.json's dict."""
-    ctx, progress = set_up(cfg, device, rank, world, log)
-    start_run_dir(ctx, progress)
-    compile_seconds = compile_steps(ctx, progress.ts)
+    with out_dir.claim(cfg, main=rank == 0):  # before anything is read or written
+        ctx, progress = set_up(cfg, device, rank, world, log)
+        start_run_dir(ctx, progress)
+        compile_seconds = compile_steps(ctx, progress.ts)
+        train_epochs(ctx, progress)
+        return final_test(ctx, progress, compile_seconds)
+
+
+def train_epochs(ctx: RunContext, progress: Progress) -> None:
+    """Epoch by epoch from progress.epoch to cfg.epochs: train, evaluate, checkpoint, log to TensorBoard; a
+    SIGINT/SIGTERM stops at the next safe point (TrainingInterrupted), with last.pt saved there."""
     # purge_step: TensorBoard hides events at epochs >= it written earlier into the folder (a stopped run's
     # later epochs, or a previous run's), so the curves show this run's history once.
-    writer = tensorboard_writer(ctx.out / "tensorboard", progress.epoch + 1, log) if ctx.main else None
+    writer = tensorboard_writer(ctx.out / "tensorboard", progress.epoch + 1, ctx.log) if ctx.main else None
     host = distributed.host_group()  # for agreeing on a stop request without a GPU sync
     try:
         with StopRequests() as stop:
-            while progress.epoch < cfg.epochs:
+            while progress.epoch < ctx.cfg.epochs:
                 lrs = train_epoch(ctx, progress, stop, host)
                 end_of_epoch(ctx, progress, lrs, writer)
-                if stop.signum is not None and progress.epoch < cfg.epochs:  # the signal came after the last step
+                if stop.signum is not None and progress.epoch < ctx.cfg.epochs:  # the signal came after the last step
                     raise TrainingInterrupted(f"{signal.Signals(stop.signum).name}: stopped after epoch "
                                               f"{progress.epoch} and saved {ctx.out / 'last.pt'}", stop.signum)
     finally:
         if writer is not None:
             writer.close()
-    return final_test(ctx, progress, compile_seconds)
 
 
 # --- set-up and resume ----------------------------------------------------------------------------------
@@ -189,7 +198,7 @@ def set_up(cfg: Config, device: torch.device, rank: int, world: int, log) -> tup
     saved = resume_point(cfg, out, device) if cfg.resume else None
 
     # Data: split and statistics from the training images only; everything then lives on the device.
-    data = load_data(cfg)
+    data = load_data(cfg, log)
     split = device_split(cfg, data, saved, out, device, rank, world, net.num_classes)
     progress = starting_point(cfg, device, net, precision, split.train, saved, out)
 
@@ -249,10 +258,12 @@ def restore(progress: Progress, saved: dict, cfg: Config, device: torch.device, 
 
 
 def start_run_dir(ctx: RunContext, progress: Progress) -> None:
-    """Rank 0 writes config.json and cuts metrics.jsonl back to the epochs completed; the run's header lines."""
+    """Rank 0 writes config.json (after removing the old run's files, with overwrite=true) and cuts metrics.jsonl
+    back to the epochs completed; the run's header lines."""
     cfg, out = ctx.cfg, ctx.out
     if ctx.main:
-        out.mkdir(parents=True, exist_ok=True)
+        if cfg.overwrite:  # here, not when claiming: a run that fails before its first file keeps the old one
+            out_dir.start_afresh(out)
         (out / "config.json").write_text(cfg.to_json() + "\n")
         keep_metrics_until(out / "metrics.jsonl", progress.epoch)  # a fresh run: empty
     split, data = ctx.split, ctx.data

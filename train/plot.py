@@ -94,7 +94,7 @@ def plot_run(run: str, checkpoint: str = "best", data: str = "", device: str = "
     Figure = figure_class()  # before any work: a missing matplotlib is reported at once
     loaded = load_run(run, checkpoint, device)
     metrics = read_metrics(loaded.run)
-    images, labels = test_set(loaded, data)
+    images, labels = test_set(loaded, data, log)
     predicted = loaded.logits(images).argmax(1)
     counts = confusion_matrix(predicted, labels, len(loaded.classes))
     top1 = 100 * counts.diag().sum().item() / max(len(labels), 1)

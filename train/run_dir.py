@@ -3,7 +3,7 @@
     load_run(run, checkpoint="best", device="cpu") -> LoadedRun    config.json + a checkpoint + the net
     LoadedRun.logits(images_u8, tta)                                eval-mode fp32 logits, flip TTA optional
     LoadedRun.module()                                              a plain nn.Module holding the weights
-    test_set(loaded, data)                                          the run's test split, checked
+    test_set(loaded, data, log)                                     the run's test split, checked
     parse_args(argv, keys, repeated)                                the tools' key=value words
 
 The net is built from the run's config.json (model, dataset, labels, net.* options); the checkpoint
@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 import nets
-from data import DataError, normalise
-from data.cifar import NUM_CLASSES
+from data import DataError, DatasetMixUp, normalise
+from data.cifar import NUM_CLASSES, TITLES
 from nets import Net
 from train import checkpoint as ckpt
 from train.config import Config, from_json
@@ -140,17 +140,28 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str = "cpu") -> 
                      saved["std"], classes, torch_device)
 
 
-def test_set(loaded: LoadedRun, data: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+def test_set(loaded: LoadedRun, data: str = "", log=None) -> tuple[torch.Tensor, torch.Tensor]:
     """The test images uint8 (N, 3, 32, 32) and labels int64 (N,) of the run's dataset, read from `data`
-    (default: the run's data=, never downloaded); its class names must be the checkpoint's."""
+    (default: the run's data=, never downloaded); its class names must be the checkpoint's. `log` hears what a
+    first decode of an image folder reports (data/progress.py)."""
     from train.device_data import load_data
 
     cfg = dataclasses.replace(loaded.cfg, data=data or loaded.cfg.data, download=False)
-    found = load_data(cfg)
+    try:
+        found = load_data(cfg, log)
+    except DatasetMixUp as e:  # its dataset= hint is the trainer's; a tool takes the run's dataset
+        raise DataError(f"{e.where} {e.holds}, but the run trained on {run_dataset(cfg)}: point data=<path> at a "
+                        f"{TITLES[cfg.dataset]} copy") from None
     if tuple(found.classes) != loaded.classes:
         raise DataError(f"the data at {cfg.data} has classes {list(found.classes)[:4]}..., not the run's "
                         f"{list(loaded.classes)[:4]}...; point data=<path> at the run's dataset")
     return torch.from_numpy(found.test_images), torch.from_numpy(found.test_labels)
+
+
+def run_dataset(cfg: Config) -> str:
+    """The run's dataset as messages name it: "CIFAR-10 (10 classes)", "CIFAR-100 with labels=coarse (20 classes)"."""
+    labels = f" with labels={cfg.labels}" if cfg.dataset == "cifar100" else ""
+    return f"{TITLES[cfg.dataset]}{labels} ({NUM_CLASSES[(cfg.dataset, cfg.labels)]} classes)"
 
 
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
