@@ -115,12 +115,12 @@ def results(run_dir: Path) -> dict:
 
 
 def assert_same_run(a: Path, b: Path) -> None:
-    """Bitwise equal checkpoints (params, BN state, momentum, RNG, schedule, best) and equal metrics and
+    """Bitwise equal checkpoints (params, BN state, momentum, the EMA, RNG, schedule, best) and equal metrics and
     results apart from timing fields."""
     for name in ("last.pt", "best.pt"):
         x = torch.load(a / name, weights_only=True)
         y = torch.load(b / name, weights_only=True)
-        for tree in ("params", "state", "momentum"):
+        for tree in ("params", "state", "momentum", "ema"):
             assert x[tree].keys() == y[tree].keys()
             for k in x[tree]:
                 assert torch.equal(x[tree][k], y[tree][k]), f"{name} {tree} {k}"

@@ -179,10 +179,10 @@ def test_step_does_not_change_its_inputs():
     assert_same_state(ts, copy, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("tta", [False, True])
+@pytest.mark.parametrize("tta", ["none", "flip"])
 def test_eval_step_against_a_float64_module(tta):
-    """Summed loss and top-k hits of the eval step equal a float64 nn.Module's; with tta=True, of the mean of
-    the softmax outputs for the images and their mirror images."""
+    """Summed loss and top-k hits of the eval step equal a float64 nn.Module's; with tta="flip", of the mean of
+    the softmax outputs for the images and their mirror images (tests/test_ema_tta.py: translate too)."""
     net = small_net()
     ts = fresh_state(net)
     ts = ts._replace(state={k: v + 0.1 * torch.rand_like(v.float()).to(v.dtype) for k, v in ts.state.items()})
@@ -190,7 +190,7 @@ def test_eval_step_against_a_float64_module(tta):
     module = net.to_module(ts.params, ts.state).double()
     with torch.no_grad():
         expected = module(x.double())
-        if tta:
+        if tta == "flip":
             expected = ((expected.softmax(1) + module(x.double().flip(-1)).softmax(1)) / 2).log()
     metrics, logits = make_eval_step(net, CPU, tta)(ts.params, ts.state, x, y)
     torch.testing.assert_close(logits.double(), expected, rtol=1e-4, atol=1e-5)
@@ -199,7 +199,7 @@ def test_eval_step_against_a_float64_module(tta):
     ranks = (expected > expected[torch.arange(64), y][:, None]).sum(1)  # classes ranked above the label
     assert metrics["top1"] == (ranks < 1).sum() and metrics["top5"] == (ranks < 5).sum()
     plain, _ = make_eval_step(net, CPU)(ts.params, ts.state, x, y)
-    assert (plain["loss"] != metrics["loss"]) == tta  # the flipped view changes the numbers
+    assert (plain["loss"] != metrics["loss"]) == (tta == "flip")  # the flipped view changes the numbers
 
 
 def linear_net() -> Net:
@@ -236,14 +236,19 @@ def test_in_place_step_equals_the_pure_step_and_keeps_its_buffers(gradients, mak
 
 
 @pytest.mark.parametrize("make_net", [small_net, linear_net])
-def test_warm_up_restores_a_state_the_step_wrote_in_place(make_net):
+@pytest.mark.parametrize("ema", [False, True])
+def test_warm_up_restores_a_state_the_step_wrote_in_place(make_net, ema):
     """train.loop.warm_up with a step that writes its state in place (as compile_in_place's does): the eval
-    step is warmed on the written state, and ts is as it was afterwards; also with an empty state tree."""
+    step is warmed on the written state (on the EMA's weights when the state keeps an EMA: the tensors
+    validation reads after each epoch), and every tree is as it was afterwards; also with an empty state tree."""
     from types import SimpleNamespace
 
     from train.loop import warm_up
+    from train.step import eval_weights
 
     ts = fresh_state(make_net())
+    if ema:  # an EMA apart from the params (+10), so the test tells which the eval step saw
+        ts = ts._replace(ema={k: v + 10 for k, v in {**ts.params, **ts.state}.items()})
     before = copy_state(ts)
     x, y = batches(1)[0]
 
@@ -258,4 +263,5 @@ def test_warm_up_restores_a_state_the_step_wrote_in_place(make_net):
             SimpleNamespace(images=x, example=lambda: (x, y)), ([(x, y)],))
     assert_same_state(ts, before, rtol=0, atol=0)
     assert len(seen) == 1
-    assert_same_state(seen[0], TrainState(*({k: v + 2 for k, v in tree.items()} for tree in before[:2]), {}))
+    written = TrainState(*({k: v + 2 for k, v in tree.items()} for tree in before))  # twice written, then evaluated
+    assert_same_state(seen[0], TrainState(*eval_weights(written.params, written.state, written.ema), {}))

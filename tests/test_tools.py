@@ -56,13 +56,13 @@ def test_evaluate_matches_the_runs_test_results(run_dir, capsys):
 
 def test_flip_tta_averages_the_image_and_its_mirror(run_dir):
     """tta="flip" is log((softmax(f(x)) + softmax(f(mirror x))) / 2), mirrored after normalising, as training's
-    flips are (the per-pixel mean is not mirror-symmetric): the trainer's tta=true. The reference is computed in
+    flips are (the per-pixel mean is not mirror-symmetric): the trainer's tta=flip. The reference is computed in
     float64 (the net's module in float64, probabilities averaged, then the log). The tolerance follows from the
     float32 computation whatever the weights: each output's partial derivatives with respect to both views'
     logits sum to at most 2 in absolute value (a log-softmax row's sum to at most 2, weighted by the two views'
     shares of the average, which sum to 1), so the float32 logits' own error, measured here against the float64
     module, moves it by at most twice that; the float32 log-softmax and logaddexp add a few float32 eps of the
-    log-probabilities' size (16 eps allowed)."""
+    log-probabilities' size (16 eps allowed). (tests/test_ema_tta.py: tta="translate".)"""
     loaded = load_run(run_dir)
     images = torch.from_numpy(synthetic_cifar(10, 1, 0)[0])
     x32 = (images.float() - loaded.mean) / loaded.std  # the tool's own float32 input
@@ -102,7 +102,7 @@ def test_python_dash_m_entry_points(run_dir, capsys, monkeypatch, tool):
     [
         (["run=/nonexistent/run"], ["run=/nonexistent/run: no such run directory"]),
         ([], ["run=<...> is required"]),
-        (["run={run}", "tta=five"], ["tta='five' is not one of: none, flip"]),
+        (["run={run}", "tta=five"], ["tta='five' is not one of: none, flip, translate"]),
         (["run={run}", "colour=red"], ["unknown key 'colour'; valid keys: run, checkpoint"]),
         (["run={run}", "checkpoint=/nonexistent.pt"], ["checkpoint=/nonexistent.pt: no such file; use best, last"]),
         (["run={run}", "batch_size=0"], ["batch_size must be positive"]),

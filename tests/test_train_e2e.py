@@ -77,11 +77,11 @@ def test_fast_recipe_learns_with_cutout_and_flip_tta(cifar10_pickles, tmp_path):
     """recipe=fast's augmentation (cutout) and evaluation (flip TTA) in the real loop; explicit keys win."""
     cfg = parse(train_args(cifar10_pickles, tmp_path, "recipe=fast", "epochs=6", "batch_size=20", "lr=0.05",
                            "val_fraction=0.2", "seed=3", "cutout=6", "mix=none"))  # resnet18's own: cutmix
-    assert (cfg.schedule, cfg.nesterov, cfg.tta, cfg.label_smoothing, cfg.cutout) == ("onecycle", True, True,
+    assert (cfg.schedule, cfg.nesterov, cfg.tta, cfg.label_smoothing, cfg.cutout) == ("onecycle", True, "flip",
                                                                                       0.1, 6)
     with one_thread():  # small ops on 2 busy cores run faster on one thread
         results = run(cfg, log=lambda line: None)
-    assert results["recipe"] == "fast" and results["tta"] is True
+    assert results["recipe"] == "fast" and results["tta"] == "flip" and results["weights"] == "raw"
     assert results["test_top1"] >= 50 and results["best_val_top1"] >= 50
 
 
@@ -207,8 +207,9 @@ def test_one_net_of_every_family_trains_through_the_command_line(name, ten_image
     assert results["model"] == name and 0 <= results["test_top1"] <= 100
 
 
+@pytest.mark.parametrize("levers", [[], ["ema=0.9", "tta=translate"]], ids=["plain", "ema-translate"])
 def test_compiled_loop_compiles_only_in_its_warm_up_and_trains_as_the_eager_loop(cifar10_pickles, tmp_path,
-                                                                                 monkeypatch):
+                                                                                 monkeypatch, levers):
     """compile=true on the trainer's CUDA-graph path, forced on the CPU (train.step.compile_in_place: the state
     written in place, warm_up restoring what its calls wrote, evaluation and checkpoints reading the same
     buffers; dynamo's aot_eager backend standing in for Inductor and the graphs, to stay quick): every graph
@@ -216,8 +217,10 @@ def test_compiled_loop_compiles_only_in_its_warm_up_and_trains_as_the_eager_loop
     timed epochs and none after, and the epochs and results are the eager loop's. With mix=cutmix, whose
     batches carry soft targets (B, K), which the warm-up's example batch must match. The model is runs.bn_net,
     registered for the test: the loop's machinery is under test, and dynamo traces its two BatchNorm layers in a
-    fraction of the time a ResNet-18 takes. (The pure compiled step goes through the same warm_up; on the GPU,
-    test_cuda_graph_run_trains_as_the_run_without_graphs runs the graphs for real.)"""
+    fraction of the time a ResNet-18 takes. With ema and tta=translate too: the EMA tree is one of the buffers
+    the step writes in place and warm_up restores, and evaluation reads it. (The pure compiled step goes through
+    the same warm_up; on the GPU, test_cuda_graph_run_trains_as_the_run_without_graphs runs the graphs for
+    real.)"""
     from torch._dynamo.testing import CompileCounterWithBackend
 
     import nets.registry
@@ -240,7 +243,7 @@ def test_compiled_loop_compiles_only_in_its_warm_up_and_trains_as_the_eager_loop
         out = tmp_path / compiled
         cfg = parse(train_args(cifar10_pickles, out, f"compile={compiled}", "epochs=2", "batch_size=30",
                                "eval_batch_size=12", "val_fraction=0.2", "recipe=fast", "lr=0.05", "mix=cutmix",
-                               "model=bn_net", "net.width=8"))
+                               "model=bn_net", "net.width=8", *levers))
         with one_thread():  # small ops on 2 busy cores run faster on one thread
             results = run(cfg, log=log)
         epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -246,14 +246,15 @@ def test_the_default_recipe_is_each_familys_fast_recipe(model, expected):
     cfg = parse([f"model={model}"])
     assert cfg == parse(["recipe=fast", f"model={model}"]) and cfg.recipe == "fast"
     assert {k: getattr(cfg, k) for k in expected} == expected
-    common = {"batch_size": 512, "schedule": "onecycle", "label_smoothing": 0.1, "tta": True, "decay_all": False}
+    common = {"batch_size": 512, "schedule": "onecycle", "label_smoothing": 0.1, "tta": "flip", "decay_all": False}
     assert {k: getattr(cfg, k) for k in common} == common
 
 
 # The seed README's recipe, written out here rather than read from train/config.py.
 SEED = {
     "val_fraction": 0.1,  # 45k/5k
-    "cutout": 0, "mix": "none", "randaugment": 0, "label_smoothing": 0.0, "tta": False,  # crop + flip only
+    "cutout": 0, "mix": "none", "randaugment": 0, "label_smoothing": 0.0, "tta": "none",  # crop + flip only
+    "ema": 0.0,  # the weights as trained
     "normalisation": "pixel",  # per-pixel mean and std of the training split
     "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4,
     "decay_all": True,  # on every tensor

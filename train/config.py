@@ -5,10 +5,10 @@ for the chosen model, RECIPE_BY_MODEL), then every explicit `key=value`, which w
 travel as `net.<option>=<value>` (e.g. `net.width=32`).
 
 The dataclass defaults are the plain trainer, not a recipe: SGD with every addition off (no cutout, mixing,
-RandAugment, label smoothing or TTA). A key added later keeps its default when an older run's config.json is
-loaded, so its default must be what older runs did: off. `fast` lists what it changes from the plain trainer;
-`seed` spells out every key of the seed README's recipe, so it does not depend on the defaults matching it.
-Config.recipe names the preset parse applies by default; a Config built directly applies none.
+RandAugment, label smoothing, weight averaging or TTA). A key added later keeps its default when an older run's
+config.json is loaded, so its default must be what older runs did: off. `fast` lists what it changes from the
+plain trainer; `seed` spells out every key of the seed README's recipe, so it does not depend on the defaults
+matching it. Config.recipe names the preset parse applies by default; a Config built directly applies none.
 
 Resuming (`resume=true`): the run directory's saved configuration replaces the defaults and the recipe, so
 `out=<run dir> resume=true` alone continues a run; explicit keys still win, and the trainer refuses any that
@@ -27,6 +27,7 @@ import nets
 from data.loader import MIXES
 from data.randaugment import MAGNITUDE_BINS
 from train.optim import OPTIMIZERS
+from train.step import TTA
 
 
 class ConfigError(ValueError):
@@ -66,7 +67,12 @@ class Config:
     randaugment: int = 0  # RandAugment ops per training image, before crop+flip (Cubuk et al. 2020); 0: off
     randaugment_magnitude: int = 9  # RandAugment's magnitude bin, 0..30 (torchvision's 31 bins)
     mix: str = "none"  # none | mixup | cutmix: mix each training batch with a permutation of itself, soft labels
-    tta: bool = False  # evaluate each image and its mirror image, averaging the two softmax outputs
+    ema: float = 0.0  # decay per optimizer step of an exponential moving average of the params and BatchNorm
+    #                   statistics, in [0, 1) (e.g. 0.999: about 1 / (1 - 0.999) = 1000 steps); validation, the best
+    #                   checkpoint, the test and the tools then use the averaged weights; 0: off
+    tta: str = "none"  # none | flip | translate: evaluate each image alone, with its mirror image (2 views), or
+    #                    with both also translated by 2 pixels each way (6 views), averaging the softmax outputs
+    #                    (train.step.tta_views); true/false, the older spelling, mean flip/none
     sync_bn: bool = False  # several ranks: BatchNorm statistics over all ranks' images (default: per rank)
     seed: int = 0  # seeds the split, the init, the shuffling and the augmentation
     # Machinery (the trainer owns device, precision and memory format; nets never choose them).
@@ -103,11 +109,11 @@ class Config:
 #   every recipe keeps it).
 RECIPES: dict[str, dict[str, Any]] = {
     "fast": {"epochs": 40, "batch_size": 512, "lr": 0.2, "nesterov": True, "decay_all": False,
-             "label_smoothing": 0.1, "schedule": "onecycle", "cutout": 8, "tta": True},
+             "label_smoothing": 0.1, "schedule": "onecycle", "cutout": 8, "tta": "flip"},
     "seed": {"val_fraction": 0.1, "normalisation": "pixel", "cutout": 0, "randaugment": 0, "mix": "none",
-             "label_smoothing": 0.0, "tta": False, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False,
-             "weight_decay": 5e-4, "decay_all": True, "batch_size": 256, "epochs": 200, "schedule": "plateau",
-             "lr_factor": 0.1, "patience": 10, "min_lr": 1e-5},
+             "label_smoothing": 0.0, "tta": "none", "ema": 0.0, "optimizer": "sgd", "lr": 0.1, "momentum": 0.9,
+             "nesterov": False, "weight_decay": 5e-4, "decay_all": True, "batch_size": 256, "epochs": 200,
+             "schedule": "plateau", "lr_factor": 0.1, "patience": 10, "min_lr": 1e-5},
 }
 # A recipe's settings for one family, on top of RECIPES (explicit keys still win). "fast": each family's
 # settings are those of its README accuracy row, chosen on the validation split among the runs that
@@ -145,6 +151,7 @@ CHOICES = {
     "schedule": ("plateau", "onecycle"),
     "normalisation": ("pixel", "channel"),
     "mix": MIXES,
+    "tta": TTA,
     "device": ("auto", "cpu", "cuda"),
     "compile": ("auto", "true", "false"),
     "cudagraphs": ("auto", "true", "false"),
@@ -166,6 +173,8 @@ PER_COMMAND = ("resume", "overwrite")
 # Keys that older versions saved and this one no longer has: from_json drops them, so those runs still load and
 # resume. gpu_lock and gpu_slots ordered runs that shared a GPU; they never changed what a run computed.
 RETIRED = ("gpu_lock", "gpu_slots")
+# tta was a bool before it had more than one kind: its words (and their JSON values) still mean flip or none.
+TTA_BOOLEANS = {"true": "flip", "1": "flip", "yes": "flip", "false": "none", "0": "none", "no": "none"}
 POSITIVE = ("epochs", "batch_size", "eval_batch_size", "lr")
 NON_NEGATIVE = ("momentum", "weight_decay", "label_smoothing", "patience", "min_lr", "cutout", "randaugment")
 FRACTIONS = ("val_fraction", "warmup_fraction", "lr_factor", "label_smoothing", "beta2")
@@ -197,6 +206,8 @@ def parse(argv: list[str], base: Config | None = None) -> Config:
             raise ConfigError(f"expected key=value, got {word!r} (e.g. epochs=30)")
         if key.startswith("net."):
             net[key[4:]] = text  # typed below, by the net's declaration of the option
+        elif key == "tta":
+            values[key] = TTA_BOOLEANS.get(text.lower(), text)
         elif key in fields:
             kind = {"int": int, "float": float, "bool": bool, "str": str}[str(fields[key].type)]
             values[key] = _coerce(key, text, kind)
@@ -220,8 +231,8 @@ def parse(argv: list[str], base: Config | None = None) -> Config:
 
 
 def from_json(text: str, where: str) -> Config:
-    """The Config saved as `text` (Config.to_json) in `where`; keys added since then take their defaults, and
-    RETIRED keys are dropped."""
+    """The Config saved as `text` (Config.to_json) in `where`; keys added since then take their defaults,
+    RETIRED keys are dropped, and a boolean tta (the older spelling) becomes flip or none."""
     try:
         saved = json.loads(text)
     except (json.JSONDecodeError, TypeError) as e:
@@ -229,6 +240,8 @@ def from_json(text: str, where: str) -> Config:
     names = {f.name for f in dataclasses.fields(Config)}
     if isinstance(saved, dict):
         saved = {k: v for k, v in saved.items() if k not in RETIRED}
+        if isinstance(saved.get("tta"), bool):
+            saved["tta"] = TTA_BOOLEANS[str(saved["tta"]).lower()]
     if not isinstance(saved, dict) or set(saved) - names:
         unknown = sorted(set(saved) - names) if isinstance(saved, dict) else "not a JSON object"
         raise ConfigError(f"{where}: not a configuration of this version (unknown keys: {unknown})")
@@ -259,6 +272,8 @@ def check(cfg: Config) -> None:
     for key in FRACTIONS:
         if not 0 <= getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be in [0, 1), got {getattr(cfg, key)}")
+    if not 0 <= cfg.ema < 1:
+        raise ConfigError(f"ema must be in [0, 1) (a decay per step, e.g. 0.999; 0: off), got {cfg.ema}")
     if not 0 <= cfg.randaugment_magnitude < MAGNITUDE_BINS:
         raise ConfigError(f"randaugment_magnitude must be in 0..{MAGNITUDE_BINS - 1}, got {cfg.randaugment_magnitude}")
     if cfg.optimizer == "adamw" and (cfg.nesterov or not cfg.momentum < 1):

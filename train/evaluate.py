@@ -1,9 +1,10 @@
-"""`python -m train.evaluate run=<run dir> [checkpoint=best|last|<path>] [tta=none|flip] [data=<path>]
+"""`python -m train.evaluate run=<run dir> [checkpoint=best|last|<path>] [tta=none|flip|translate] [data=<path>]
 [device=auto|cpu|cuda] [batch_size=1024]`: top-1/top-5 accuracy of a run's checkpoint on its test set.
 
 The test split of the run's dataset is read from `data=` (default: the run's own data=, never downloaded), in
-eval mode and fp32. tta=flip averages, for each image, the softmax outputs of the image and of its mirror
-image (train.step.flip_averaged: the rule of the trainer's tta=true).
+eval mode and fp32, with the weights the trainer evaluated (the EMA's for a run trained with ema > 0).
+tta=flip averages, for each image, the softmax outputs of the image and of its mirror image; tta=translate of
+those two each also translated by 2 pixels both ways (train.step.tta_views: the trainer's tta= rule).
 Prints one line; `evaluate_run` returns the numbers.
 """
 
@@ -25,9 +26,10 @@ def evaluate_run(run: str, checkpoint: str = "best", tta: str = "none", data: st
     images, labels = test_set(loaded, data, log)
     logits = loaded.logits(images, tta, batch_size)
     result = {"top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, 5),
-              "images": len(labels), "checkpoint": str(loaded.checkpoint), "epoch": loaded.epoch, "tta": tta}
+              "images": len(labels), "checkpoint": str(loaded.checkpoint), "epoch": loaded.epoch, "tta": tta,
+              "weights": loaded.weights}
     log(f"{loaded.cfg.model} on the {loaded.cfg.dataset} test set ({result['images']} images): top1 "
-        f"{result['top1']:.2f}  top5 {result['top5']:.2f}  | {loaded.checkpoint} (epoch {loaded.epoch}), tta={tta}")
+        f"{result['top1']:.2f}  top5 {result['top5']:.2f}  | {loaded.checkpoint} ({loaded.describe()}), tta={tta}")
     return result
 
 

@@ -1,7 +1,8 @@
 """`python -m train.export run=<run dir> [checkpoint=best|last|<path>] [out=<folder>]`: a run's weights for use
 outside this project. Writes into `out` (default <run dir>/export):
 
-    state_dict.pt   the plain nn.Module state_dict (params and BatchNorm statistics, CPU, float32). It loads
+    state_dict.pt   the plain nn.Module state_dict (params and BatchNorm statistics, CPU, float32; their EMA for
+                    a run trained with ema > 0, as the trainer evaluated it: meta.json's "weights"). It loads
                     into the module nets builds:
                         module = nets.build(model, num_classes=K, **net_options).module.to_empty(device="cpu")
                         module.load_state_dict(torch.load("state_dict.pt", weights_only=True)); module.eval()
@@ -12,7 +13,8 @@ outside this project. Writes into `out` (default <run dir>/export):
                     output float32 (N, K) logits in the order of meta.json's classes. It needs only torch:
                         program = torch.export.load("model.pt2"); logits = program.module()(x)
                     meta.json is also inside it (torch.export.load(path, extra_files={"meta.json": ""})).
-    meta.json       model, net options, dataset, classes, the input and output contract, source checkpoint
+    meta.json       model, net options, dataset, classes, the input and output contract, source checkpoint,
+                    weights ("ema" or "raw")
 
 Before returning, the program is run on a few images and checked against the project's eval forward.
 """
@@ -59,6 +61,7 @@ def export_run(run: str, checkpoint: str = "best", out: str = "", log=print) -> 
         "model": loaded.cfg.model, "net": loaded.cfg.net, "dataset": loaded.cfg.dataset, "labels": loaded.cfg.labels,
         "num_classes": len(loaded.classes), "classes": list(loaded.classes),
         "checkpoint": str(loaded.checkpoint), "epoch": loaded.epoch,
+        "weights": loaded.weights,  # "ema": the checkpoint's averaged weights (a run trained with ema > 0)
         "input": "float32 (N, 3, 32, 32) RGB in 0..255 pixel units; model.pt2 normalises inside, "
                  "state_dict.pt's module expects (x - mean) / std",
         "output": "float32 (N, num_classes) logits, in the order of classes",
@@ -83,7 +86,7 @@ def export_run(run: str, checkpoint: str = "best", out: str = "", log=print) -> 
     write_atomically(paths["state_dict"], lambda f: torch.save(state_dict, f))
     write_atomically(paths["program"], lambda f: torch.export.save(program, f, extra_files={"meta.json": meta_text}))
     write_atomically(paths["meta"], lambda f: f.write(meta_text.encode()))
-    log(f"exported {loaded.cfg.model} ({loaded.checkpoint}, epoch {loaded.epoch}) to {paths['state_dict']} and "
+    log(f"exported {loaded.cfg.model} ({loaded.checkpoint}, {loaded.describe()}) to {paths['state_dict']} and "
         f"{paths['program']} (input: float32 RGB 0..255, normalised inside; {agreement(error)})")
     return paths
 

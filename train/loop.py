@@ -6,12 +6,14 @@ The run directory gets:
     last.pt          everything needed to resume (below), rewritten atomically after every epoch and when a
                      run is stopped by SIGINT/SIGTERM
     best.pt          the epoch with the best validation top-1 (same layout)
-    results.json     the best-validation checkpoint evaluated once on the test set
+    results.json     the best-validation checkpoint evaluated once on the test set (its EMA weights with ema > 0:
+                     "weights": "ema", else "raw")
     tensorboard/     the per-epoch scalars again, when the tensorboard package is installed
     .lock            held (flock) while a process trains here, removed at its end (train/out_dir.py)
 
 A checkpoint (train/checkpoint.py adds "format" and "sha256") holds:
-    params, state, momentum       the TrainState (params, BatchNorm statistics, optimizer state)
+    params, state, momentum, ema  the TrainState (params, BatchNorm statistics, optimizer state, and the EMA of
+                                  params and statistics: empty when ema=0)
     epoch, step                   epochs completed, and steps completed of the next epoch (0 at a boundary)
     generator                     the loader's generator state at the start of that next epoch
     torch_rng, cuda_rng           torch's global generators (anything random outside the loader)
@@ -55,13 +57,15 @@ from train import checkpoint, compile_cache, distributed, out_dir, sync_bn
 from train.config import Config, ConfigError
 from train.device_data import DeviceSplit, device_split, load_data
 from train.optim import init_state
-from train.resume import keep_metrics_until, resume_point
+from train.resume import keep_metrics_until, resume_point, with_added_keys
 from train.schedule import OneCycle, Plateau, load_schedule, make_schedule
 from train.signals import StopRequests, TrainingInterrupted
 from train.step import (
     Precision,
     TrainState,
     copy_into,
+    eval_weights,
+    init_ema,
     make_eval_step,
     make_train_step,
     maybe_compile,
@@ -224,13 +228,13 @@ def starting_point(cfg: Config, device: torch.device, net, precision: Precision,
     schedule = make_schedule(cfg)
     torch.manual_seed(cfg.seed)  # torch's global generators: anything random outside the loader's generator
     momentum = init_state(cfg.optimizer, params)  # the optimizer's state, in the params' layout
-    progress = Progress(TrainState(params, state, momentum), schedule, epoch=0, step=0,
+    ema = init_ema(params, state, cfg.ema)  # empty when cfg.ema is 0
+    progress = Progress(TrainState(params, state, momentum, ema), schedule, epoch=0, step=0,
                         sums=EpochSums.empty(device), best={"val_top1": -1.0, "epoch": 0}, train_seconds=0.0,
                         kept="no checkpoint was written yet")
     if saved is not None:
         restore(progress, saved, cfg, device, train_batches, out / "last.pt")
-    params, state, momentum = progress.ts
-    progress.ts = TrainState(to_memory_format(params, precision), state, to_memory_format(momentum, precision))
+    progress.ts = TrainState(*(to_memory_format(tree, precision) for tree in progress.ts))  # 4-d: conv weights
     return progress
 
 
@@ -238,10 +242,9 @@ def restore(progress: Progress, saved: dict, cfg: Config, device: torch.device, 
             where: Path) -> None:
     """Everything of the saved run into `progress`, the loader's generator and torch's global generators; the
     saved tensors must fit the fresh ones (CheckpointError)."""
-    for key, expected in zip(("params", "state", "momentum"), progress.ts):
+    for key, expected in zip(TrainState._fields, progress.ts):  # params, state, momentum, ema
         checkpoint.check_fits(where, saved[key], expected)
-    progress.ts = TrainState(*({k: v.to(device) for k, v in saved[key].items()}
-                               for key in ("params", "state", "momentum")))
+    progress.ts = TrainState(*({k: v.to(device) for k, v in saved[key].items()} for key in TrainState._fields))
     train_batches.generator.set_state(saved["generator"])
     torch.set_rng_state(saved["torch_rng"])
     if device.type == "cuda" and len(saved["cuda_rng"]):
@@ -272,6 +275,9 @@ def start_run_dir(ctx: RunContext, progress: Progress) -> None:
             f"{len(split.train_idx)} train, {len(split.val_idx)} val, {len(data.test_labels)} test | "
             f"{ctx.device.type}{ranks}, {'bf16' if ctx.precision.autocast else 'fp32'}, compile={ctx.use_compile}, "
             f"cudagraphs={ctx.use_graphs}, gradients={ctx.gradients} | run dir {out}")
+    if cfg.ema:
+        ctx.log(f"weights averaged (ema={cfg.ema} per step): validation, the best checkpoint and the test use the "
+                f"EMA weights")
     if cfg.resume:
         ctx.log(f"resuming from {out / 'last.pt'} at epoch {progress.epoch + 1}, step {progress.step + 1}")
 
@@ -317,8 +323,8 @@ def warm_up(step, eval_step, ts: TrainState, train: DeviceBatches, evaluation: t
     warm_ts, _ = step(step(ts, batch, zero_lr)[0], batch, zero_lr)
     # One call per distinct batch shape (a full batch and the last, partial one) compiles every graph.
     shapes = {x.shape: (x, y) for batches in evaluation for x, y in batches}
-    for x, y in shapes.values():
-        eval_step(warm_ts.params, warm_ts.state, x, y)
+    for x, y in shapes.values():  # on the weights evaluated after each epoch (the EMA's, with ema > 0)
+        eval_step(*eval_weights(*warm_ts[:2], warm_ts.ema), x, y)
     copy_into(ts, kept)
     _sync(device)
     return time.perf_counter() - t0
@@ -409,9 +415,12 @@ def epoch_record(ctx: RunContext, progress: Progress, lrs: torch.Tensor) -> dict
     if not all_finite(ts.params, ts.state):
         raise diverged(ctx, progress, f"parameters became non-finite at epoch {epoch}, step {steps} of {steps}")
     seen, seconds = steps * ctx.cfg.batch_size * world, progress.sums.seconds
-    distributed.broadcast_tree_(ts.state)  # rank 0's BatchNorm statistics, evaluated and saved
+    # Rank 0's BatchNorm statistics, evaluated and saved; the EMA's too (its params are the same on every rank).
+    params, state = eval_weights(ts.params, ts.state, ts.ema)  # the EMA's entries with ema > 0
+    distributed.broadcast_tree_(ts.state)
+    distributed.broadcast_tree_(state if ts.ema else {})
     # Rank 0 evaluates; its numbers drive every rank's schedule, so the lrs stay the same everywhere.
-    val = distributed.from_main(evaluate(ctx.eval_step, ts.params, ts.state, ctx.split.val) if ctx.main else None)
+    val = distributed.from_main(evaluate(ctx.eval_step, params, state, ctx.split.val) if ctx.main else None)
     return {
         "epoch": epoch, "train_loss": losses.mean().item(), "train_top1": 100 * correct.item() / seen,
         "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
@@ -457,7 +466,7 @@ def payload(ctx: RunContext, progress: Progress, epoch_generator: torch.Tensor, 
     are `sums` and whose loader starts from `epoch_generator` (see the module doc)."""
     ts, device, split = progress.ts, ctx.device, ctx.split
     return {  # train.resume.CHECKPOINT_KEYS, in that order
-        "params": ts.params, "state": ts.state, "momentum": ts.momentum, "epoch": progress.epoch,
+        "params": ts.params, "state": ts.state, "momentum": ts.momentum, "ema": ts.ema, "epoch": progress.epoch,
         "step": progress.step, "generator": epoch_generator, "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.zeros(0),
         "epoch_losses": torch.stack(sums.losses) if sums.losses else torch.zeros(0), "epoch_correct": sums.correct,
@@ -478,22 +487,25 @@ def final_test(ctx: RunContext, progress: Progress, compile_seconds: float) -> d
     if not ctx.main:
         return distributed.from_main(None)
     cfg, best, best_path = ctx.cfg, progress.best, ctx.out / "best.pt"
-    best_saved = checkpoint.load(best_path, map_location=ctx.device)
+    best_saved = with_added_keys(checkpoint.load(best_path, map_location=ctx.device))
     if best_saved["epoch"] != best["epoch"]:
         raise checkpoint.CheckpointError(f"{best_path} holds epoch {best_saved['epoch']} but the run's best "
                                          f"validation epoch is {best['epoch']}; was it replaced?")
-    test = evaluate(ctx.eval_step, to_memory_format(best_saved["params"], ctx.precision), best_saved["state"],
-                    ctx.split.test)
+    params, state = eval_weights(best_saved["params"], best_saved["state"], best_saved["ema"])  # EMA's with ema > 0
+    test = evaluate(ctx.eval_step, to_memory_format(params, ctx.precision), state, ctx.split.test)
+    weights = "ema" if best_saved["ema"] else "raw"
     results = {
         "model": cfg.model, "dataset": cfg.dataset, "test_top1": test["top1"], "test_top5": test["top5"],
         "test_loss": test["loss"], "best_val_top1": best["val_top1"] if ctx.split.val_idx.size else None,
         "best_epoch": best["epoch"], "epochs_run": cfg.epochs, "train_seconds": progress.train_seconds,
         "compile_seconds": compile_seconds, "params": ctx.net.param_count(), "recipe": cfg.recipe, "tta": cfg.tta,
+        "weights": weights,
         "device": torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu",
         "torch": torch.__version__, "data_source": ctx.data.source,
     }
     (ctx.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    ctx.log(f"test (best val epoch {best['epoch']}): top1 {test['top1']:.2f}  top5 {test['top5']:.2f}  "
+    averaged = ", EMA weights" if weights == "ema" else ""
+    ctx.log(f"test (best val epoch {best['epoch']}{averaged}): top1 {test['top1']:.2f}  top5 {test['top5']:.2f}  "
             f"| {progress.train_seconds:.1f} s training, {compile_seconds:.1f} s compiling")
     return distributed.from_main(results)
 

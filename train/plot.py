@@ -103,7 +103,7 @@ def plot_run(run: str, checkpoint: str = "best", data: str = "", device: str = "
     paths = {"curves": out_dir / "curves.png", "confusion": out_dir / "confusion.png"}
     plot_curves(Figure, metrics, paths["curves"])
     plot_confusion(Figure, counts, loaded.classes, f"{loaded.cfg.model}, {loaded.cfg.dataset} test set "
-                   f"({len(labels)} images, top-1 {top1:.2f}%), {loaded.checkpoint.name} epoch {loaded.epoch}",
+                   f"({len(labels)} images, top-1 {top1:.2f}%), {loaded.checkpoint.name} {loaded.describe()}",
                    paths["confusion"])
     log(f"wrote {paths['curves']} and {paths['confusion']}")
     return paths

@@ -55,7 +55,7 @@ def predict_images(run: str, images: list[str], checkpoint: str = "best", top: i
     probabilities = torch.softmax(loaded.logits(torch.stack([image for image, _ in decoded])), dim=1)
     k = min(top, len(loaded.classes))
     results = []
-    log(f"{loaded.cfg.model} ({loaded.checkpoint}, epoch {loaded.epoch}), top {k} of {len(loaded.classes)} classes:")
+    log(f"{loaded.cfg.model} ({loaded.checkpoint}, {loaded.describe()}), top {k} of {len(loaded.classes)} classes:")
     for path, (_, note), p in zip(images, decoded, probabilities):
         values, indices = p.topk(k)
         ranked = [(loaded.classes[i], v) for v, i in zip(values.tolist(), indices.tolist())]

@@ -14,10 +14,19 @@ from train.config import RESUMABLE, Config, ConfigError, from_json, resume_diffe
 # What a checkpoint of this trainer holds (train/checkpoint.py adds "format" and "sha256"; train.loop.payload
 # writes them, in this order); see train/loop.py's module doc.
 CHECKPOINT_KEYS = (
-    "params", "state", "momentum", "epoch", "step", "generator", "torch_rng", "cuda_rng", "epoch_losses",
+    "params", "state", "momentum", "ema", "epoch", "step", "generator", "torch_rng", "cuda_rng", "epoch_losses",
     "epoch_correct", "epoch_seconds", "schedule", "best", "config", "model", "device_type", "classes", "mean",
     "std", "train_idx", "val_idx", "data_sha256", "train_seconds",
 )
+
+# Keys added to the checkpoint within its format (train.checkpoint.FORMAT), with what a checkpoint written without
+# them stands for: a run that kept no EMA (ema=0, the default of every run before the key existed).
+ADDED_KEYS = {"ema": {}}
+
+
+def with_added_keys(saved: dict) -> dict:
+    """A loaded checkpoint with ADDED_KEYS filled in where it has none of its own."""
+    return {**ADDED_KEYS, **saved}
 
 
 def resume_point(cfg: Config, out: Path, device: torch.device) -> dict:
@@ -27,7 +36,7 @@ def resume_point(cfg: Config, out: Path, device: torch.device) -> dict:
         raise checkpoint.CheckpointError(
             f"resume=true but {out} holds no checkpoint (no last.pt); check out=<run dir>, or start the run "
             "without resume=true")
-    saved = checkpoint.load(path)
+    saved = with_added_keys(checkpoint.load(path))
     checkpoint.require(path, saved, CHECKPOINT_KEYS)
     saved_cfg = from_json(saved["config"], str(path))
     changed = resume_differences(cfg, saved_cfg)

@@ -1,7 +1,7 @@
 """A run directory as the tools read it: its configuration, one of its checkpoints, and the net they make.
 
     load_run(run, checkpoint="best", device="cpu") -> LoadedRun    config.json + a checkpoint + the net
-    LoadedRun.logits(images_u8, tta)                                eval-mode fp32 logits, flip TTA optional
+    LoadedRun.logits(images_u8, tta)                                eval-mode fp32 logits, TTA optional
     LoadedRun.module()                                              a plain nn.Module holding the weights
     test_set(loaded, data, log)                                     the run's test split, checked
     parse_args(argv, keys, repeated)                                the tools' key=value words
@@ -9,7 +9,9 @@
 The net is built from the run's config.json (model, dataset, labels, net.* options); the checkpoint
 (`best`, `last`, or a path to any checkpoint) must fit it. Checkpoints are read through train.checkpoint,
 so a damaged or crafted file is refused before anything in it is used. Normalisation uses the mean and std
-saved in the checkpoint (the training split's, in 0..255 pixel units).
+saved in the checkpoint (the training split's, in 0..255 pixel units). The weights are those the trainer
+evaluated (train.step.eval_weights): the EMA of the params and BatchNorm statistics for a run trained with
+ema > 0 (LoadedRun.weights "ema"), else the params and statistics themselves ("raw").
 """
 
 from __future__ import annotations
@@ -28,9 +30,8 @@ from data.cifar import NUM_CLASSES, TITLES
 from nets import Net
 from train import checkpoint as ckpt
 from train.config import Config, from_json
-from train.step import flip_averaged
-
-TTA = ("none", "flip")  # flip: average the softmax outputs of the image and its mirror image (flip_averaged)
+from train.resume import with_added_keys
+from train.step import TTA, eval_weights, tta_averaged
 
 
 class ToolError(ValueError):
@@ -44,16 +45,18 @@ class LoadedRun:
     checkpoint: Path
     epoch: int  # epochs the checkpoint had completed
     net: Net
-    params: dict[str, torch.Tensor]
+    params: dict[str, torch.Tensor]  # the EMA's with weights == "ema"
     state: dict[str, torch.Tensor]
     mean: torch.Tensor  # (3, 32, 32), 0..255 pixel units, on `device`
     std: torch.Tensor
     classes: tuple[str, ...]
     device: torch.device
+    weights: str = "raw"  # "ema": the checkpoint's EMA of params and statistics (a run with ema > 0)
 
     def logits(self, images_u8: torch.Tensor, tta: str = "none", batch_size: int = 1024) -> torch.Tensor:
-        """float32 (N, K) eval-mode logits of uint8 images (N, 3, 32, 32), `batch_size` at a time; tta="flip":
-        the log of the flip-averaged probabilities instead (train.step.flip_averaged)."""
+        """float32 (N, K) eval-mode logits of uint8 images (N, 3, 32, 32), `batch_size` at a time; tta="flip" or
+        "translate": the log of the probabilities averaged over its views instead (train.step.tta_averaged, the
+        trainer's rule)."""
         if tta not in TTA:
             raise ToolError(f"tta={tta!r} is not one of: {', '.join(TTA)}")
         out = []
@@ -61,9 +64,14 @@ class LoadedRun:
         with torch.no_grad():
             for start in range(0, len(images_u8), batch_size):
                 x = normalise(images_u8[start:start + batch_size].to(self.device), self.mean, self.std)
-                # Mirrored after normalising, as the training augmentation does; the trainer's rule (tta=true).
-                out.append((flip_averaged(forward, x) if tta == "flip" else forward(x)).cpu())
+                # Mirrored and translated after normalising, as the training augmentation does.
+                out.append(tta_averaged(forward, x, tta).cpu())
         return torch.cat(out) if out else torch.zeros(0, len(self.classes))
+
+    def describe(self) -> str:
+        """The checkpoint's epoch and, for a run trained with ema > 0, that its weights are the EMA's: a log line's
+        "epoch 12" or "epoch 12, EMA weights"."""
+        return f"epoch {self.epoch}" + (", EMA weights" if self.weights == "ema" else "")
 
     def module(self) -> nn.Module:
         """The net's nn.Module (CPU, eval mode) holding this checkpoint's params and BatchNorm statistics."""
@@ -128,16 +136,20 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str = "cpu") -> 
     cfg = from_json(config_file.read_text(), str(config_file))
     torch_device = resolve_device(device)
     path = checkpoint_path(run, checkpoint)
-    saved = ckpt.load(path, map_location=torch_device)
+    saved = with_added_keys(ckpt.load(path, map_location=torch_device))
     ckpt.require(path, saved, ("params", "state", "epoch", "classes", "mean", "std"))
     net = nets.build(cfg.model, num_classes=NUM_CLASSES[(cfg.dataset, cfg.labels)], **cfg.net)
-    ckpt.check_fits(path, saved["params"], dict(net.module.named_parameters()))  # the skeleton's (meta) shapes
-    ckpt.check_fits(path, saved["state"], dict(net.module.named_buffers()))
+    params, buffers = dict(net.module.named_parameters()), dict(net.module.named_buffers())  # (meta) shapes
+    ckpt.check_fits(path, saved["params"], params)
+    ckpt.check_fits(path, saved["state"], buffers)
+    if saved["ema"]:
+        ckpt.check_fits(path, saved["ema"], {**params, **buffers})
     classes = tuple(saved["classes"])
     if len(classes) != net.num_classes:
         raise ckpt.CheckpointError(f"{path} names {len(classes)} classes but the run's net has {net.num_classes}")
-    return LoadedRun(run, cfg, path, saved["epoch"], net, saved["params"], saved["state"], saved["mean"],
-                     saved["std"], classes, torch_device)
+    weights = eval_weights(saved["params"], saved["state"], saved["ema"])  # the EMA's, when the run kept one
+    return LoadedRun(run, cfg, path, saved["epoch"], net, *weights, saved["mean"], saved["std"], classes, torch_device,
+                     "ema" if saved["ema"] else "raw")
 
 
 def test_set(loaded: LoadedRun, data: str = "", log=None) -> tuple[torch.Tensor, torch.Tensor]:

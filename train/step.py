@@ -2,10 +2,14 @@
 
     step(train_state, (x, y), lr) -> (train_state, metrics)
 
-`train_state` bundles params, BatchNorm state and the optimizer's state (SGD's momentum buffers or AdamW's
-moments); nothing is changed in place, so the step can be compiled once with torch.compile and re-run, and a
-warm-up call changes nothing. (`compile_in_place` gives up that purity for CUDA graphs without copies: its
-step writes the new state into the old one's tensors.)
+`train_state` bundles params, BatchNorm state, the optimizer's state (SGD's momentum buffers or AdamW's
+moments) and, with `ema` > 0, the exponential moving average of the weights and statistics; nothing is changed
+in place, so the step can be compiled once with torch.compile and re-run, and a warm-up call changes nothing.
+(`compile_in_place` gives up that purity for CUDA graphs without copies: its step writes the new state into the
+old one's tensors, the EMA's included.)
+
+The evaluation step scores a batch in eval mode, optionally averaged over test-time augmentation's views (TTA:
+none, flip or translate), one rule for the trainer and the tools.
 
 Gradients come from one of two places:
   "func":     torch.func.grad_and_value over the net's pure forward (the default);
@@ -35,6 +39,10 @@ class TrainState(NamedTuple):
     params: Tree
     state: Tree  # BatchNorm running statistics
     momentum: Tree  # the optimizer's state: SGD's momentum buffers, or AdamW's moments and step (train/optim.py)
+    # The weights' exponential moving average (init_ema, ema_update): params and BatchNorm statistics under their
+    # own (state_dict) names; empty, and passed through untouched, when the run keeps none (ema=0: the default,
+    # one shared empty dict that nothing writes into).
+    ema: Tree = {}
 
 
 @dataclass(frozen=True)
@@ -74,9 +82,43 @@ def topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
     return (top == y[:, None]).any(dim=1).sum()
 
 
+def init_ema(params: Tree, state: Tree, decay: float) -> Tree:
+    """The EMA tree before the first step: copies of the initial params and BatchNorm statistics (one flat tree,
+    the module's state_dict), or empty when decay is 0 (no EMA). Copies, so the step's in-place form
+    (compile_in_place) can write the trees separately."""
+    if not decay:
+        return {}
+    assert not set(params) & set(state), "params and buffers share a name"
+    return {k: v.detach().clone() for k, v in {**params, **state}.items()}
+
+
+def ema_update(ema: Tree, current: Tree, decay: float) -> Tree:
+    """e <- decay * e + (1 - decay) * p for every floating tensor of the EMA tree (one foreach lerp in the
+    tensors' own precision: float32 master weights, also under bf16 autocast); integer entries (BatchNorm's
+    num_batches_tracked) take the current value, as timm's ModelEmaV2 does. The BatchNorm running statistics are
+    averaged with the weights, as ModelEmaV2 averages the whole state_dict: the averaged weights need statistics
+    of activations like theirs, and the statistics' average over the same steps is the cheap stand-in for a
+    pass over the training data with the averaged weights."""
+    floats = [k for k in ema if ema[k].is_floating_point()]
+    averaged = dict(zip(floats, torch._foreach_lerp([ema[k] for k in floats], [current[k] for k in floats],
+                                                    1 - decay)))
+    # A copy of an integer entry, so that no tensor is both the state's and the EMA's.
+    return {k: averaged[k] if k in averaged else current[k].clone() for k in ema}
+
+
+def eval_weights(params: Tree, state: Tree, ema: Tree) -> tuple[Tree, Tree]:
+    """The (params, state) that validation, the final test and the tools evaluate: the EMA's entries under the
+    params' and state's names when `ema` holds any (a run with ema > 0), else params and state themselves."""
+    if not ema:
+        return params, state
+    return {k: ema[k] for k in params}, {k: ema[k] for k in state}
+
+
 def make_train_step(net, cfg, precision: Precision, gradients: str = "func", grad_hook=None):
     """The pure step for `net`; `grad_hook(grads) -> grads`, when given, transforms the gradient pytree before
-    the optimizer's update (train/distributed.py's all_reduce_mean_ averages it across ranks)."""
+    the optimizer's update (train/distributed.py's all_reduce_mean_ averages it across ranks). With cfg.ema > 0
+    the EMA tree is updated after the optimizer's step, from the new params and BatchNorm statistics: the same on
+    every rank, as the params are."""
     update = make_update(cfg)
 
     def loss_fn(params, bn_state, x, y):
@@ -109,10 +151,11 @@ def make_train_step(net, cfg, precision: Precision, gradients: str = "func", gra
             grads = grad_hook(grads)
         with torch.no_grad():
             params, momentum = update(ts.params, grads, ts.momentum, lr)
+            ema = ema_update(ts.ema, {**params, **new_state}, cfg.ema) if ts.ema else ts.ema
         # With soft targets, a hit is the largest share's class (the image that covers most of the mixed one).
         hard = y.argmax(1) if y.ndim == 2 else y
         metrics = {"loss": loss.detach(), "correct": topk_correct(logits, hard, 1)}
-        return TrainState(params, new_state, momentum), metrics
+        return TrainState(params, new_state, momentum, ema), metrics
 
     return step
 
@@ -141,16 +184,53 @@ def uses_custom_kernels(net, device: torch.device) -> bool:
     return device.type == "cuda" and any(getattr(m, "kernels", "reference") != "reference" for m in modules)
 
 
-def flip_averaged(forward, x: torch.Tensor) -> torch.Tensor:
-    """Flip test-time augmentation: log of the mean of the softmax outputs for x and for x mirrored left-right
-    (the flip the training augmentation uses, so the net has learnt both views). Log-probabilities, usable
-    wherever logits are (softmax of them gives the averaged probabilities). One rule for trainer and tools."""
-    return torch.logaddexp(forward(x).log_softmax(1), forward(x.flip(-1)).log_softmax(1)) - math.log(2)
+# Test-time augmentation, one rule for the trainer's eval step and the tools (train/run_dir.py):
+#   none       the image alone
+#   flip       the image and its mirror image (left-right)
+#   translate  those two, each also translated by +TRANSLATE_PX and by -TRANSLATE_PX pixels in both axes: 6 views
+# Every view is a crop the training augmentation makes (data/loader.py random_crop_flip: the normalised image
+# zero-padded by CROP_PAD = 4, cropped at offsets (dy, dx) up to 4, then mirrored), so the net has learnt them
+# all: the image translated by d is the crop at (d, d); its mirror translated by d is the mirrored crop at
+# (d, -d), as the crop translates before it mirrors.
+TTA = ("none", "flip", "translate")
+TRANSLATE_PX = 2  # pixels; within the training crop's 4
 
 
-def make_eval_step(net, precision: Precision, tta: bool = False):
+def translated(x: torch.Tensor, d: int) -> torch.Tensor:
+    """x (B, C, H, W) moved as the training crop at offset (d, d) moves it: out[..., r, c] = x[..., r + d, c + d],
+    0 where that falls outside the image (0 after normalisation: the mean, as the crop's padding)."""
+    if d == 0:
+        return x
+    H, W = x.shape[-2:]
+    p = abs(d)
+    return F.pad(x, (p, p, p, p))[..., p + d:p + d + H, p + d:p + d + W]  # (B, C, H + 2p, W + 2p) -> (B, C, H, W)
+
+
+def tta_views(x: torch.Tensor, tta: str) -> list[torch.Tensor]:
+    """The views of a batch of normalised images that `tta` averages over (TTA), in this order: for the image,
+    then its mirror image, the view translated by 0, +TRANSLATE_PX, -TRANSLATE_PX (translate) or by 0 only."""
+    if tta not in TTA:
+        raise ValueError(f"tta={tta!r} is not one of: {', '.join(TTA)}")
+    bases = [x] if tta == "none" else [x, x.flip(-1)]
+    shifts = (0, TRANSLATE_PX, -TRANSLATE_PX) if tta == "translate" else (0,)
+    return [translated(v, d) for v in bases for d in shifts]
+
+
+def tta_averaged(forward, x: torch.Tensor, tta: str) -> torch.Tensor:
+    """forward(x) for tta="none"; else the log of the mean of the softmax outputs over tta_views (tta="flip":
+    2 views, "translate": 6). Log-probabilities, usable wherever logits are (softmax of them gives the averaged
+    probabilities, and cross-entropy of them is the loss of the averaged prediction)."""
+    views = tta_views(x, tta)
+    if len(views) == 1:
+        return forward(x)
+    log_probs = torch.stack([forward(v).log_softmax(1) for v in views])  # (views, B, K)
+    return log_probs.logsumexp(0) - math.log(len(views))
+
+
+def make_eval_step(net, precision: Precision, tta: str = "none"):
     """(params, state, x, y) -> summed loss, top-1 and top-5 hits, and logits, for a batch in eval mode;
-    tta=True: of the flip-averaged probabilities (flip_averaged; the loss is of their mean)."""
+    with tta (TTA) other than "none": of the probabilities averaged over its views (tta_averaged; the loss is
+    the cross-entropy of their mean)."""
 
     def forward(params, bn_state, x):
         with torch.no_grad(), precision.context():
@@ -158,10 +238,7 @@ def make_eval_step(net, precision: Precision, tta: bool = False):
         return logits.float()
 
     def evaluate(params, bn_state, x, y):
-        if tta:
-            logits = flip_averaged(lambda v: forward(params, bn_state, v), x)
-        else:
-            logits = forward(params, bn_state, x)
+        logits = tta_averaged(lambda v: forward(params, bn_state, v), x, tta)
         loss = F.cross_entropy(logits, y, reduction="sum")
         return {"loss": loss, "top1": topk_correct(logits, y, 1), "top5": topk_correct(logits, y, 5)}, logits
 
