@@ -1,6 +1,6 @@
 """kernels.attention on CUDA: real ViT-on-CIFAR shapes against a float64 reference, and inside torch.compile.
 
-Skipped without CUDA. The compiled case follows shared/notes/torch-func-triton.md: leaf tensors made outside
+Skipped without CUDA. The compiled case follows docs/kernels.md ("Binding a Triton kernel"): leaf tensors made outside
 the compiled function, gradients through torch.autograd.grad, torch._dynamo.config.trace_autograd_ops = True
 (where the attribute exists) so that dynamo traces the backward too: one graph, no breaks.
 """

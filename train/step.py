@@ -16,7 +16,7 @@ Gradients come from one of two places:
   "autograd": torch.autograd.grad with the params as leaf tensors that require grad. Needed when a Triton
               kernel with a custom backward is inside the compiled step: in torch 2.11, torch.compile over
               torch.func.grad fails on such kernels, while this form, traced with dynamo's
-              trace_autograd_ops, compiles to one graph (shared/notes/torch-func-triton.md).
+              trace_autograd_ops, compiles to one graph (docs/kernels.md, "Binding a Triton kernel").
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The differentiable attention op: triton_op bindings, the autograd Function, and `attention(qkv, impl)`.
 
 The autograd.Function has a separate setup_context (so torch.func.grad works) and its forward and backward
-call triton_ops (so torch.compile traces the launches into its graph); see shared/notes/torch-func-triton.md
-for what composes with what. The backward is once_differentiable: it runs without building a graph, and
+call triton_ops (so torch.compile traces the launches into its graph); docs/kernels.md says
+which bindings compose with what. The backward is once_differentiable: it runs without building a graph, and
 differentiating it again raises instead of returning wrong values.
 
 The rule of impl="auto" (`auto_impl`): the kernels for float16 / bfloat16 CUDA tensors they support, with S up
