@@ -4,6 +4,7 @@ itself needs a GPU and runs there)."""
 import fcntl
 
 import pytest
+from fake_timer import fake_timer
 from test_depthwise import DEVICE, needs_triton
 
 import bench.step as step
@@ -188,10 +189,7 @@ def test_depthwise_tiles_sweep_with_fake_timer(monkeypatch):
     monkeypatch.setattr(tune_tiles, "BATCH", 2)
     timed = []
 
-    def fake_us(call, n_sets):
-        call(n_sets - 1)  # the call runs on every input set
-        timed.append(n_sets)
-        return 10.0 + len(timed) % 3  # µs; varies so that a best tile is picked
+    fake_us = fake_timer(timed)
 
     result = tune_tiles.measure(DEVICE, [("tiny", 8, 4, 1)], time_us=fake_us, copy_gbs=100.0, compile_ahead=False)
     rows, best = result["rows"], result["best"]

@@ -11,6 +11,7 @@ import itertools
 
 import pytest
 import torch
+from fake_timer import fake_timer
 from test_depthwise import (  # noqa: F401 (one_cpu_thread: an autouse fixture, active where imported)
     DEVICE,
     TOL,
@@ -21,6 +22,7 @@ from test_depthwise import (  # noqa: F401 (one_cpu_thread: an autouse fixture, 
     rel_err,
 )
 
+from bench.depthwise.layers import MATCH_TOL
 from kernels.depthwise import LaunchConfig, autograd, depthwise_conv2d, launchers, reference_depthwise_conv2d
 from kernels.depthwise.helpers import next_pow2
 from kernels.depthwise.rules import FUSED_SCHEDULES, backward_variant, bwd_fused_config, window_config
@@ -229,11 +231,11 @@ def test_bench_measure_with_fake_timer(monkeypatch):
     monkeypatch.setattr(backward, "window_candidates", lambda *case: windows(*case)[:2])
     timed = []
 
-    def fake_us(call, n_sets):
-        grad_x, grad_w = call(n_sets - 1)  # the call runs on every input set and returns both gradients
+    def both_gradients(result):  # the one-pass call returns grad_x and the weight gradient
+        grad_x, grad_w = result
         assert grad_x.dim() == 4 and grad_w.shape[-2:] == (3, 3)
-        timed.append(n_sets)
-        return 10.0 + len(timed) % 3  # µs; varies so that a best tile is picked
+
+    fake_us = fake_timer(timed, both_gradients)
 
     layers = [("tiny", 8, 4, 1), ("tiny", 8, 5, 2)]
     result = backward.measure(DEVICE, layers, batches=(2,), time_us=fake_us, copy_gbs=100.0, compile_ahead=False)
@@ -245,7 +247,7 @@ def test_bench_measure_with_fake_timer(monkeypatch):
         assert r["best window us"] == min(windows) and r["best window speedup"] == r["split us"] / min(windows)
     for r in rows:
         assert r["% copy"] == pytest.approx(100 * r["bytes"] / r["us"] / 1e3 / 100.0)
-        assert r["rel err"] < backward.MATCH_TOL[r["dtype"]], r
+        assert r["rel err"] < MATCH_TOL[r["dtype"]], r
     for r in best:  # backward_variant's choice at its default tile (split, then each schedule's first tile)
         case = [x for x in rows if x["dtype"] == r["dtype"]]
         choice = backward_variant(True, backward.DTYPES[r["dtype"]], 2, 8, 4, 4, 1)

@@ -9,6 +9,7 @@ import itertools
 
 import pytest
 import torch
+from fake_timer import fake_timer
 from test_depthwise import (  # noqa: F401 (one_cpu_thread: an autouse fixture, active where imported)
     DEVICE,
     TOL,
@@ -19,6 +20,7 @@ from test_depthwise import (  # noqa: F401 (one_cpu_thread: an autouse fixture, 
     rel_err,
 )
 
+from bench.depthwise.layers import MATCH_TOL
 from kernels.depthwise import LaunchConfig, launchers, reference_depthwise_conv2d
 from kernels.depthwise.launchers import launch_bwd_input, launch_fwd
 from kernels.depthwise.rows import launch_rows
@@ -158,10 +160,7 @@ def test_bench_rows_measure_with_fake_timer(monkeypatch):
     monkeypatch.setattr(tune_rows, "rows_candidates", lambda *case: candidates(*case)[:1])
     timed = []
 
-    def fake_us(call, n_sets):
-        call(n_sets - 1)  # the call runs on every input set
-        timed.append(n_sets)
-        return 10.0 + len(timed) % 3  # µs; varies so that a best tile is picked
+    fake_us = fake_timer(timed)
 
     layers = [("tiny", 8, 4, 1), ("tiny", 8, 5, 2)]
     result = tune_rows.measure(DEVICE, layers, batches=(2,), time_us=fake_us, copy_gbs=100.0, compile_ahead=False)
@@ -176,7 +175,7 @@ def test_bench_rows_measure_with_fake_timer(monkeypatch):
                                               r["stride"])
         assert r["rule / fastest"] == rule / ours and (r["torch us"] is None) == (r["kind"] == "bwd_input")
     for r in rows:
-        assert r["rel err"] < tune_rows.MATCH_TOL[r["dtype"]], r
+        assert r["rel err"] < MATCH_TOL[r["dtype"]], r
     checked = sum(r["rule / fastest"] <= sweep.RULE_TOL for r in best)
     assert result["summary"]["the rule's choice (pointwise_variant, rows_config): cases within 3% of the fastest"] == (
         f"{checked} of {len(best)}")

@@ -10,6 +10,7 @@ import itertools
 
 import pytest
 import torch
+from fake_timer import fake_timer
 from test_depthwise import (  # noqa: F401 (one_cpu_thread: an autouse fixture, active where imported)
     DEVICE,
     TOL,
@@ -20,6 +21,7 @@ from test_depthwise import (  # noqa: F401 (one_cpu_thread: an autouse fixture, 
     rel_err,
 )
 
+from bench.depthwise.layers import MATCH_TOL
 from kernels.depthwise import LaunchConfig, reference_depthwise_conv2d
 from kernels.depthwise.launchers import launch_bwd_weight
 from kernels.depthwise.rules import wgrad_taps_config, wgrad_variant
@@ -164,10 +166,7 @@ def test_bench_measure_with_fake_timer(monkeypatch):
     monkeypatch.setattr(wgrad, "taps_candidates", lambda *shape: taps(*shape)[:2])
     timed = []
 
-    def fake_us(call, n_sets):
-        call(n_sets - 1)  # the call runs on every input set
-        timed.append(n_sets)
-        return 10.0 + len(timed) % 3  # µs; varies so that a best config is picked
+    fake_us = fake_timer(timed)
 
     layers = [("tiny", 8, 4, 1), ("tiny", 8, 5, 2)]
     result = wgrad.measure(DEVICE, layers, batches=(2,), time_us=fake_us, copy_gbs=100.0, compile_ahead=False)
@@ -181,7 +180,7 @@ def test_bench_measure_with_fake_timer(monkeypatch):
     for r in rows:
         assert r["GB/s"] == pytest.approx(r["bytes"] / r["us"] / 1e3)
         assert r["% copy"] == pytest.approx(100 * r["GB/s"] / 100.0)
-        assert r["rel err"] < wgrad.MATCH_TOL[r["dtype"]], r
+        assert r["rel err"] < MATCH_TOL[r["dtype"]], r
     assert result["summary"]["rows with rel err over MATCH_TOL"] == 0
     for r in best:  # the rule's choice: wgrad_variant's kernel at its default tile, over the fastest timed
         case = [x for x in rows if all(x[k] == r[k] for k in wgrad.CASE_KEYS)]

@@ -2,8 +2,21 @@
 fastest candidate timed on the GPU at hand, and their markdown."""
 
 from bench.common import fine_cell, table
+from bench.depthwise.layers import MATCH_TOL
 
 RULE_TOL = 1.03  # a rule's choice within 3% of the fastest candidate counts as the fastest (run-to-run spread)
+
+
+def over_tolerance(rows: list[dict]) -> list[dict]:
+    """The timed rows whose output differs from the reference's by more than MATCH_TOL for their dtype."""
+    return [r for r in rows if r["rel err"] > MATCH_TOL[r["dtype"]]]
+
+
+def accuracy_check(rows: list[dict], against: str) -> dict:
+    """Summary lines: the largest relative error of the candidates' outputs `against` the reference, and how
+    many rows pass MATCH_TOL (a fast candidate that computes something else is no candidate)."""
+    return {f"max rel err {against}": max(r["rel err"] for r in rows),
+            "rows with rel err over MATCH_TOL": len(over_tolerance(rows))}
 
 
 def rule_check(best: list[dict], what: str) -> dict:

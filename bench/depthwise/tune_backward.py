@@ -24,14 +24,13 @@ from bench.depthwise.layers import (
     COMPILE_N,
     DNAMES,
     DTYPES,
-    MATCH_TOL,
     K,
     channels_last_inputs,
     element_size,
     layer_table,
     max_rel_err,
 )
-from bench.depthwise.sweep import rule_check, sweep_markdown
+from bench.depthwise.sweep import accuracy_check, rule_check, sweep_markdown
 from bench.depthwise.timing import graph_us, n_sets_for
 from kernels.depthwise.helpers import LaunchConfig, next_pow2
 from kernels.depthwise.launchers import launch_bwd_fused, launch_bwd_input, launch_bwd_weight
@@ -167,8 +166,7 @@ def summarize(rows: list[dict], best: list[dict], copy_gbs: float) -> dict:
                 f"{sum(r['best window us'] < min(r['best fused us'], r['split us']) for r in b)} of {len(b)}"),
         }  # fmt: skip
     summary |= rule_check(best, "the rule's choice (backward_variant at its default tile)")
-    summary["max rel err fused vs split"] = max(r["rel err"] for r in rows)
-    summary["rows with rel err over MATCH_TOL"] = sum(r["rel err"] > MATCH_TOL[r["dtype"]] for r in rows)
+    summary |= accuracy_check(rows, "fused vs split")
     return summary
 
 

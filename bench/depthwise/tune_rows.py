@@ -24,13 +24,12 @@ from bench.depthwise.layers import (
     COMPILE_N,
     DNAMES,
     DTYPES,
-    MATCH_TOL,
     K,
     element_size,
     layer_table,
     max_rel_err,
 )
-from bench.depthwise.sweep import rule_check, sweep_markdown
+from bench.depthwise.sweep import accuracy_check, rule_check, sweep_markdown
 from bench.depthwise.timing import graph_us, n_sets_for
 from kernels.depthwise.helpers import LaunchConfig, next_pow2
 from kernels.depthwise.launchers import launch_bwd_input, launch_fwd
@@ -153,8 +152,7 @@ def summarize(rows: list[dict], best: list[dict], copy_gbs: float) -> dict:
             f"median % copy, best rows, {kind} {dname}": statistics.median(r["best rows % copy"] for r in b),
         }  # fmt: skip
     summary |= rule_check(best, "the rule's choice (pointwise_variant, rows_config)")
-    summary["max rel err vs tiles"] = max(r["rel err"] for r in rows)
-    summary["rows with rel err over MATCH_TOL"] = sum(r["rel err"] > MATCH_TOL[r["dtype"]] for r in rows)
+    summary |= accuracy_check(rows, "vs tiles")
     return summary
 
 

@@ -33,14 +33,13 @@ from bench.depthwise.layers import (
     COMPILE_N,
     DNAMES,
     DTYPES,
-    MATCH_TOL,
     K,
     channels_last_inputs,
     element_size,
     layer_table,
     max_rel_err,
 )
-from bench.depthwise.sweep import rule_check, sweep_markdown
+from bench.depthwise.sweep import accuracy_check, over_tolerance, rule_check, sweep_markdown
 from bench.depthwise.timing import graph_us, n_sets_for
 from kernels.depthwise.helpers import LaunchConfig, next_pow2
 from kernels.depthwise.launchers import launch_bwd_weight
@@ -192,10 +191,8 @@ def summarize(rows: list[dict], best: list[dict], copy_gbs: float) -> dict:
                 r["best taps config"] for r in b).most_common(3),
         }  # fmt: skip
     summary |= rule_check(best, "the rule's choice (wgrad_variant, wgrad_taps_config)")
-    summary["max rel err taps vs gather"] = max(r["rel err"] for r in rows)
-    over = [r for r in rows if r["rel err"] > MATCH_TOL[r["dtype"]]]
-    summary["rows with rel err over MATCH_TOL"] = len(over)
-    summary["of them without a relu-mask flip in grad_z"] = sum(r["grad_z flips"] == 0 for r in over)
+    summary |= accuracy_check(rows, "taps vs gather")
+    summary["of them without a relu-mask flip in grad_z"] = sum(r["grad_z flips"] == 0 for r in over_tolerance(rows))
     return summary
 
 
