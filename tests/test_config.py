@@ -65,6 +65,11 @@ def test_fast_recipe_settings_per_model_and_explicit_keys_win():
     assert (default.epochs, default.mix, default.cutout) == (200, "cutmix", 0)
     mine = parse(["recipe=fast", "model=vit", "lr=5e-4", "epochs=3", "optimizer=sgd", "nesterov=true", "mix=none"])
     assert (mine.lr, mine.epochs, mine.optimizer, mine.nesterov, mine.mix) == (5e-4, 3, "sgd", True, "none")
+    speed = parse(["recipe=speedrun"])  # fast, cut to a fixed short run, with the EMA and translate TTA
+    assert (speed.epochs, speed.lr, speed.mix, speed.cutout, speed.ema, speed.tta, speed.schedule) == \
+        (38, 0.4, "none", 12, 0.99, "translate", "onecycle")
+    assert (parse(["recipe=speedrun", "model=vit"]).optimizer, parse(["recipe=speedrun", "model=vit"]).lr) == \
+        ("adamw", 1e-3)  # the ViTs keep AdamW: SGD at lr 0.4 diverges there
     seed = parse(["recipe=seed", "model=vit"])  # the seed recipe has no per-model settings: the design card's SGD
     assert (seed.optimizer, seed.lr, seed.epochs, seed.mix) == ("sgd", 0.1, 200, "none")
 

@@ -5,8 +5,9 @@ import random
 import pytest
 import torch
 
+from train.config import Config
 from train.optim import adamw, decay_rule, init_state, sgd, zeros_like_tree
-from train.schedule import OneCycle, Plateau
+from train.schedule import OneCycle, Plateau, load_schedule, make_schedule
 
 
 @pytest.mark.parametrize("nesterov", (False, True))
@@ -105,6 +106,36 @@ def test_plateau_restores_from_state_dict():
         a.observe(e)
         b.observe(e)
     assert a == b and a.lr == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("decay", ["linear", "cosine"])
+def test_fixed_length_schedules_against_their_closed_forms(decay):
+    """Warm-up to the peak at step 100 of 500 (20%), then the decay's closed form in the step's fraction of
+    the remaining 400, reaching 0 at the last step; cosine sits above linear through the decay's first half
+    and below it through the second."""
+    import math
+
+    s = make_schedule(Config(schedule={"linear": "onecycle", "cosine": "cosine"}[decay], lr=0.4, epochs=10,
+                             warmup_fraction=0.2))
+    lrs = [lr for e in range(10) for lr in s.lrs(e, 50)]
+    for i, lr in enumerate(lrs):
+        t = i + 1
+        u = (t - 100) / 400
+        want = 0.4 * t / 100 if t <= 100 else 0.4 * ((1 - u) if decay == "linear" else (1 + math.cos(math.pi * u)) / 2)
+        assert lr == pytest.approx(want, abs=1e-12)
+    assert lrs[-1] == 0 and max(lrs) == pytest.approx(0.4)
+    linear = OneCycle(peak=0.4, epochs=10, warmup_fraction=0.2)
+    line = [lr for e in range(10) for lr in linear.lrs(e, 50)]
+    if decay == "cosine":
+        assert all(c > li for c, li in zip(lrs[100:298], line[100:298]))
+        assert all(c < li for c, li in zip(lrs[300:499], line[300:499]))
+
+
+def test_a_saved_onecycle_without_a_decay_loads_as_linear():
+    """Runs saved before the decay had a shape resume on the linear one they trained with."""
+    saved = {"peak": 0.2, "epochs": 4, "warmup_fraction": 0.25}
+    s = load_schedule(Config(schedule="onecycle", lr=0.2, epochs=4), saved)
+    assert s.decay == "linear" and s.lrs(3, 10)[-1] == 0 and s.lrs(1, 10)[0] == pytest.approx(0.2 * 29 / 30)
 
 
 def test_onecycle_shape():

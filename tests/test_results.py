@@ -17,16 +17,18 @@ MACHINERY = {"data", "download", "out", "progress", "resume", "device", "compile
              "cudnn_benchmark", "cudagraphs"}
 
 
-def table_rows() -> list[list[str]]:
-    """The accuracy table's rows that link a run directory, as lists of cells."""
+def table_rows(section: str = "## Accuracy", linked=LINKED) -> list[list[str]]:
+    """The rows of the README table under `section` that link a run directory, as lists of cells."""
     readme = (REPO / "README.md").read_text()
-    table = readme[readme.index("## Accuracy"):]
+    table = readme[readme.index(section + "\n"):]
     table = table[:table.index("\n#")]
     return [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()
-            if line.startswith("| ") and LINKED.search(line)]
+            if line.startswith("| ") and linked.search(line)]
 
 
 ROWS = table_rows()
+SPEED_LINK = re.compile(r"\[seed (\d+)\]\((results/[^)]+)\)")
+SPEED_ROWS = table_rows("## Speed run", SPEED_LINK)
 
 
 def number(cell: str) -> float:
@@ -64,3 +66,30 @@ def test_recipe_alone_reproduces_the_run(row):
     differ = {k: (v, getattr(again, k)) for k, v in dataclasses.asdict(saved).items()
               if k not in MACHINERY and v != getattr(again, k)}
     assert not differ
+
+
+def test_the_speed_run_table_equals_its_three_runs_which_differ_only_in_seed():
+    """README's speed-run rows against their runs (seed, seconds, val and test top-1/top-5, compile from the
+    log), the mean row against the rows, and the runs' configurations: recipe=speedrun and the seed alone."""
+    assert [int(r[0]) for r in SPEED_ROWS] == [0, 1, 2]
+    columns = []
+    for seed, link, seconds, compile_s, val, top1, top5 in SPEED_ROWS:
+        linked_seed, run = SPEED_LINK.fullmatch(link).groups()
+        run = REPO / run
+        results = json.loads((run / "results.json").read_text())
+        first_compile = re.search(r"^compiled in ([\d.]+) s\b", (run / "train.log").read_text(), re.M).group(1)
+        assert linked_seed == seed and results["recipe"] == "speedrun" and results["model"] == "resnet18"
+        assert results["device"] == "NVIDIA H100 80GB HBM3" and results["dataset"] == "cifar10"
+        assert number(seconds) == round(results["train_seconds"], 1) and results["train_seconds"] <= 24
+        assert number(compile_s) == float(first_compile)
+        assert (number(val), number(top1), number(top5)) == (results["best_val_top1"], results["test_top1"],
+                                                             results["test_top5"])
+        saved = from_json((run / "config.json").read_text(), str(run))
+        again = parse(["recipe=speedrun", "model=resnet18", f"seed={seed}"])
+        assert {k for k, v in dataclasses.asdict(saved).items() if v != getattr(again, k)} <= MACHINERY
+        columns.append([results["train_seconds"], results["best_val_top1"], results["test_top1"],
+                        results["test_top5"]])
+    readme = (REPO / "README.md").read_text()
+    mean_row = re.search(r"^\| mean \| \| ([\d.]+) s \| \| ([\d.]+) \| \*\*([\d.]+)\*\* \| ([\d.]+) \|$", readme, re.M)
+    means = [round(sum(c) / 3, {0: 1}.get(i, 2)) for i, c in enumerate(zip(*columns))]
+    assert [float(g) for g in mean_row.groups()] == means

@@ -60,13 +60,22 @@ def test_divergence_keeps_the_last_good_checkpoint(reference, cifar10_pickles, t
     run_dir = copy_run(reference, tmp_path / "run")
     real, count, before = train.loop.make_train_step, [0], {}
     at = STEPS_PER_EPOCH + (3 if poison == "loss" else STEPS_PER_EPOCH)
+    writers = []
+
+    class Recorded(checkpoint.Writer):
+        def __init__(self):
+            super().__init__()
+            writers.append(self)
+
+    monkeypatch.setattr(checkpoint, "Writer", Recorded)
 
     def make(*args, **kwargs):
         step = real(*args, **kwargs)
 
         def wrapped(ts, batch, lr):
             count[0] += 1
-            if count[0] == STEPS_PER_EPOCH + 1:  # epoch 4's first step: epoch 3's checkpoints are written
+            if count[0] == STEPS_PER_EPOCH + 1:  # epoch 4's first step: epoch 3's checkpoints are asked for
+                writers[-1].wait()  # and, once the background write ends, on disk
                 before.update({name: (run_dir / name).read_bytes() for name in ("last.pt", "best.pt")})
             ts, m = step(ts, batch, lr)
             if count[0] == at:
@@ -88,6 +97,33 @@ def test_divergence_keeps_the_last_good_checkpoint(reference, cifar10_pickles, t
 
 
 # --- user errors ----------------------------------------------------------------------------------------
+
+
+def test_the_checkpoint_writer_keeps_order_snapshots_and_errors(tmp_path, monkeypatch):
+    """Writer: the file holds the tensors as they were when save() was called (the caller writes into them
+    right after, as the CUDA-graph step does), writes land in the order asked, and a failed write is raised by
+    the next wait(), not lost in its thread."""
+    w = checkpoint.Writer()
+    t = torch.arange(4.0)
+    w.save(tmp_path / "a.pt", {"t": t, "n": 1})
+    t.add_(100)  # the caller's next step
+    w.save([tmp_path / "b.pt", tmp_path / "a.pt"], {"t": t, "n": 2})
+    w.wait()
+    assert checkpoint.load(tmp_path / "a.pt")["n"] == 2 and checkpoint.load(tmp_path / "b.pt")["n"] == 2
+    w.save(tmp_path / "c.pt", {"t": t, "n": 3})
+    t.zero_()
+    w.wait()
+    assert torch.equal(checkpoint.load(tmp_path / "c.pt")["t"], torch.arange(4.0) + 100)
+
+    def fail(path, write):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "write_atomically", fail)
+    w.save(tmp_path / "d.pt", {"t": t})
+    with pytest.raises(OSError, match="No space left"):
+        w.wait()
+    w.wait()  # raised once
+    assert not (tmp_path / "d.pt").exists()
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from train.step import (
     make_eval_step,
     make_train_step,
     maybe_compile,
+    padded_to,
     precision_for,
     prepare_step,
 )
@@ -115,6 +116,28 @@ def test_compiled_once_per_shape(gradients):
         for size in (16, 16, 5):
             evaluate(ts.params, ts.state, *batches(1, size)[0])
     assert eval_counter.frame_count == 2
+
+
+@pytest.mark.parametrize("tta", ["none", "flip"])
+def test_padded_evaluation_is_one_graph_and_changes_no_number(tta):
+    """padded_to: the partial batches (5 and 7 rows) run in the full batch's graph, and every summed metric and
+    every real row's logits equal the unpadded step's in float64 (the padding rows count for nothing)."""
+    torch._dynamo.reset()
+    net = small_net()
+    ts = fresh_state(net)
+    params = {k: v.double() for k, v in ts.params.items()}
+    state = {k: v.double() if v.is_floating_point() else v for k, v in ts.state.items()}
+    counter = CompileCounter()
+    padded = padded_to(torch.compile(make_eval_step(net, CPU, tta), backend=counter, dynamic=False), 16)
+    for size in (16, 5, 7, 16):
+        x, y = batches(1, size)[0]
+        got, logits = padded(params, state, x.double(), y)
+        want, want_logits = make_eval_step(net, CPU, tta)(params, state, x.double(), y)
+        assert logits.shape == (size, 10)
+        torch.testing.assert_close(logits, want_logits, rtol=1e-12, atol=1e-12)
+        for k in ("loss", "top1", "top5"):
+            torch.testing.assert_close(got[k], want[k], rtol=1e-12, atol=0)
+    assert counter.frame_count == 1
 
 
 def test_compiled_step_equals_eager():

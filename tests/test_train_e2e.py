@@ -213,8 +213,8 @@ def test_compiled_loop_compiles_only_in_its_warm_up_and_trains_as_the_eager_loop
     """compile=true on the trainer's CUDA-graph path, forced on the CPU (train.step.compile_in_place: the state
     written in place, warm_up restoring what its calls wrote, evaluation and checkpoints reading the same
     buffers; dynamo's aot_eager backend standing in for Inductor and the graphs, to stay quick): every graph
-    the run needs (the train step, the eval step at each batch shape of val and test) is compiled before the
-    timed epochs and none after, and the epochs and results are the eager loop's. With mix=cutmix, whose
+    the run needs (the train step, the eval step at its one padded batch shape) is compiled before the timed
+    epochs and none after, and the epochs and results are the eager loop's. With mix=cutmix, whose
     batches carry soft targets (B, K), which the warm-up's example batch must match. The model is runs.bn_net,
     registered for the test: the loop's machinery is under test, and dynamo traces its two BatchNorm layers in a
     fraction of the time a ResNet-18 takes. With ema and tta=translate too: the EMA tree is one of the buffers
@@ -242,16 +242,16 @@ def test_compiled_loop_compiles_only_in_its_warm_up_and_trains_as_the_eager_loop
         torch._dynamo.reset()
         out = tmp_path / compiled
         cfg = parse(train_args(cifar10_pickles, out, f"compile={compiled}", "epochs=2", "batch_size=30",
-                               "eval_batch_size=12", "val_fraction=0.2", "recipe=fast", "lr=0.05", "mix=cutmix",
+                               "eval_batch_size=16", "val_fraction=0.2", "recipe=fast", "lr=0.05", "mix=cutmix",
                                "model=bn_net", "net.width=8", *levers))
         with one_thread():  # small ops on 2 busy cores run faster on one thread
             results = run(cfg, log=log)
         epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         runs[compiled] = [[e["train_loss"], e["val_loss"], e["val_top1"]] for e in epochs], results["test_top1"]
     assert [("cudagraphs=True" in line) for line in lines if line.startswith("bn_net:")] == [False, True]
-    # The train step once; the eval step at 12 images and at the last partial batch, 4 images in val (40) and in
-    # test (100) alike: compiled once in the warm-up, for both.
-    assert at_warm_up == [3] and counter.frame_count == 3
+    # The train step once; the eval step once, at 16 images: the last partial batches of val (40 images: 8) and
+    # of test (100: 4) are padded to 16 (train.step.padded_to). Both compiled in the warm-up.
+    assert at_warm_up == [2] and counter.frame_count == 2
     torch.testing.assert_close(torch.tensor(runs["true"][0]), torch.tensor(runs["false"][0]), rtol=1e-4, atol=1e-5)
     assert runs["true"][1] == runs["false"][1]
 

@@ -9,7 +9,9 @@ A checkpoint is one dict of tensors, numbers, strings, lists and dicts, saved wi
 
 Writing: the payload is moved to the CPU, digested and serialised once, then written to a temporary file in
 the destination's directory, flushed, fsync'ed and renamed over the old file (os.replace is atomic on POSIX),
-so a crash mid-write leaves the previous checkpoint intact and a reader never sees half a file.
+so a crash mid-write leaves the previous checkpoint intact and a reader never sees half a file. The trainer
+writes through a Writer: the copy to the CPU is taken at once (the next step overwrites the state), the digest,
+serialisation, fsync and rename go on in a background thread while training continues.
 
 Reading: `torch.load(weights_only=True)` refuses anything that would import or call code (a crafted pickle
 raises CheckpointError and its function is never called). What a refused file asked for is read from its
@@ -28,6 +30,7 @@ import os
 import pickletools
 import re
 import tempfile
+import threading
 import warnings
 import zipfile
 from collections.abc import Callable, Sequence
@@ -43,14 +46,15 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read, is damaged, or does not fit the run."""
 
 
-def _to_cpu(obj):
-    """The payload with every tensor on the CPU (once, for both the digest and torch.save)."""
+def _to_cpu(obj, copy: bool = False):
+    """The payload with every tensor on the CPU (once, for both the digest and torch.save); copy=True: every
+    tensor a copy, also those already on the CPU, so later writes into the originals cannot reach it."""
     if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
+        return obj.detach().to("cpu", copy=copy)
     if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
+        return {k: _to_cpu(v, copy) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return type(obj)(_to_cpu(v) for v in obj)
+        return type(obj)(_to_cpu(v, copy) for v in obj)
     return obj
 
 
@@ -91,6 +95,43 @@ def save(path: str | os.PathLike | Sequence[str | os.PathLike], payload: dict) -
     torch.save(payload, buffer)
     for p in paths:
         write_atomically(p, lambda f: f.write(buffer.getbuffer()))
+
+
+class Writer:
+    """save() in a background thread, one checkpoint at a time and in the order asked. save() copies the payload
+    to the CPU before it returns, so the caller may go on changing its tensors; it waits for the previous write
+    first, so checkpoints land in order (best.pt before last.pt, an epoch's before a later stop's). wait()
+    returns once everything asked is on disk and raises what a write raised.
+
+    Why: a ResNet-18 checkpoint with momentum and EMA is about 135 MB to digest, serialise and fsync after every
+    epoch; written in line, that added about 19 s to a 38-epoch run whose steps take 23 s (`python -m train
+    model=resnet18 recipe=speedrun` on an H100: 165.0 s from the command to results.json, 146.5 s with this
+    writer; docs/training.md, "Speed run")."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def save(self, path: str | os.PathLike | Sequence[str | os.PathLike], payload: dict) -> None:
+        snapshot = _to_cpu(payload, copy=True)
+        self.wait()
+
+        def write() -> None:
+            try:
+                save(path, snapshot)
+            except BaseException as e:  # handed to the thread that waits
+                self._error = e
+
+        self._thread = threading.Thread(target=write, name="checkpoint-writer")
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:

@@ -69,6 +69,7 @@ from train.step import (
     make_eval_step,
     make_train_step,
     maybe_compile,
+    padded_to,
     precision_for,
     prepare_step,
     to_memory_format,
@@ -106,6 +107,7 @@ class RunContext(NamedTuple):
     gradients: str  # "func" | "autograd" (train/step.py)
     step: Callable  # (ts, batch, lr) -> (ts, metrics)
     eval_step: Callable  # (params, state, x, y) -> (summed metrics, logits)
+    checkpoints: checkpoint.Writer  # rank 0's checkpoint writes, in the background
 
 
 @dataclass
@@ -180,6 +182,7 @@ def train_epochs(ctx: RunContext, progress: Progress) -> None:
     finally:
         if writer is not None:
             writer.close()
+        ctx.checkpoints.wait()  # every checkpoint asked for is on disk before the run stops or tests
 
 
 # --- set-up and resume ----------------------------------------------------------------------------------
@@ -216,8 +219,10 @@ def set_up(cfg: Config, device: torch.device, rank: int, world: int, log) -> tup
     step, progress.ts = prepare_step(make_train_step(net, cfg, precision, gradients, grad_hook), progress.ts,
                                      gradients, use_compile, use_graphs)
     eval_step = maybe_compile(make_eval_step(net, precision, cfg.tta), use_compile)
+    if use_compile:  # one graph for every evaluation batch, the partial last ones included
+        eval_step = padded_to(eval_step, cfg.eval_batch_size)
     ctx = RunContext(cfg, device, out, rank == 0, world, log, net, data, split, precision, use_compile, use_graphs,
-                     gradients, step, eval_step)
+                     gradients, step, eval_step, checkpoint.Writer())
     return ctx, progress
 
 
@@ -321,7 +326,7 @@ def warm_up(step, eval_step, ts: TrainState, train: DeviceBatches, evaluation: t
     # Twice: the second call sees the step's own outputs, whose layouts (strides) a first call may not have had;
     # the eval step is then warmed on those outputs, the tensors it will see after every epoch.
     warm_ts, _ = step(step(ts, batch, zero_lr)[0], batch, zero_lr)
-    # One call per distinct batch shape (a full batch and the last, partial one) compiles every graph.
+    # One call per distinct batch shape compiles every graph (one, as the trainer pads partial batches).
     shapes = {x.shape: (x, y) for batches in evaluation for x, y in batches}
     for x, y in shapes.values():  # on the weights evaluated after each epoch (the EMA's, with ema > 0)
         eval_step(*eval_weights(*warm_ts[:2], warm_ts.ema), x, y)
@@ -378,7 +383,7 @@ def stop_here(ctx: RunContext, progress: Progress, epoch_generator: torch.Tensor
         raise diverged(ctx, progress, f"the loss or parameters became non-finite in epoch {progress.epoch + 1} "
                                       f"(found when stopping at step {progress.step} of {steps})")
     if ctx.main:
-        checkpoint.save(ctx.out / "last.pt", payload(ctx, progress, epoch_generator, sums))
+        ctx.checkpoints.save(ctx.out / "last.pt", payload(ctx, progress, epoch_generator, sums))
     signum = stop.signum or signal.SIGTERM  # a rank that did not see it stops as the others
     raise TrainingInterrupted(f"{signal.Signals(signum).name}: stopped in epoch {progress.epoch + 1} after step "
                               f"{progress.step} of {steps} and saved {ctx.out / 'last.pt'}", signum)
@@ -457,7 +462,7 @@ def save_checkpoint(ctx: RunContext, progress: Progress, improved: bool) -> None
     if ctx.main:
         at_boundary = EpochSums([], torch.zeros((), dtype=torch.long), 0.0)  # no partial epoch (on the CPU)
         ckpt = payload(ctx, progress, ctx.split.train.generator.get_state(), at_boundary)
-        checkpoint.save([ctx.out / "best.pt", ctx.out / "last.pt"] if improved else [ctx.out / "last.pt"], ckpt)
+        ctx.checkpoints.save([ctx.out / "best.pt", ctx.out / "last.pt"] if improved else [ctx.out / "last.pt"], ckpt)
     progress.kept = f"the last good checkpoint, {ctx.out / 'last.pt'} (after epoch {progress.epoch}), is kept"
 
 

@@ -48,8 +48,8 @@ def resume_point(cfg: Config, out: Path, device: torch.device) -> dict:
         raise ConfigError(f"resume=true: the run in {out} trained on {saved['device_type']} and this one would "
                           f"run on {device.type}; the loader's random stream does not carry across, so set "
                           f"device={saved['device_type']}")
-    if cfg.epochs != saved_cfg.epochs and cfg.schedule == "onecycle":
-        raise ConfigError(f"resume=true: epochs cannot change with schedule=onecycle (its lr curve spans all "
+    if cfg.epochs != saved_cfg.epochs and cfg.schedule != "plateau":
+        raise ConfigError(f"resume=true: epochs cannot change with schedule={cfg.schedule} (its lr curve spans all "
                           f"{saved_cfg.epochs} epochs); drop epochs={cfg.epochs}")
     if cfg.epochs < saved["epoch"] + (saved["step"] > 0):
         raise ConfigError(f"resume=true: epochs={cfg.epochs}, but {path} is already past epoch {saved['epoch']}")
