@@ -11,7 +11,7 @@ import torch
 
 from bench.common import device_slug, header, to_markdown
 
-SECTIONS = ("step", "loader", "depthwise", "attention")
+SECTIONS = ("step", "loader", "depthwise", "attention", "members")
 CPU_SECTIONS = ("loader",)  # the others measure GPU kernels and GPU training
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -63,6 +63,15 @@ def main(argv: list[str]) -> int:
 
 def section_options(name: str, opts: dict) -> dict:
     """The command line's options that a section's `measure` takes."""
+    if name == "members":
+        kwargs = {"e2e": opts.get("e2e", "false").lower() == "true", "epochs": int(opts.get("epochs", 3))}
+        if "ks" in opts:
+            kwargs["ks"] = tuple(int(k) for k in opts["ks"].split(","))
+        if "data" in opts:
+            kwargs["data"] = opts["data"]
+        if "nets" in opts:
+            kwargs["names"] = opts["nets"].split(",")
+        return kwargs
     if name != "step":
         return {}
     kwargs = {"parallel": opts.get("parallel", "false").lower() == "true",

@@ -15,8 +15,9 @@ Adapted for CIFAR (`config="cifar"`, the default), one row of the CONFIGS table 
 - BatchNorm after every convolution (option `batchnorm`, on by default for CIFAR): the zoo trains every net
   with one SGD recipe (lr 0.1) tuned for BatchNorm nets. The paper's local response normalisation is dropped
   (torchvision drops it too). With BatchNorm the convolutions have no bias (BN's shift replaces it).
-- No dropout by default (option `dropout`, the paper's is 0.5): dropout draws from torch's global RNG, which
-  would make the train-mode forward a function of more than (params, state, x).
+- No dropout by default (option `dropout`, the paper's is 0.5). Above 0 it draws its masks from `apply`'s key
+  (nets/rng.py), or without a key from torch's global RNG, which makes the train-mode forward a function of
+  more than (params, state, x).
 
 `config="imagenet"` is torchvision's `alexnet` exactly (224x224 inputs, adaptive 6x6 average pool, 4096-wide
 classifier, dropout 0.5, no BatchNorm); the tests check it against torchvision. Module names equal
@@ -34,6 +35,7 @@ from typing import Annotated
 
 from torch import nn
 
+from nets import blocks
 from nets.core import Net
 from nets.options import DropRate, OneOf
 from nets.registry import register
@@ -88,10 +90,10 @@ class AlexNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(cfg.pooled)
         width = cfg.fc_width
         self.classifier = nn.Sequential(  # torchvision's order: dropout before each hidden layer
-            nn.Dropout(dropout),
+            blocks.Dropout(dropout),
             nn.Linear(cin * cfg.pooled**2, width),
             nn.ReLU(inplace=True),
-            nn.Dropout(dropout),
+            blocks.Dropout(dropout),
             nn.Linear(width, width),
             nn.ReLU(inplace=True),
             nn.Linear(width, num_classes),

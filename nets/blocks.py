@@ -4,6 +4,7 @@
     DepthwiseConv2d(channels, k, stride) a k x k convolution per channel, through `depthwise` below
     SeparableConv2d(cin, cout, stride)   depthwise 3x3 then pointwise 1x1 (Chollet 2017; Howard et al. 2017)
     attention(qkv)                       softmax(Q K^T / sqrt(D)) V from a fused QKV projection
+    Dropout(p)                           nn.Dropout drawing from Net.apply's key where there is one (nets/rng.py)
     DropPath(p)                          stochastic depth: a residual branch dropped per sample in training
 
 `depthwise` and `attention` are the single doors to the Triton kernels in kernels/: `impl="auto"` takes
@@ -18,6 +19,7 @@ from typing import Annotated
 import torch
 from torch import nn
 
+from nets import rng
 from nets.options import OneOf
 
 # The nets' `kernels` option: a literal, so that importing nets imports no Triton (kernels/ accepts more impls,
@@ -68,12 +70,28 @@ class SeparableConv2d(nn.Module):
         return self.pointwise(self.depthwise(x))
 
 
-class DropPath(nn.Module):
+class Dropout(nn.Dropout, rng.Keyed):
+    """nn.Dropout (Srivastava et al. 2014) with explicit randomness: in train mode each element is zeroed with
+    probability p and the others scaled by 1 / (1 - p); the identity in eval mode and at p = 0. Under a key
+    (`Net.apply`'s; nets/rng.py) the mask is the layer's own draw from it, else torch's global generator's. No
+    parameters or buffers: replacing nn.Dropout changes no state_dict."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if self.key() is None:
+            return super().forward(x)
+        keep = self.uniform(x.shape, x.device) >= self.p
+        return x * (keep.to(x.dtype) / (1 - self.p))
+
+
+class DropPath(nn.Module, rng.Keyed):
     """Stochastic depth (Huang et al. 2016, "Deep Networks with Stochastic Depth"), per sample, as the ViTs of
     DeiT (Touvron et al. 2021) use it on their residual branches: in train mode each sample's branch output is
     zeroed with probability p and the others are scaled by 1 / (1 - p), so its expectation is unchanged; the
-    identity in eval mode and at p = 0. The draw comes from PyTorch's global generator (in float32, whatever
-    the branch's dtype), which the trainer seeds and checkpoints."""
+    identity in eval mode and at p = 0. The draw (in float32, whatever the branch's dtype) comes from the key of
+    `Net.apply` (nets/rng.py) where there is one, else from PyTorch's global generator, which the trainer seeds
+    and checkpoints."""
 
     def __init__(self, p: float):
         super().__init__()
@@ -82,8 +100,9 @@ class DropPath(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
-        keep = torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), device=x.device) >= self.p
-        return x * (keep.to(x.dtype) / (1 - self.p))
+        per_sample = (x.shape[0],) + (1,) * (x.ndim - 1)
+        u = torch.rand(per_sample, device=x.device) if self.key() is None else self.uniform(per_sample, x.device)
+        return x * ((u >= self.p).to(x.dtype) / (1 - self.p))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -6,9 +6,14 @@ The numbers live in two pytrees owned by the caller:
     params: {state_dict key: tensor}   # trainable tensors, flat names equal to the module's state_dict keys
     state:  {state_dict key: tensor}   # BatchNorm running statistics (empty for nets without BatchNorm)
 
-and `apply(params, state, x, train) -> (logits, new_state)` runs the skeleton through
-`torch.func.functional_call`. The pytrees are flat dicts rather than nested ones: functional_call takes them
-as they are, and a plain PyTorch user loads them with `module.load_state_dict({**params, **state})`.
+and `apply(params, state, x, train, key=None) -> (logits, new_state)` runs the skeleton through
+`torch.func.functional_call`. `key`, an int64 scalar tensor (`nets.step_key` makes one per step), is the train
+mode's randomness: dropout and stochastic depth draw from it (nets/rng.py), so the forward is a pure function of
+its inputs, each member of a torch.func.vmap over keys draws its own masks, and a compiled step takes the key as
+an input. Without a key they draw from torch's global generator; eval mode draws nothing.
+
+The pytrees are flat dicts rather than nested ones: functional_call takes them as they are, and a plain PyTorch
+user loads them with `module.load_state_dict({**params, **state})`.
 
 Initialisation is explicit and seeded: `init(generator, device)` walks the skeleton and fills each tensor with
 the rule of the layer that owns it (the rules are below, each with its source). A family that needs another
@@ -27,6 +32,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
+
+from nets import rng
 
 Tree = dict[str, torch.Tensor]
 
@@ -80,6 +87,10 @@ class Net:
             skeleton = make_module()
         # Two skeletons, one per mode, so that `apply` never flips a flag on a shared module.
         self._skeleton = {True: skeleton.train(), False: copy.deepcopy(skeleton).eval()}
+        # The key of the apply call in progress, read by the random layers of both skeletons (nets/rng.py).
+        self._keys = rng.KeyHolder()
+        for module in self._skeleton.values():
+            rng.bind(module, self._keys)
 
     @property
     def skeletons(self) -> Mapping[bool, nn.Module]:
@@ -109,15 +120,22 @@ class Net:
                 state[dot + name] = t.to(device)
         return params, state
 
-    def apply(self, params: Tree, state: Tree, x: torch.Tensor, train: bool) -> tuple[torch.Tensor, Tree]:
+    def apply(self, params: Tree, state: Tree, x: torch.Tensor, train: bool,
+              key: torch.Tensor | None = None) -> tuple[torch.Tensor, Tree]:
         """logits for x (B, 3, H, W); in train mode also the updated BatchNorm statistics.
 
         BatchNorm updates its running statistics in place, so train mode hands it copies: the caller's
-        `state` is never changed. Eval mode reads `state` and returns it as it is.
+        `state` is never changed. Eval mode reads `state` and returns it as it is, and ignores `key`.
+        `key` (int64, shape ()): the draws of dropout and stochastic depth in train mode, a pure function of it;
+        None draws them from torch's global generator.
         """
         if train:
             state = {k: v.clone() for k, v in state.items()}
-        logits = functional_call(self._skeleton[train], (params, state), (x,), strict=True)
+        self._keys.hold(rng.check_key(key) if train else None)
+        try:
+            logits = functional_call(self._skeleton[train], (params, state), (x,), strict=True)
+        finally:
+            self._keys.hold(None)  # a layer used outside this call draws from the global generator again
         return logits, state
 
     def to_module(self, params: Tree, state: Tree, device: torch.device | str | None = None) -> nn.Module:

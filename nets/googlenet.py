@@ -22,9 +22,9 @@ Options:
   convolution in each module's third branch where the paper has 5x5 (pytorch/vision#906) and a 2x2 max-pool
   before 5a where the paper has 3x3; this option reproduces both (and torchvision's main dropout, 0.2 for the
   paper's 0.4, in the imagenet config). The pool change alters nothing at 32x32 (both pools give 16 -> 8).
-- `dropout` before the last Linear: 0 by default for CIFAR (dropout draws from torch's global RNG, which would
-  make the train-mode forward a function of more than (params, state, x)); the auxiliary heads' dropout is
-  the paper's 0.7 in the imagenet config and none in the cifar one.
+- `dropout` before the last Linear: 0 by default for CIFAR (above 0 it draws from `apply`'s key, nets/rng.py,
+  or without a key from torch's global RNG); the auxiliary heads' dropout is the paper's 0.7 in the imagenet
+  config and none in the cifar one.
 
 `config="imagenet", torchvision_quirks=True` is torchvision's `googlenet(weights=None)` exactly (aux heads on,
 as its default; transform_input=False); the tests check it against torchvision. Module names equal
@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nets import blocks
 from nets.core import Net
 from nets.options import DropRate, OneOf
 from nets.registry import register
@@ -109,7 +110,7 @@ class InceptionAux(nn.Module):
         self.conv = BasicConv2d(cin, AUX_CHANNELS, 1)
         self.fc1 = nn.Linear(AUX_CHANNELS * AUX_GRID**2, AUX_WIDTH)
         self.fc2 = nn.Linear(AUX_WIDTH, num_classes)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = blocks.Dropout(dropout)
 
     def forward(self, x):  # (B, cin, H, W)
         # The paper's 5x5 stride-3 average pool maps ImageNet's 14x14 to 4x4; adaptive pooling does that at
@@ -147,7 +148,7 @@ class GoogLeNet(nn.Module):
             self.aux1 = InceptionAux(taps["4a"], num_classes, AUX_DROPOUT[config])
             self.aux2 = InceptionAux(taps["4d"], num_classes, AUX_DROPOUT[config])
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = blocks.Dropout(dropout)
         self.fc = nn.Linear(cin, num_classes)
 
     def forward(self, x):  # x: (B, 3, H, W); cifar grids in the comments, for H = W = 32

@@ -12,8 +12,9 @@ Adapted for CIFAR (`config="cifar"`, the default):
   ~19M parameters (as many as the 9-20M of the convolutions) that a 50k-image dataset does not need.
   The adaptive average pool before it is a no-op at 32x32 and lets larger inputs through.
 - The convolutions have no bias: BatchNorm's shift replaces it (its gradient would be zero in train mode).
-- No dropout by default (option `dropout`, before the Linear): dropout draws from torch's global RNG, which
-  would make the train-mode forward a function of more than (params, state, x).
+- No dropout by default (option `dropout`, before the Linear). Above 0 it draws its masks from `apply`'s key
+  (nets/rng.py), or without a key from torch's global RNG, which makes the train-mode forward a function of
+  more than (params, state, x).
 
 `config="imagenet"` is torchvision's vgg11_bn..vgg19_bn exactly (adaptive 7x7 average pool, 4096-4096
 classifier with dropout 0.5, convolutions with bias); the tests check it against torchvision. Module names equal
@@ -33,6 +34,7 @@ from typing import Annotated
 
 from torch import nn
 
+from nets import blocks
 from nets.core import Net
 from nets.options import DropRate, OneOf
 from nets.registry import register
@@ -64,16 +66,16 @@ class VGG(nn.Module):
         self.features = nn.Sequential(*layers)
         if config == "cifar":
             self.avgpool = nn.AdaptiveAvgPool2d(1)
-            self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(cin, num_classes))
+            self.classifier = nn.Sequential(blocks.Dropout(dropout), nn.Linear(cin, num_classes))
         else:
             self.avgpool = nn.AdaptiveAvgPool2d(IMAGENET_GRID)
             self.classifier = nn.Sequential(
                 nn.Linear(cin * IMAGENET_GRID**2, IMAGENET_WIDTH),
                 nn.ReLU(inplace=True),
-                nn.Dropout(dropout),
+                blocks.Dropout(dropout),
                 nn.Linear(IMAGENET_WIDTH, IMAGENET_WIDTH),
                 nn.ReLU(inplace=True),
-                nn.Dropout(dropout),
+                blocks.Dropout(dropout),
                 nn.Linear(IMAGENET_WIDTH, num_classes),
             )
 

@@ -86,7 +86,7 @@ class MLP(nn.Module):
     def __init__(self, dim: int, hidden: int, dropout: float):
         super().__init__()
         self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = blocks.Dropout(dropout)  # called twice: each call draws its own mask (nets/rng.py)
 
     def forward(self, x):
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
@@ -101,8 +101,8 @@ class Block(nn.Module):
         self.attn = Attention(size.dim, size.heads, kernels)
         self.norm2 = nn.LayerNorm(size.dim, eps=LAYER_NORM_EPS)
         self.mlp = MLP(size.dim, size.mlp_ratio * size.dim, dropout)
-        self.drop = nn.Dropout(dropout)
-        self.drop_path = blocks.DropPath(drop_path)
+        self.drop = blocks.Dropout(dropout)
+        self.drop_path = blocks.DropPath(drop_path)  # on both branches, each call its own draw (nets/rng.py)
 
     def forward(self, x):  # x: (B, S, dim)
         x = x + self.drop_path(self.drop(self.attn(self.norm1(x))))
@@ -120,7 +120,7 @@ class ViT(nn.Module):
             self.cls_token = nn.Parameter(torch.empty(1, 1, size.dim))  # filled by init_param
             tokens += 1
         self.pos_embed = nn.Parameter(torch.empty(1, tokens, size.dim))  # filled by init_param
-        self.drop = nn.Dropout(dropout)
+        self.drop = blocks.Dropout(dropout)
         self.blocks = nn.Sequential(*(Block(size, dropout, kernels, p) for p in drop_path_rates(drop_path, size.depth)))
         self.norm = nn.LayerNorm(size.dim, eps=LAYER_NORM_EPS)
         self.head = nn.Linear(size.dim, num_classes)
@@ -184,10 +184,11 @@ def vit(name: str):
               drop_path: DropRate = 0.0) -> Net:  # fmt: skip
         """patch: patch side in pixels (4 for CIFAR, 16 for the paper's /16 models); pool: "cls" (class token)
         or "mean" (average of the tokens); image_size: input side in pixels (a multiple of patch); dropout:
-        after the embedding, the attention and each MLP layer (0 keeps `apply` pure; above 0 it draws from
-        PyTorch's global generator in train mode); kernels: "auto" (Triton attention on CUDA) or "reference";
-        drop_path: stochastic depth of the last block's two residual branches, rising linearly from 0 at the
-        first block (drop_path_rates; DeiT trains its ViTs with 0.1; above 0 it draws as dropout does)."""
+        after the embedding, the attention and each MLP layer (in train mode above 0 it draws from `apply`'s key,
+        nets/rng.py, or without a key from PyTorch's global generator); kernels: "auto" (Triton attention on
+        CUDA) or "reference"; drop_path: stochastic depth of the last block's two residual branches, rising
+        linearly from 0 at the first block (drop_path_rates; DeiT trains its ViTs with 0.1; above 0 it draws as
+        dropout does)."""
         if image_size % patch:  # the options' own ranges are checked by nets.build, from the signature
             raise NetError(f"{name}: net.image_size={image_size} must be a multiple of patch, net.patch={patch} "
                            "(the image is cut into patch x patch squares)")

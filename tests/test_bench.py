@@ -4,6 +4,7 @@ itself needs a GPU and runs there)."""
 import fcntl
 
 import pytest
+import torch
 from fake_timer import fake_timer
 from test_depthwise import DEVICE, needs_triton
 
@@ -231,3 +232,24 @@ def test_each_section_writes_its_own_file_where_out_says(monkeypatch, tmp_path):
     assert bench.report.main(["loader", f"out={tmp_path}"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loader-cpu.json", "loader-cpu.md"]
     assert "command:" in (tmp_path / "loader-cpu.md").read_text()
+
+
+def test_members_section_times_each_k_against_k1_in_one_run(monkeypatch):
+    """bench.members on the CPU at a toy size: one row per K with images/s summed over members and the ratios
+    to K = 1 of the same run; a K that runs out of memory is a row saying so, not a crash."""
+    from bench import members
+
+    real = members.members_step
+
+    def step(model, options, k, device, batch=members.BATCH, graphs=True):
+        if k == 4:
+            raise torch.OutOfMemoryError("fake")
+        return real(model, {"width": 4}, k, device, batch=4, graphs=graphs)
+
+    monkeypatch.setattr(members, "members_step", step)
+    rows = members.measure_net("toy", "resnet18", {}, (1, 2, 4), torch.device("cpu"), calls=1, rounds=1, batch=4)
+    assert [r["K"] for r in rows] == [1, 2, 4]
+    one, two, oom = rows
+    assert one["vs K=1"] == 1 and two["images/s (all members)"] > 0 and oom["note"] == "out of GPU memory"
+    assert two["vs K=1"] == pytest.approx(two["images/s (all members)"] / one["images/s (all members)"])
+    assert two["per member vs K=1"] == pytest.approx(two["vs K=1"] / 2)

@@ -76,10 +76,11 @@ def train(step, ts, data):
 
 
 def loop_config(data, out: Path, sync_bn: bool):
-    """One epoch of a narrow ResNet-18 (with BatchNorm, per rank or synchronised) on the synthetic pickles."""
+    """One epoch of a narrow ResNet-18 (with BatchNorm, per rank or synchronised) on the synthetic pickles; with
+    per-rank BatchNorm, two members (train/members.py: every rank holds both)."""
     return parse(["model=resnet18", "net.width=4", "recipe=seed", "device=cpu", "compile=false", "download=false",
                   "progress=false", f"data={data}", f"out={out}", "epochs=1", "batch_size=20",
-                  "val_fraction=0.2", "seed=3", f"sync_bn={str(sync_bn).lower()}"])
+                  "val_fraction=0.2", "seed=3", f"sync_bn={str(sync_bn).lower()}", f"members={1 if sync_bn else 2}"])
 
 
 def assert_same_on_every_rank(tree, rank: int) -> None:
@@ -197,6 +198,10 @@ def test_only_rank_0_writes(two_ranks):
     # The split's 160 training images, 80 per rank, in batches of 20: 4 steps a rank, 160 images an epoch.
     saved = torch.load(run0 / "last.pt", weights_only=False)
     assert len(saved["train_idx"]) == 160
+    if not sync_bn:  # two members on two ranks: both members' weights, trained apart (their seeds 3 and 4)
+        assert [m["seed"] for m in written["members"]] == [3, 4] and len(record["members"]["train_loss"]) == 2
+        conv = saved["params"]["conv1.weight"]
+        assert conv.shape[0] == 2 and not torch.equal(conv[0], conv[1])
 
 
 def test_single_process_is_a_no_op(monkeypatch):

@@ -91,8 +91,8 @@ def test_final_test_scores_the_best_validation_epoch_when_it_is_not_the_last(cif
     calls = []
     real_evaluate = train.loop.evaluate
 
-    def evaluate(eval_step, params, state, batches):  # the loop's one evaluation function: val, then test
-        metrics = real_evaluate(eval_step, params, state, batches)
+    def evaluate(eval_step, params, state, batches, *rest):  # the loop's one evaluation function: val, then test
+        metrics = real_evaluate(eval_step, params, state, batches, *rest)
         calls.append(len(batches.labels))
         return {**metrics, "top1": reported[len(calls) - 1]} if len(calls) <= len(reported) else metrics
 
@@ -209,9 +209,9 @@ def test_normalisation_statistics_are_the_training_splits_alone(per, tmp_path, m
     evaluated = []
     real_evaluate = train.loop.evaluate
 
-    def evaluate(eval_step, params, state, batches):  # records the validation and test batches the loop reads
+    def evaluate(eval_step, params, state, batches, *rest):  # records the validation and test batches the loop reads
         evaluated.append(batches)
-        return real_evaluate(eval_step, params, state, batches)
+        return real_evaluate(eval_step, params, state, batches, *rest)
 
     monkeypatch.setattr(train.loop, "evaluate", evaluate)
     out = tmp_path / "run"

@@ -44,8 +44,8 @@ def stop_after(monkeypatch, calls: int, action) -> None:
     def make(*args, **kwargs):
         step = real(*args, **kwargs)
 
-        def wrapped(ts, batch, lr):
-            out = step(ts, batch, lr)
+        def wrapped(ts, batch, lr, key=None):
+            out = step(ts, batch, lr, key)
             count[0] += 1
             if count[0] == calls:
                 action()

@@ -72,12 +72,12 @@ def test_divergence_keeps_the_last_good_checkpoint(reference, cifar10_pickles, t
     def make(*args, **kwargs):
         step = real(*args, **kwargs)
 
-        def wrapped(ts, batch, lr):
+        def wrapped(ts, batch, lr, key=None):
             count[0] += 1
             if count[0] == STEPS_PER_EPOCH + 1:  # epoch 4's first step: epoch 3's checkpoints are asked for
                 writers[-1].wait()  # and, once the background write ends, on disk
                 before.update({name: (run_dir / name).read_bytes() for name in ("last.pt", "best.pt")})
-            ts, m = step(ts, batch, lr)
+            ts, m = step(ts, batch, lr, key)
             if count[0] == at:
                 ts = ts._replace(params={k: torch.full_like(v, float("nan")) for k, v in ts.params.items()})
                 if poison == "loss":

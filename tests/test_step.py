@@ -120,8 +120,10 @@ def test_compiled_once_per_shape(gradients):
 
 @pytest.mark.parametrize("tta", ["none", "flip"])
 def test_padded_evaluation_is_one_graph_and_changes_no_number(tta):
-    """padded_to: the partial batches (5 and 7 rows) run in the full batch's graph, and every summed metric and
-    every real row's logits equal the unpadded step's in float64 (the padding rows count for nothing)."""
+    """padded_to: the partial batches (5 and 7 rows) run in the full batch's graph, and every real row's logits
+    and every summed metric equal the unpadded step's (float64 weights and images; the eval step's logits are
+    float32, so the sums over 16 rows and over 5 agree to float32 rounding, the hit counts exactly): the
+    padding rows count for nothing."""
     torch._dynamo.reset()
     net = small_net()
     ts = fresh_state(net)
@@ -134,9 +136,9 @@ def test_padded_evaluation_is_one_graph_and_changes_no_number(tta):
         got, logits = padded(params, state, x.double(), y)
         want, want_logits = make_eval_step(net, CPU, tta)(params, state, x.double(), y)
         assert logits.shape == (size, 10)
-        torch.testing.assert_close(logits, want_logits, rtol=1e-12, atol=1e-12)
-        for k in ("loss", "top1", "top5"):
-            torch.testing.assert_close(got[k], want[k], rtol=1e-12, atol=0)
+        torch.testing.assert_close(logits, want_logits, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(got["loss"], want["loss"], rtol=1e-6, atol=0)
+        assert (got["top1"], got["top5"]) == (want["top1"], want["top5"])
     assert counter.frame_count == 1
 
 
@@ -275,15 +277,20 @@ def test_warm_up_restores_a_state_the_step_wrote_in_place(make_net, ema):
     before = copy_state(ts)
     x, y = batches(1)[0]
 
-    def writes(state, batch, lr):
+    keys = []
+
+    def writes(state, batch, lr, key):
+        keys.append(key)
         for tree in state:
             for t in tree.values():
                 t.add_(1)
         return state, {}
 
     seen = []
-    warm_up(writes, lambda params, state, *_: seen.append(copy_state(TrainState(params, state, {}))), ts,
-            SimpleNamespace(images=x, example=lambda: (x, y)), ([(x, y)],))
+    split = SimpleNamespace(train=SimpleNamespace(images=x, example=lambda: (x, y)), val=[(x, y)], test=[])
+    warm_up(writes, lambda params, state, *_: seen.append(copy_state(TrainState(params, state, {}))), ts, split,
+            torch.tensor(7))
+    assert [int(k) for k in keys] == [7, 7]  # the key passed through, as the epochs pass theirs
     assert_same_state(ts, before, rtol=0, atol=0)
     assert len(seen) == 1
     written = TrainState(*({k: v + 2 for k, v in tree.items()} for tree in before))  # twice written, then evaluated

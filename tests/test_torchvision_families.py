@@ -176,7 +176,7 @@ def test_cifar_heads_and_grids():
     """The CIFAR designs the docstrings describe: VGG ends on a 1x1 map into one Linear(512, classes), AlexNet's
     classifier reads 256 x 4 x 4 features, GoogLeNet's inception groups see 32, 16 and 8 pixels."""
     vgg = nets.build("vgg16", 100).module
-    assert [type(m) for m in vgg.classifier] == [nn.Dropout, nn.Linear]
+    assert [type(m) for m in vgg.classifier] == [nets.blocks.Dropout, nn.Linear]
     assert (vgg.classifier[1].in_features, vgg.classifier[1].out_features) == (512, 100)
     assert nets.build("alexnet", 10).module.classifier[1].in_features == 256 * 4 * 4
 

@@ -77,6 +77,10 @@ class Config:
     #                    (train.step.tta_views); true/false, the older spelling, mean flip/none
     sync_bn: bool = False  # several ranks: BatchNorm statistics over all ranks' images (default: per rank)
     seed: int = 0  # seeds the split, the init, the shuffling and the augmentation
+    split_seed: int = -1  # seeds the train/val split alone when >= 0 (-1: `seed` does); a seed sweep's runs can
+    #                       then share one validation set, as the members of one run do
+    members: int = 1  # K copies of the net trained together in one vmapped step, seeds seed, seed + 1, ...
+    #                   (member_seeds), sharing the split of `split_seed` (or `seed`); train/members.py
     # Machinery (the trainer owns device, precision and memory format; nets never choose them).
     device: str = "auto"  # auto | cpu | cuda
     compile: str = "auto"  # auto (= on CUDA) | true | false: torch.compile around the whole step
@@ -90,11 +94,23 @@ class Config:
     resume: bool = False  # continue the run in `out` from its last.pt (the keys below RESUMABLE may change)
     overwrite: bool = False  # a new run into an `out` that holds a run: remove that run's files and start afresh
 
+    def member_seeds(self) -> list[int]:
+        """Each member's seed for its init, data order, augmentation and random layers: seed, seed + 1, ...; member
+        k is the single run `seed=<seed + k> split_seed=<the split's seed>`."""
+        return [self.seed + k for k in range(self.members)]
+
+    def seed_of_split(self) -> int:
+        return self.seed if self.split_seed < 0 else self.split_seed
+
     def run_dir(self) -> str:
         return self.out or f"runs/{self.model}-{self.dataset}"
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        """The keys, and with several members their seeds (DERIVED: written for the reader, recomputed on load)."""
+        keys = dataclasses.asdict(self)
+        if self.members > 1:
+            keys["member_seeds"] = self.member_seeds()
+        return json.dumps(keys, indent=2, sort_keys=True)
 
 
 # Presets applied by `recipe=`.
@@ -185,9 +201,10 @@ PER_COMMAND = ("resume", "overwrite")
 # Keys that older versions saved and this one no longer has: from_json drops them, so those runs still load and
 # resume. gpu_lock and gpu_slots ordered runs that shared a GPU; they never changed what a run computed.
 RETIRED = ("gpu_lock", "gpu_slots")
+DERIVED = ("member_seeds",)  # written by to_json for the reader, dropped by from_json
 # tta was a bool before it had more than one kind: its words (and their JSON values) still mean flip or none.
 TTA_BOOLEANS = {"true": "flip", "1": "flip", "yes": "flip", "false": "none", "0": "none", "no": "none"}
-POSITIVE = ("epochs", "batch_size", "eval_batch_size", "lr")
+POSITIVE = ("epochs", "batch_size", "eval_batch_size", "lr", "members")
 NON_NEGATIVE = ("momentum", "weight_decay", "label_smoothing", "patience", "min_lr", "cutout", "randaugment")
 FRACTIONS = ("val_fraction", "warmup_fraction", "lr_factor", "label_smoothing", "beta2")
 
@@ -251,7 +268,7 @@ def from_json(text: str, where: str) -> Config:
         raise ConfigError(f"{where}: not a saved configuration ({getattr(e, 'msg', e)})") from None
     names = {f.name for f in dataclasses.fields(Config)}
     if isinstance(saved, dict):
-        saved = {k: v for k, v in saved.items() if k not in RETIRED}
+        saved = {k: v for k, v in saved.items() if k not in RETIRED + DERIVED}
         if isinstance(saved.get("tta"), bool):
             saved["tta"] = TTA_BOOLEANS[str(saved["tta"]).lower()]
     if not isinstance(saved, dict) or set(saved) - names:

@@ -13,6 +13,7 @@ import torch
 from data import DataError, DeviceBatches, load_cifar, normalisation_stats, stratified_split
 from train import distributed
 from train.config import Config, ConfigError
+from train.members import MemberBatches
 
 
 def load_data(cfg: Config, log=None):
@@ -61,7 +62,7 @@ def device_split(cfg: Config, data, saved: dict | None, out: Path, device, rank:
     with several ranks, this rank's shard of the training split."""
     digest = data_digest(data)
     if saved is None:
-        train_idx, val_idx = stratified_split(data.train_labels, cfg.val_fraction, cfg.seed)
+        train_idx, val_idx = stratified_split(data.train_labels, cfg.val_fraction, cfg.seed_of_split())
         mean, std = (torch.from_numpy(a) for a in normalisation_stats(data.train_images[train_idx],
                                                                       per=cfg.normalisation))
     else:
@@ -79,12 +80,15 @@ def device_split(cfg: Config, data, saved: dict | None, out: Path, device, rank:
         )
     mean, std = mean.to(device), std.to(device)
     # The same seed on every rank: each shuffles and augments its own shard with the same random stream, so the
-    # one generator state rank 0 saves resumes every rank.
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    train = DeviceBatches(*_device_tensors(data.train_images[rank_idx], data.train_labels[rank_idx], device),
-                          mean, std, cfg.batch_size, train=True, generator=generator, cutout=cfg.cutout,
-                          mix=cfg.mix, num_classes=num_classes, randaugment_ops=cfg.randaugment,
-                          randaugment_magnitude=cfg.randaugment_magnitude)
+    # one generator state rank 0 saves resumes every rank. Members: one loader per member seed over the same
+    # images on the device (train/members.py).
+    images, labels = _device_tensors(data.train_images[rank_idx], data.train_labels[rank_idx], device)
+    loaders = [DeviceBatches(images, labels, mean, std, cfg.batch_size, train=True,
+                             generator=torch.Generator(device=device).manual_seed(seed), cutout=cfg.cutout,
+                             mix=cfg.mix, num_classes=num_classes, randaugment_ops=cfg.randaugment,
+                             randaugment_magnitude=cfg.randaugment_magnitude)
+               for seed in cfg.member_seeds()]
+    train = loaders[0] if cfg.members == 1 else MemberBatches(loaders)
     val = DeviceBatches(*_device_tensors(data.train_images[val_idx], data.train_labels[val_idx], device),
                         mean, std, cfg.eval_batch_size, train=False)
     test = DeviceBatches(*_device_tensors(data.test_images, data.test_labels, device),

@@ -1,5 +1,6 @@
 """`python -m train.evaluate run=<run dir> [checkpoint=best|last|<path>] [tta=none|flip|translate] [data=<path>]
-[device=auto|cpu|cuda] [batch_size=1024]`: top-1/top-5 accuracy of a run's checkpoint on its test set.
+[device=auto|cpu|cuda] [batch_size=1024] [member=<k>|ensemble]`: top-1/top-5 accuracy of a run's checkpoint on its
+test set (of a members run: one member, or by default the ensemble, train/run_dir.py).
 
 The test split of the run's dataset is read from `data=` (default: the run's own data=, never downloaded), in
 eval mode and fp32, with the weights the trainer evaluated (the EMA's for a run trained with ema > 0).
@@ -15,14 +16,15 @@ import sys
 from train.cli import tool_main
 from train.run_dir import TTA, ToolError, load_run, parse_args, positive_int, test_set, topk_accuracy
 
-KEYS = {"run": None, "checkpoint": "best", "tta": "none", "data": "", "device": "auto", "batch_size": "1024"}
+KEYS = {"run": None, "checkpoint": "best", "tta": "none", "data": "", "device": "auto", "batch_size": "1024",
+        "member": ""}
 
 
 def evaluate_run(run: str, checkpoint: str = "best", tta: str = "none", data: str = "", device: str = "auto",
-                 batch_size: int = 1024, log=print) -> dict:
+                 batch_size: int = 1024, log=print, member: str = "") -> dict:
     if tta not in TTA:
         raise ToolError(f"tta={tta!r} is not one of: {', '.join(TTA)}")
-    loaded = load_run(run, checkpoint, device)
+    loaded = load_run(run, checkpoint, device, member)
     images, labels = test_set(loaded, data, log)
     logits = loaded.logits(images, tta, batch_size)
     result = {"top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, 5),
@@ -36,7 +38,7 @@ def evaluate_run(run: str, checkpoint: str = "best", tta: str = "none", data: st
 def command(argv: list[str]) -> dict:
     args = parse_args(argv, KEYS)
     return evaluate_run(args["run"], args["checkpoint"], args["tta"], args["data"], args["device"],
-                        positive_int("batch_size", args["batch_size"]))
+                        positive_int("batch_size", args["batch_size"]), member=args["member"])
 
 
 def main(argv: list[str]) -> int:

@@ -1,5 +1,7 @@
-"""`python -m train.export run=<run dir> [checkpoint=best|last|<path>] [out=<folder>]`: a run's weights for use
-outside this project. Writes into `out` (default <run dir>/export):
+"""`python -m train.export run=<run dir> [checkpoint=best|last|<path>] [out=<folder>] [member=<k>|ensemble]`: a run's
+weights for use outside this project (of a members run: one member's, or by default the ensemble, one program
+whose output is the log of the members' mean probability: train.members.Ensemble). Writes into `out` (default
+<run dir>/export):
 
     state_dict.pt   the plain nn.Module state_dict (params and BatchNorm statistics, CPU, float32; their EMA for
                     a run trained with ema > 0, as the trainer evaluated it: meta.json's "weights"). It loads
@@ -33,7 +35,7 @@ from train.checkpoint import write_atomically
 from train.cli import tool_main
 from train.run_dir import load_run, parse_args
 
-KEYS = {"run": None, "checkpoint": "best", "out": ""}
+KEYS = {"run": None, "checkpoint": "best", "out": "", "member": ""}
 MAX_BATCH = 65536  # the largest batch the exported program accepts (a bound torch.export asks for)
 CHECK_IMAGES = 4  # images the program is checked on against the project's forward
 CHECK_TOLERANCE = 1e-4  # max |logit difference|, relative to the largest |logit|: decompositions reorder sums
@@ -52,8 +54,8 @@ class Normalised(nn.Module):
         return self.net((x - self.mean) / self.std)
 
 
-def export_run(run: str, checkpoint: str = "best", out: str = "", log=print) -> dict[str, Path]:
-    loaded = load_run(run, checkpoint, device="cpu")
+def export_run(run: str, checkpoint: str = "best", out: str = "", log=print, member: str = "") -> dict[str, Path]:
+    loaded = load_run(run, checkpoint, device="cpu", member=member)
     out_dir = Path(out) if out else loaded.run / "export"
     module = loaded.module()
     state_dict = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
@@ -64,7 +66,10 @@ def export_run(run: str, checkpoint: str = "best", out: str = "", log=print) -> 
         "weights": loaded.weights,  # "ema": the checkpoint's averaged weights (a run trained with ema > 0)
         "input": "float32 (N, 3, 32, 32) RGB in 0..255 pixel units; model.pt2 normalises inside, "
                  "state_dict.pt's module expects (x - mean) / std",
-        "output": "float32 (N, num_classes) logits, in the order of classes",
+        "output": "float32 (N, num_classes) logits, in the order of classes" if loaded.members == 1 else
+                  f"float32 (N, num_classes) log of the mean probability of {loaded.members} members (softmax: "
+                  "the ensemble's probabilities), in the order of classes",
+        "members": loaded.members,
         "mean": loaded.mean.cpu().tolist(), "std": loaded.std.cpu().tolist(),
     }
 
@@ -101,7 +106,7 @@ def agreement(error: float) -> str:
 
 def command(argv: list[str]) -> dict[str, Path]:
     args = parse_args(argv, KEYS)
-    return export_run(args["run"], args["checkpoint"], args["out"])
+    return export_run(args["run"], args["checkpoint"], args["out"], member=args["member"])
 
 
 def main(argv: list[str]) -> int:

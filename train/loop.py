@@ -20,6 +20,7 @@ A checkpoint (train/checkpoint.py adds "format" and "sha256") holds:
     epoch_losses, epoch_correct,  the partial epoch's per-step losses, top-1 hits and seconds (empty/0 at
     epoch_seconds                 a boundary)
     schedule, best                the lr schedule's state; the best val top-1 so far and its epoch
+    stopped                       a members run's note per member that stopped alone (train/members.py)
     train_idx, val_idx, data_sha256   the split, and a digest of the data it indexes
     mean, std, classes            the normalisation (0..255 pixel units, (3, 32, 32)) and the class names
     config, model, device_type, train_seconds
@@ -43,7 +44,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, NoReturn
 
@@ -53,7 +54,7 @@ from tqdm import tqdm
 import nets
 from data import Cifar, DeviceBatches
 from data.cifar import NUM_CLASSES
-from train import checkpoint, compile_cache, distributed, out_dir, sync_bn
+from train import checkpoint, compile_cache, distributed, members, out_dir, sync_bn
 from train.config import Config, ConfigError
 from train.device_data import DeviceSplit, device_split, load_data
 from train.optim import init_state
@@ -63,6 +64,7 @@ from train.signals import StopRequests, TrainingInterrupted
 from train.step import (
     Precision,
     TrainState,
+    all_finite,
     copy_into,
     eval_weights,
     init_ema,
@@ -119,8 +121,8 @@ class EpochSums:
     seconds: float
 
     @staticmethod
-    def empty(device) -> EpochSums:
-        return EpochSums([], torch.zeros((), device=device, dtype=torch.long), 0.0)
+    def empty(device, members: int = 1) -> EpochSums:
+        return EpochSums([], torch.zeros((members,) if members > 1 else (), device=device, dtype=torch.long), 0.0)
 
 
 @dataclass
@@ -137,6 +139,7 @@ class Progress:
     best: dict
     train_seconds: float
     kept: str
+    stopped: list = field(default_factory=list)  # a members run's: per member None, or why it stopped alone
 
 
 def run(cfg: Config, log=print) -> dict:
@@ -214,11 +217,14 @@ def set_up(cfg: Config, device: torch.device, rank: int, world: int, log) -> tup
     # the pieces between BatchNorm layers still compile: train/sync_bn.py).
     synced = world > 1 and cfg.sync_bn
     gradients = "autograd" if uses_custom_kernels(net, device) or synced else "func"
+    if cfg.members > 1:
+        members.check_supported(cfg, gradients)
+        members.batchnorm_in_float32(net)
     grad_hook = distributed.all_reduce_mean_ if world > 1 else None  # every rank takes the same averaged step
     # With graphs, ts's tensors are the state's persistent buffers, which each replay overwrites.
     step, progress.ts = prepare_step(make_train_step(net, cfg, precision, gradients, grad_hook), progress.ts,
                                      gradients, use_compile, use_graphs)
-    eval_step = maybe_compile(make_eval_step(net, precision, cfg.tta), use_compile)
+    eval_step = maybe_compile(make_eval_step(net, precision, cfg.tta, cfg.members), use_compile)
     if use_compile:  # one graph for every evaluation batch, the partial last ones included
         eval_step = padded_to(eval_step, cfg.eval_batch_size)
     ctx = RunContext(cfg, device, out, rank == 0, world, log, net, data, split, precision, use_compile, use_graphs,
@@ -229,14 +235,16 @@ def set_up(cfg: Config, device: torch.device, rank: int, world: int, log) -> tup
 def starting_point(cfg: Config, device: torch.device, net, precision: Precision, train_batches: DeviceBatches,
                    saved: dict | None, out: Path) -> Progress:
     """The run before its first step: the seeded init and an empty history, or the saved run's (restore)."""
-    params, state = net.init(torch.Generator().manual_seed(cfg.seed), device)
+    inits = [net.init(torch.Generator().manual_seed(seed), device) for seed in cfg.member_seeds()]
+    params, state = inits[0] if cfg.members == 1 else (members.stack([t[i] for t in inits]) for i in (0, 1))
     schedule = make_schedule(cfg)
     torch.manual_seed(cfg.seed)  # torch's global generators: anything random outside the loader's generator
     momentum = init_state(cfg.optimizer, params)  # the optimizer's state, in the params' layout
     ema = init_ema(params, state, cfg.ema)  # empty when cfg.ema is 0
     progress = Progress(TrainState(params, state, momentum, ema), schedule, epoch=0, step=0,
-                        sums=EpochSums.empty(device), best={"val_top1": -1.0, "epoch": 0}, train_seconds=0.0,
-                        kept="no checkpoint was written yet")
+                        sums=EpochSums.empty(device, cfg.members), best=members.no_best(cfg.members),
+                        train_seconds=0.0,
+                        kept="no checkpoint was written yet", stopped=[None] * cfg.members if cfg.members > 1 else [])
     if saved is not None:
         restore(progress, saved, cfg, device, train_batches, out / "last.pt")
     progress.ts = TrainState(*(to_memory_format(tree, precision) for tree in progress.ts))  # 4-d: conv weights
@@ -256,6 +264,7 @@ def restore(progress: Progress, saved: dict, cfg: Config, device: torch.device, 
         torch.cuda.set_rng_state(saved["cuda_rng"], device)
     progress.schedule = load_schedule(cfg, saved["schedule"])
     progress.best, progress.train_seconds = dict(saved["best"]), saved["train_seconds"]
+    progress.stopped = list(saved["stopped"]) or progress.stopped
     progress.epoch, progress.step = saved["epoch"], saved["step"]
     if progress.step:  # the stopped epoch's partial sums, so its metrics line is the uninterrupted one
         progress.sums = EpochSums(list(saved["epoch_losses"].to(device)), saved["epoch_correct"].to(device),
@@ -306,28 +315,29 @@ def compile_steps(ctx: RunContext, ts: TrainState) -> float:
     if ctx.use_compile:  # warm_up leaves ts as it found it
         before = compile_cache.cache_counts()
         with compile_cache.heartbeat(ctx.log, "compiling"):
-            compile_seconds = warm_up(ctx.step, ctx.eval_step, ts, ctx.split.train, (ctx.split.val, ctx.split.test))
+            key = members.step_keys(ctx.cfg, ctx.device, torch.zeros(1, dtype=torch.long))[0]  # as keys[i] will be
+            compile_seconds = warm_up(ctx.step, ctx.eval_step, ts, ctx.split, key)
         ctx.log(f"compiled in {compile_seconds:.1f} s ({compile_cache.describe(before, compile_cache.cache_counts())})")
     if ctx.device.type == "cuda":
         torch.cuda.empty_cache()  # the warm-up's activations, back to the driver for other processes on the GPU
     return compile_seconds
 
 
-def warm_up(step, eval_step, ts: TrainState, train: DeviceBatches, evaluation: tuple[DeviceBatches, ...]) -> float:
+def warm_up(step, eval_step, ts: TrainState, split: DeviceSplit, key: torch.Tensor) -> float:
     """Seconds to compile every graph the run will call: the train step, and the eval step at each batch
     shape of the evaluation sets. Calls on the first training images (not augmented), at lr 0; ts is then
     restored (the CUDA-graph step writes its state in place, and at lr 0 the momentum and BatchNorm statistics
     still move), so nothing of the run changes."""
-    device = train.images.device
+    device = split.train.images.device
     t0 = time.perf_counter()
     kept = TrainState(*({k: v.detach().clone() for k, v in tree.items()} for tree in ts))
-    batch = train.example()
+    batch = split.train.example()
     zero_lr = torch.zeros(1, device=device)[0]  # a 0-dim view, as the epochs pass lrs[i]
     # Twice: the second call sees the step's own outputs, whose layouts (strides) a first call may not have had;
     # the eval step is then warmed on those outputs, the tensors it will see after every epoch.
-    warm_ts, _ = step(step(ts, batch, zero_lr)[0], batch, zero_lr)
+    warm_ts, _ = step(step(ts, batch, zero_lr, key)[0], batch, zero_lr, key)
     # One call per distinct batch shape compiles every graph (one, as the trainer pads partial batches).
-    shapes = {x.shape: (x, y) for batches in evaluation for x, y in batches}
+    shapes = {x.shape: (x, y) for batches in (split.val, split.test) for x, y in batches}
     for x, y in shapes.values():  # on the weights evaluated after each epoch (the EMA's, with ema > 0)
         eval_step(*eval_weights(*warm_ts[:2], warm_ts.ema), x, y)
     copy_into(ts, kept)
@@ -345,6 +355,7 @@ def train_epoch(ctx: RunContext, progress: Progress, stop: StopRequests, host) -
     epoch_generator = ctx.split.train.generator.get_state()  # on resume, the saved state: the epoch replays
     steps = len(ctx.split.train)
     lrs = torch.tensor(progress.schedule.lrs(progress.epoch, steps), device=ctx.device)
+    keys = members.step_keys(ctx.cfg, ctx.device, progress.epoch * steps + torch.arange(steps))
     first, sums = progress.step, progress.sums
     bar = tqdm(total=steps, initial=first, desc=f"epoch {progress.epoch + 1}/{ctx.cfg.epochs}", leave=False,
                disable=not (ctx.cfg.progress and sys.stderr.isatty()))
@@ -359,7 +370,7 @@ def train_epoch(ctx: RunContext, progress: Progress, stop: StopRequests, host) -
             bar.close()
             progress.step = i
             stop_here(ctx, progress, epoch_generator, stop)
-        progress.ts, m = ctx.step(progress.ts, batch, lrs[i])
+        progress.ts, m = ctx.step(progress.ts, batch, lrs[i], keys[i])
         sums.losses.append(m["loss"])
         sums.correct += m["correct"]
         bar.update()
@@ -379,7 +390,9 @@ def stop_here(ctx: RunContext, progress: Progress, epoch_generator: torch.Tensor
     """Stops inside an epoch, before its step progress.step: last.pt then resumes at that step (unless the run
     diverged, which keeps the last good checkpoint)."""
     sums, steps = progress.sums, len(ctx.split.train)
-    if not all_finite({"loss": torch.stack(sums.losses)} if sums.losses else {}, progress.ts.params):
+    stacked = {"loss": torch.stack(sums.losses)} if sums.losses else {}  # none yet when stopped at its first step
+    losses = {k: v[..., members.alive(progress.stopped)] if progress.stopped else v for k, v in stacked.items()}
+    if not all_finite(losses, members.alive_view(progress.ts.params, progress.stopped)):
         raise diverged(ctx, progress, f"the loss or parameters became non-finite in epoch {progress.epoch + 1} "
                                       f"(found when stopping at step {progress.step} of {steps})")
     if ctx.main:
@@ -398,12 +411,13 @@ def end_of_epoch(ctx: RunContext, progress: Progress, lrs: torch.Tensor, writer)
     record = epoch_record(ctx, progress, lrs)
     write_record(ctx, record, writer)
     improved = observe(ctx, progress, record)
-    progress.epoch, progress.step, progress.sums = progress.epoch + 1, 0, EpochSums.empty(ctx.device)
+    progress.epoch, progress.step, progress.sums = progress.epoch + 1, 0, EpochSums.empty(ctx.device,
+                                                                                          ctx.cfg.members)
     save_checkpoint(ctx, progress, improved)
     ctx.log(f"epoch {record['epoch']:3d}/{ctx.cfg.epochs}  train loss {record['train_loss']:.4f} top1 "
             f"{record['train_top1']:5.2f}  val loss {record['val_loss']:.4f} top1 {record['val_top1']:5.2f} top5 "
             f"{record['val_top5']:5.2f}  lr {record['lr']:.4g}  {record['seconds']:5.1f} s  "
-            f"{record['images_per_s']:,.0f} img/s" + ("  *" if improved else ""))
+            f"{record['images_per_s']:,.0f} img/s" + members.log_words(record) + ("  *" if improved else ""))
 
 
 def epoch_record(ctx: RunContext, progress: Progress, lrs: torch.Tensor) -> dict:
@@ -413,11 +427,16 @@ def epoch_record(ctx: RunContext, progress: Progress, lrs: torch.Tensor) -> dict
     epoch, steps, world, ts = progress.epoch + 1, len(ctx.split.train), ctx.world, progress.ts
     losses = distributed.all_reduce_sum(torch.stack(progress.sums.losses)) / world
     correct = distributed.all_reduce_sum(progress.sums.correct)
-    finite = torch.isfinite(losses)
+    if ctx.cfg.members > 1:  # a member that diverged alone stops alone (train/members.py)
+        members.stop_diverged(progress.stopped, losses, ts.params, ctx.cfg.member_seeds(), epoch, ctx.log)
+    live = members.alive(progress.stopped)
+    finite = torch.isfinite(losses[:, live] if progress.stopped else losses)
     if not finite.all():
-        bad = int((~finite).nonzero()[0])
-        raise diverged(ctx, progress, f"loss became {losses[bad].item()} at epoch {epoch}, step {bad + 1} of {steps}")
-    if not all_finite(ts.params, ts.state):
+        bad, *member = (~finite).nonzero()[0].tolist()  # (step,) or (step, member still training)
+        which = f" of member {live[member[0]]} (seed {ctx.cfg.member_seeds()[live[member[0]]]})" if member else ""
+        raise diverged(ctx, progress, f"loss{which} became {losses[bad].flatten()[live[member[0]] if member else 0]}"
+                                      f" at epoch {epoch}, step {bad + 1} of {steps}")
+    if not all_finite(members.alive_view(ts.params, progress.stopped), members.alive_view(ts.state, progress.stopped)):
         raise diverged(ctx, progress, f"parameters became non-finite at epoch {epoch}, step {steps} of {steps}")
     seen, seconds = steps * ctx.cfg.batch_size * world, progress.sums.seconds
     # Rank 0's BatchNorm statistics, evaluated and saved; the EMA's too (its params are the same on every rank).
@@ -425,12 +444,16 @@ def epoch_record(ctx: RunContext, progress: Progress, lrs: torch.Tensor) -> dict
     distributed.broadcast_tree_(ts.state)
     distributed.broadcast_tree_(state if ts.ema else {})
     # Rank 0 evaluates; its numbers drive every rank's schedule, so the lrs stay the same everywhere.
-    val = distributed.from_main(evaluate(ctx.eval_step, params, state, ctx.split.val) if ctx.main else None)
-    return {
-        "epoch": epoch, "train_loss": losses.mean().item(), "train_top1": 100 * correct.item() / seen,
+    val = distributed.from_main(evaluate(ctx.eval_step, params, state, ctx.split.val, progress.stopped)
+                                if ctx.main else None)
+    record = {
+        "epoch": epoch, "train_loss": losses.mean(0).tolist(),
+        "train_top1": members.per_member(lambda c: 100 * c / seen, correct.tolist()),
         "val_loss": val["loss"], "val_top1": val["top1"], "val_top5": val["top5"],
-        "lr": lrs[-1].item(), "seconds": seconds, "images_per_s": seen / seconds,
+        "lr": lrs[-1].item(), "seconds": seconds, "images_per_s": seen * ctx.cfg.members / seconds,
+        **{k: v for k, v in val.items() if k.startswith("ensemble_")},  # a members run's
     }
+    return members.summarised(record, progress.stopped) if ctx.cfg.members > 1 else record
 
 
 def write_record(ctx: RunContext, record: dict, writer) -> None:
@@ -448,10 +471,13 @@ def observe(ctx: RunContext, progress: Progress, record: dict) -> bool:
     """The schedule sees the epoch's error; whether the epoch is the new best (then progress.best names it).
     Without a validation split the training error drives the schedule and the last epoch is kept."""
     with_val = bool(ctx.split.val_idx.size)
-    progress.schedule.observe(100 - (record["val_top1"] if with_val else record["train_top1"]))
-    improved = record["val_top1"] > progress.best["val_top1"] if with_val else True
+    val_key = "ensemble_val_top1" if ctx.cfg.members > 1 else "val_top1"  # a members run keeps its ensemble's best
+    progress.schedule.observe(100 - (record[val_key] if with_val else record["train_top1"]))
+    improved = record[val_key] > progress.best["val_top1"] if with_val else True
     if improved:
-        progress.best = {"val_top1": record["val_top1"], "epoch": record["epoch"]}
+        progress.best = {**progress.best, "val_top1": record[val_key], "epoch": record["epoch"]}
+    if ctx.cfg.members > 1:
+        progress.best["members_val_top1"] = members.best_so_far(progress.best["members_val_top1"], record)
     return improved
 
 
@@ -479,7 +505,7 @@ def payload(ctx: RunContext, progress: Progress, epoch_generator: torch.Tensor, 
         "config": ctx.cfg.to_json(), "model": ctx.cfg.model, "device_type": device.type,
         "classes": list(ctx.data.classes), "mean": split.train.mean, "std": split.train.std,
         "train_idx": torch.from_numpy(split.train_idx), "val_idx": torch.from_numpy(split.val_idx),
-        "data_sha256": split.digest, "train_seconds": progress.train_seconds,
+        "data_sha256": split.digest, "train_seconds": progress.train_seconds, "stopped": list(progress.stopped),
     }
 
 
@@ -497,7 +523,7 @@ def final_test(ctx: RunContext, progress: Progress, compile_seconds: float) -> d
         raise checkpoint.CheckpointError(f"{best_path} holds epoch {best_saved['epoch']} but the run's best "
                                          f"validation epoch is {best['epoch']}; was it replaced?")
     params, state = eval_weights(best_saved["params"], best_saved["state"], best_saved["ema"])  # EMA's with ema > 0
-    test = evaluate(ctx.eval_step, to_memory_format(params, ctx.precision), state, ctx.split.test)
+    test = evaluate(ctx.eval_step, to_memory_format(params, ctx.precision), state, ctx.split.test, progress.stopped)
     weights = "ema" if best_saved["ema"] else "raw"
     results = {
         "model": cfg.model, "dataset": cfg.dataset, "test_top1": test["top1"], "test_top5": test["top5"],
@@ -508,10 +534,14 @@ def final_test(ctx: RunContext, progress: Progress, compile_seconds: float) -> d
         "device": torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu",
         "torch": torch.__version__, "data_source": ctx.data.source,
     }
+    if cfg.members > 1:  # the ensemble's scores above; each member's, their mean and spread beside them
+        results = members.results(results, test, best, cfg, progress.train_seconds, len(ctx.split.train),
+                                  progress.stopped)
     (ctx.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     averaged = ", EMA weights" if weights == "ema" else ""
-    ctx.log(f"test (best val epoch {best['epoch']}{averaged}): top1 {test['top1']:.2f}  top5 {test['top5']:.2f}  "
-            f"| {progress.train_seconds:.1f} s training, {compile_seconds:.1f} s compiling")
+    ctx.log(f"test (best val epoch {best['epoch']}{averaged}): top1 {results['test_top1']:.2f}  top5 "
+            f"{results['test_top5']:.2f}{members.test_words(results)}  | {progress.train_seconds:.1f} s training, "
+            f"{compile_seconds:.1f} s compiling")
     return distributed.from_main(results)
 
 
@@ -531,23 +561,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def evaluate(eval_step, params, state, batches: DeviceBatches) -> dict[str, float]:
-    """Mean loss and top-1/top-5 accuracy (percent) over all batches, one device sync at the end."""
+def evaluate(eval_step, params, state, batches: DeviceBatches, stopped: list = ()) -> dict[str, float]:
+    """Mean loss and top-1/top-5 accuracy (percent) over all batches, one device sync at the end; a members
+    run's per member, and its ensemble's over the members not `stopped`."""
     totals, n = None, 0
     for x, y in batches:
-        m, _ = eval_step(params, state, x, y)
+        m, logits = eval_step(params, state, x, y)
+        if stopped:
+            m = {**m, **members.ensemble_scores(logits, y, stopped)}
         totals = m if totals is None else {k: totals[k] + m[k] for k in m}
         n += len(y)
     if n == 0:
         return {"loss": math.nan, "top1": math.nan, "top5": math.nan}
-    return {"loss": totals["loss"].item() / n, "top1": 100 * totals["top1"].item() / n,
-            "top5": 100 * totals["top5"].item() / n}
-
-
-def all_finite(*trees: dict) -> bool:
-    """Whether every tensor of the trees is finite (one device sync)."""
-    flags = [torch.isfinite(t).all() for tree in trees for t in tree.values() if t.is_floating_point()]
-    return bool(torch.stack(flags).all()) if flags else True
+    # A float per quantity, or a members run's list of one per member (and the ensemble's floats).
+    return {k: members.per_member((lambda x: x / n) if k.endswith("loss") else (lambda x: 100 * x / n), v.tolist())
+            for k, v in totals.items()}
 
 
 def divergence_hint(cfg: Config) -> str:

@@ -13,6 +13,10 @@ AdamW (Loshchilov & Hutter 2019) matches torch.optim.AdamW (amsgrad off) step fo
 
 The optimizer state is one flat tree: SGD's momentum buffers under the params' own names; AdamW's moments
 under "exp_avg.<name>" and "exp_avg_sq.<name>" (torch's names) and the step count t under "step".
+
+Both are elementwise, so they update the stacked trees of a members run (train/members.py) as they are; only
+the rules that read a tensor's shape (which tensors decay) and AdamW's per-member step count see the leading
+member dimension (member_dims=1).
 """
 
 from __future__ import annotations
@@ -26,10 +30,20 @@ OPTIMIZERS = ("sgd", "adamw")
 ADAM_EPS = 1e-8  # torch.optim.AdamW's default
 
 
-def decay_rule(decay_all: bool) -> Callable[[str, torch.Tensor], bool]:
+def decay_rule(decay_all: bool, member_dims: int = 0) -> Callable[[str, torch.Tensor], bool]:
     """Which tensors get weight decay: all (torch.optim.SGD's default) or weights with ndim >= 2 only
-    (biases and normalisation scales excluded: decaying them only fights the normalisation)."""
-    return (lambda name, t: True) if decay_all else (lambda name, t: t.ndim >= 2)
+    (biases and normalisation scales excluded: decaying them only fights the normalisation); member_dims
+    leading dimensions stack members and are not the weight's own."""
+    return (lambda name, t: True) if decay_all else (lambda name, t: t.ndim - member_dims >= 2)
+
+
+def _scaled(xs: list[torch.Tensor], factor: torch.Tensor, divide: bool = False) -> list[torch.Tensor]:
+    """xs * factor (or xs / factor): one 0-dim factor for all (foreach), or a (K,) factor, one per member, over
+    each stacked tensor's leading dimension."""
+    if factor.ndim == 0:
+        return torch._foreach_div(xs, factor) if divide else torch._foreach_mul(xs, factor)
+    shaped = [factor.reshape(-1, *(1,) * (x.ndim - 1)) for x in xs]
+    return [x / f if divide else x * f for x, f in zip(xs, shaped)]
 
 
 def zeros_like_tree(tree: Tree) -> Tree:
@@ -84,9 +98,9 @@ def adamw(
             p[i] = x
     m = torch._foreach_add(torch._foreach_mul(m, beta1), g, alpha=1 - beta1)
     v = torch._foreach_add(torch._foreach_mul(v, beta2), torch._foreach_mul(g, g), alpha=1 - beta2)
-    step_size = lr / (1 - beta1**t)
-    denom = torch._foreach_add(torch._foreach_div(torch._foreach_sqrt(v), torch.sqrt(1 - beta2**t)), ADAM_EPS)
-    p = torch._foreach_sub(p, torch._foreach_mul(torch._foreach_div(m, denom), step_size))
+    step_size = lr / (1 - beta1**t)  # t: 0-dim, or one per member (all equal: members step together)
+    denom = torch._foreach_add(_scaled(torch._foreach_sqrt(v), torch.sqrt(1 - beta2**t), divide=True), ADAM_EPS)
+    p = torch._foreach_sub(p, _scaled(torch._foreach_div(m, denom), step_size))
     state = {**{f"exp_avg.{k}": x for k, x in zip(keys, m)}, **{f"exp_avg_sq.{k}": x for k, x in zip(keys, v)},
              "step": t}
     return dict(zip(keys, p)), state
@@ -101,10 +115,11 @@ def init_state(optimizer: str, params: Tree) -> Tree:
     return {**moments, "step": torch.zeros((), dtype=first.dtype, device=first.device)}  # a float: t enters powers
 
 
-def make_update(cfg) -> Callable[[Tree, Tree, Tree, torch.Tensor], tuple[Tree, Tree]]:
+def make_update(cfg, member_dims: int = 0) -> Callable[[Tree, Tree, Tree, torch.Tensor], tuple[Tree, Tree]]:
     """(params, grads, optimizer state, lr) -> (params, optimizer state) for the configured optimizer; AdamW's
-    beta1 is `momentum` (0.9 by default, as torch's), its beta2 `beta2`."""
-    decays = decay_rule(cfg.decay_all)
+    beta1 is `momentum` (0.9 by default, as torch's), its beta2 `beta2`. member_dims=1: the trees are a members
+    run's, stacked."""
+    decays = decay_rule(cfg.decay_all, member_dims)
     if cfg.optimizer == "sgd":
         return lambda p, g, s, lr: sgd(p, g, s, lr, cfg.momentum, cfg.weight_decay, cfg.nesterov, decays)
     return lambda p, g, s, lr: adamw(p, g, s, lr, cfg.momentum, cfg.beta2, cfg.weight_decay, decays)

@@ -1,7 +1,9 @@
 """`python -m train.plot run=<run dir> [checkpoint=best|last|<path>] [data=<path>] [device=auto] [out=<folder>]`:
 a run's learning curves and its test-set confusion matrix as PNG files, in `out` (default <run dir>/plots):
 
-    curves.png      per epoch, from metrics.jsonl: loss (train, val), top-1 (train, val), learning rate
+    curves.png      per epoch, from metrics.jsonl: loss (train, val), top-1 (train, val), learning rate; for
+                    a members run the members' mean with a band of +- one standard deviation across members,
+                    each member's curve thin, and the ensemble's validation top-1 and loss
     confusion.png   the checkpoint's predictions on the test set: rows are true classes, columns predicted
                     ones, each row as fractions of that class's images (the diagonal is per-class recall)
 
@@ -53,7 +55,12 @@ def plot_curves(Figure, metrics: list[dict], path: Path) -> None:
     loss, top1, lr = fig.subplots(1, 3)
     for ax, key, title in ((loss, "loss", "cross-entropy loss"), (top1, "top1", "top-1 accuracy (%)")):
         for split in ("train", "val"):
-            ax.plot(epochs, [m[f"{split}_{key}"] for m in metrics], marker=".", label=split)
+            line, = ax.plot(epochs, [m[f"{split}_{key}"] for m in metrics], marker=".",
+                            label=split + (" (members' mean)" if "members" in metrics[0] else ""))
+            if "members" in metrics[0]:
+                member_band(ax, epochs, [m["members"][f"{split}_{key}"] for m in metrics], line.get_color())
+        if f"ensemble_val_{key}" in metrics[0]:
+            ax.plot(epochs, [m[f"ensemble_val_{key}"] for m in metrics], marker=".", label="val (ensemble)")
         ax.set(title=title, xlabel="epoch")
         ax.legend()
         ax.grid(alpha=0.3)
@@ -63,6 +70,21 @@ def plot_curves(Figure, metrics: list[dict], path: Path) -> None:
     for ax in (loss, top1, lr):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     fig.savefig(path)
+
+
+def member_band(ax, epochs: list[int], per_epoch: list[list], color) -> None:
+    """Each member's curve (thin) and the mean +- one standard deviation across the members (a band), per
+    epoch; a member that stopped alone (None) counts from then on for neither."""
+    import statistics
+
+    for k in range(len(per_epoch[0])):
+        ax.plot(epochs, [values[k] if values[k] is not None else float("nan") for values in per_epoch],
+                color=color, alpha=0.35, linewidth=0.8)
+    live = [[v for v in values if v is not None] for values in per_epoch]
+    mean = [statistics.fmean(v) for v in live]
+    std = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in live]
+    ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], color=color,
+                    alpha=0.15, linewidth=0)
 
 
 def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, K: int) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """`python -m train.predict run=<run dir> images=<file> [<file> ...] [checkpoint=best|last|<path>]
-[top=5] [device=auto|cpu|cuda]`: the most likely classes of image files, with their probabilities.
+[top=5] [device=auto|cpu|cuda] [member=<k>|ensemble]`: the most likely classes of image files, with their
+probabilities (of a members run: one member's, or by default the ensemble's mean probabilities).
 
 Images are PNG or JPEG files of any size and colour type: they are converted to RGB and, when they are not
 32x32, resized to 32x32 (torchvision.transforms.functional.resize, bilinear with antialiasing; the aspect
@@ -20,7 +21,7 @@ from nets import IMAGE_SHAPE
 from train.cli import tool_main
 from train.run_dir import ToolError, load_run, parse_args, positive_int
 
-KEYS = {"run": None, "images": None, "checkpoint": "best", "top": "5", "device": "auto"}
+KEYS = {"run": None, "images": None, "checkpoint": "best", "top": "5", "device": "auto", "member": ""}
 
 
 def read_image(path: str | Path) -> tuple[torch.Tensor, str]:
@@ -48,10 +49,10 @@ def read_image(path: str | Path) -> tuple[torch.Tensor, str]:
 
 
 def predict_images(run: str, images: list[str], checkpoint: str = "best", top: int = 5, device: str = "auto",
-                   log=print) -> list[dict]:
+                   log=print, member: str = "") -> list[dict]:
     """For each image file: {"image", "note", "top": [(class name, probability), ...]}, most likely first."""
     decoded = [read_image(p) for p in images]  # all files checked before the run is loaded
-    loaded = load_run(run, checkpoint, device)
+    loaded = load_run(run, checkpoint, device, member)
     probabilities = torch.softmax(loaded.logits(torch.stack([image for image, _ in decoded])), dim=1)
     k = min(top, len(loaded.classes))
     results = []
@@ -69,7 +70,7 @@ def predict_images(run: str, images: list[str], checkpoint: str = "best", top: i
 def command(argv: list[str]) -> list[dict]:
     args = parse_args(argv, KEYS, repeated="images")
     return predict_images(args["run"], args["images"], args["checkpoint"], positive_int("top", args["top"]),
-                          args["device"])
+                          args["device"], member=args["member"])
 
 
 def main(argv: list[str]) -> int:

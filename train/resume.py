@@ -16,12 +16,13 @@ from train.config import RESUMABLE, Config, ConfigError, from_json, resume_diffe
 CHECKPOINT_KEYS = (
     "params", "state", "momentum", "ema", "epoch", "step", "generator", "torch_rng", "cuda_rng", "epoch_losses",
     "epoch_correct", "epoch_seconds", "schedule", "best", "config", "model", "device_type", "classes", "mean",
-    "std", "train_idx", "val_idx", "data_sha256", "train_seconds",
+    "std", "train_idx", "val_idx", "data_sha256", "train_seconds", "stopped",
 )
 
 # Keys added to the checkpoint within its format (train.checkpoint.FORMAT), with what a checkpoint written without
-# them stands for: a run that kept no EMA (ema=0, the default of every run before the key existed).
-ADDED_KEYS = {"ema": {}}
+# them stands for: a run that kept no EMA (ema=0, the default of every run before the key existed), and no member
+# stopped alone (every run before members existed had one).
+ADDED_KEYS = {"ema": {}, "stopped": []}
 
 
 def with_added_keys(saved: dict) -> dict:

@@ -11,7 +11,9 @@ The net is built from the run's config.json (model, dataset, labels, net.* optio
 so a damaged or crafted file is refused before anything in it is used. Normalisation uses the mean and std
 saved in the checkpoint (the training split's, in 0..255 pixel units). The weights are those the trainer
 evaluated (train.step.eval_weights): the EMA of the params and BatchNorm statistics for a run trained with
-ema > 0 (LoadedRun.weights "ema"), else the params and statistics themselves ("raw").
+ema > 0 (LoadedRun.weights "ema"), else the params and statistics themselves ("raw"). A members run
+(members=K, train/members.py) gives one member (`member=<k>`) or, by default, the ensemble: its logits are the
+log of the members' mean probability, each member's after its own TTA average, as the trainer scores it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from data.cifar import NUM_CLASSES, TITLES
 from nets import Net
 from train import checkpoint as ckpt
 from train.config import Config, from_json
+from train.members import Ensemble, alive, alive_view, ensemble_log_probs
+from train.members import member as member_of
 from train.resume import with_added_keys
 from train.step import TTA, eval_weights, tta_averaged
 
@@ -52,6 +56,7 @@ class LoadedRun:
     classes: tuple[str, ...]
     device: torch.device
     weights: str = "raw"  # "ema": the checkpoint's EMA of params and statistics (a run with ema > 0)
+    members: int = 1  # > 1: params and state are a members run's, stacked, and the logits their ensemble's
 
     def logits(self, images_u8: torch.Tensor, tta: str = "none", batch_size: int = 1024) -> torch.Tensor:
         """float32 (N, K) eval-mode logits of uint8 images (N, 3, 32, 32), `batch_size` at a time; tta="flip" or
@@ -60,23 +65,36 @@ class LoadedRun:
         if tta not in TTA:
             raise ToolError(f"tta={tta!r} is not one of: {', '.join(TTA)}")
         out = []
-        forward = lambda v: self.net.apply(self.params, self.state, v, train=False)[0].float()  # noqa: E731
+        trees = [(self.params, self.state)] if self.members == 1 else \
+            [(member_of(self.params, k), member_of(self.state, k)) for k in range(self.members)]
         with torch.no_grad():
             for start in range(0, len(images_u8), batch_size):
                 x = normalise(images_u8[start:start + batch_size].to(self.device), self.mean, self.std)
                 # Mirrored and translated after normalising, as the training augmentation does.
-                out.append(tta_averaged(forward, x, tta).cpu())
+                each = [tta_averaged(lambda v, p=p, s=s: self.net.apply(p, s, v, train=False)[0].float(), x, tta)
+                        for p, s in trees]
+                out.append((each[0] if len(each) == 1 else ensemble_log_probs(torch.stack(each).log_softmax(-1)))
+                           .cpu())
         return torch.cat(out) if out else torch.zeros(0, len(self.classes))
 
     def describe(self) -> str:
         """The checkpoint's epoch and, for a run trained with ema > 0, that its weights are the EMA's: a log line's
         "epoch 12" or "epoch 12, EMA weights"."""
-        return f"epoch {self.epoch}" + (", EMA weights" if self.weights == "ema" else "")
+        return f"epoch {self.epoch}" + (", EMA weights" if self.weights == "ema" else "") + \
+            (f", ensemble of {self.members} members" if self.members > 1 else "")
 
     def module(self) -> nn.Module:
-        """The net's nn.Module (CPU, eval mode) holding this checkpoint's params and BatchNorm statistics."""
+        """The net's nn.Module (CPU, eval mode) holding this checkpoint's params and BatchNorm statistics; for
+        the ensemble of a members run, one module of all members returning the log of their mean probability
+        (train.members.Ensemble)."""
+        if self.members > 1:
+            return Ensemble([self.member_module(member_of(self.params, k), member_of(self.state, k))
+                             for k in range(self.members)]).eval()
+        return self.member_module(self.params, self.state)
+
+    def member_module(self, params, state) -> nn.Module:
         module = copy.deepcopy(self.net.module).to_empty(device="cpu")
-        module.load_state_dict({k: v.cpu() for k, v in {**self.params, **self.state}.items()})
+        module.load_state_dict({k: v.cpu() for k, v in {**params, **state}.items()})
         return module.eval()
 
 
@@ -124,7 +142,21 @@ def checkpoint_path(run: Path, which: str) -> Path:
     return Path(which)
 
 
-def load_run(run: str | Path, checkpoint: str = "best", device: str = "cpu") -> LoadedRun:
+def member_index(text: str, members: int) -> int | None:
+    """member= of a tool: "" or "ensemble" -> None (all of a members run; the net itself for a single run), or
+    an index below `members`."""
+    if text in ("", "ensemble"):
+        return None
+    try:
+        k = int(text)
+    except ValueError:
+        raise ToolError(f"member={text!r} is not a member index or 'ensemble'") from None
+    if not 0 <= k < members:
+        raise ToolError(f"member={k}: the run has {members} member{'s' * (members > 1)} (0..{members - 1})")
+    return k
+
+
+def load_run(run: str | Path, checkpoint: str = "best", device: str = "cpu", member: str = "") -> LoadedRun:
     from train.loop import resolve_device  # here: the loop imports the trainer's machinery, tools rarely need it
 
     run = Path(run)
@@ -138,8 +170,11 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str = "cpu") -> 
     path = checkpoint_path(run, checkpoint)
     saved = with_added_keys(ckpt.load(path, map_location=torch_device))
     ckpt.require(path, saved, ("params", "state", "epoch", "classes", "mean", "std"))
+    index = member_index(member, cfg.members)
     net = nets.build(cfg.model, num_classes=NUM_CLASSES[(cfg.dataset, cfg.labels)], **cfg.net)
     params, buffers = dict(net.module.named_parameters()), dict(net.module.named_buffers())  # (meta) shapes
+    if cfg.members > 1:  # stacked: a leading member dimension
+        params, buffers = ({k: v.expand(cfg.members, *v.shape) for k, v in tree.items()} for tree in (params, buffers))
     ckpt.check_fits(path, saved["params"], params)
     ckpt.check_fits(path, saved["state"], buffers)
     if saved["ema"]:
@@ -148,8 +183,13 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str = "cpu") -> 
     if len(classes) != net.num_classes:
         raise ckpt.CheckpointError(f"{path} names {len(classes)} classes but the run's net has {net.num_classes}")
     weights = eval_weights(saved["params"], saved["state"], saved["ema"])  # the EMA's, when the run kept one
+    if index is not None and cfg.members > 1:
+        weights = tuple(member_of(tree, index) for tree in weights)
+    elif cfg.members > 1:  # the ensemble of the members that had not stopped alone (train/members.py)
+        weights = tuple(alive_view(tree, saved["stopped"]) for tree in weights)
+    size = 1 if index is not None else len(alive(saved["stopped"])) if saved["stopped"] else cfg.members
     return LoadedRun(run, cfg, path, saved["epoch"], net, *weights, saved["mean"], saved["std"], classes, torch_device,
-                     "ema" if saved["ema"] else "raw")
+                     "ema" if saved["ema"] else "raw", size)
 
 
 def test_set(loaded: LoadedRun, data: str = "", log=None) -> tuple[torch.Tensor, torch.Tensor]:

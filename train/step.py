@@ -1,10 +1,13 @@
 """The pure training and evaluation steps.
 
-    step(train_state, (x, y), lr) -> (train_state, metrics)
+    step(train_state, (x, y), lr, key=None) -> (train_state, metrics)
 
-`train_state` bundles params, BatchNorm state, the optimizer's state (SGD's momentum buffers or AdamW's
-moments) and, with `ema` > 0, the exponential moving average of the weights and statistics; nothing is changed
-in place, so the step can be compiled once with torch.compile and re-run, and a warm-up call changes nothing.
+`key` (int64; one per member in a members run) is the step's randomness: dropout and stochastic depth draw
+from it (nets.step_key, Net.apply), so the step is a pure function of its inputs; None draws them from torch's
+global generator. `train_state` bundles params, BatchNorm state, the optimizer's state (SGD's momentum buffers
+or AdamW's moments) and, with `ema` > 0, the exponential moving average of the weights and statistics; nothing
+is changed in place, so the step can be compiled once with torch.compile and re-run, and a warm-up call changes
+nothing.
 (`compile_in_place` gives up that purity for CUDA graphs without copies: its step writes the new state into the
 old one's tensors, the EMA's included.)
 
@@ -77,9 +80,10 @@ def to_memory_format(params: Tree, precision: Precision) -> Tree:
 
 
 def topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
-    """How many rows have their label among the k largest logits (k capped at the class count)."""
-    top = logits.topk(min(k, logits.shape[1]), dim=1).indices  # (B, k)
-    return (top == y[:, None]).any(dim=1).sum()
+    """How many rows have their label among the k largest logits (k capped at the class count): logits
+    (..., B, classes) and labels (..., B) give one count per leading index (a members run's (K, B, classes): K)."""
+    top = logits.topk(min(k, logits.shape[-1]), dim=-1).indices  # (..., B, k)
+    return (top == y[..., None]).any(dim=-1).sum(dim=-1)
 
 
 def init_ema(params: Tree, state: Tree, decay: float) -> Tree:
@@ -119,11 +123,12 @@ def make_train_step(net, cfg, precision: Precision, gradients: str = "func", gra
     the optimizer's update (train/distributed.py's all_reduce_mean_ averages it across ranks). With cfg.ema > 0
     the EMA tree is updated after the optimizer's step, from the new params and BatchNorm statistics: the same on
     every rank, as the params are."""
-    update = make_update(cfg)
+    members = cfg.members > 1
+    update = make_update(cfg, member_dims=int(members))
 
-    def loss_fn(params, bn_state, x, y):
+    def loss_fn(params, bn_state, x, y, key):
         with precision.context():
-            out, new_state = net.apply(params, bn_state, precision.prepare(x), train=True)
+            out, new_state = net.apply(params, bn_state, precision.prepare(x), train=True, key=key)
         # A net with auxiliary classifiers (GoogLeNet's, when enabled) returns (logits, *aux) in train mode;
         # each auxiliary loss is weighted 0.3, as in Szegedy et al. 2015, sec. 5.
         logits, *aux = out if isinstance(out, tuple) else (out,)
@@ -133,9 +138,9 @@ def make_train_step(net, cfg, precision: Precision, gradients: str = "func", gra
             loss = loss + AUX_LOSS_WEIGHT * F.cross_entropy(a.float(), y, label_smoothing=cfg.label_smoothing)
         return loss, (new_state, logits.detach())
 
-    def autograd_grad_and_loss(params, bn_state, x, y):
+    def autograd_grad_and_loss(params, bn_state, x, y, key):
         with torch.enable_grad():
-            loss, aux = loss_fn(params, bn_state, x, y)
+            loss, aux = loss_fn(params, bn_state, x, y, key)
             grads = torch.autograd.grad(loss, list(params.values()))
         return dict(zip(params, grads)), (loss.detach(), aux)
 
@@ -143,17 +148,26 @@ def make_train_step(net, cfg, precision: Precision, gradients: str = "func", gra
         "func": torch.func.grad_and_value(loss_fn, has_aux=True),
         "autograd": autograd_grad_and_loss,
     }[gradients]
+    if members:  # the stacked trees and batches of a members run, member by member (train/members.py)
+        if gradients != "func":
+            raise ValueError("a members run needs gradients='func': torch.func.vmap cannot map torch.autograd.grad")
+        per_member = grad_and_loss
+        keyed = torch.func.vmap(per_member, randomness="different")
+        unkeyed = torch.func.vmap(per_member, in_dims=(0, 0, 0, 0, None), randomness="different")  # key None
 
-    def step(ts: TrainState, batch, lr: torch.Tensor):
+        def grad_and_loss(params, bn_state, x, y, key):
+            return (unkeyed if key is None else keyed)(params, bn_state, x, y, key)
+
+    def step(ts: TrainState, batch, lr: torch.Tensor, key: torch.Tensor | None = None):
         x, y = batch
-        grads, (loss, (new_state, logits)) = grad_and_loss(ts.params, ts.state, x, y)
+        grads, (loss, (new_state, logits)) = grad_and_loss(ts.params, ts.state, x, y, key)
         if grad_hook is not None:
             grads = grad_hook(grads)
         with torch.no_grad():
             params, momentum = update(ts.params, grads, ts.momentum, lr)
             ema = ema_update(ts.ema, {**params, **new_state}, cfg.ema) if ts.ema else ts.ema
         # With soft targets, a hit is the largest share's class (the image that covers most of the mixed one).
-        hard = y.argmax(1) if y.ndim == 2 else y
+        hard = y.argmax(-1) if y.ndim == logits.ndim else y
         metrics = {"loss": loss.detach(), "correct": topk_correct(logits, hard, 1)}
         return TrainState(params, new_state, momentum, ema), metrics
 
@@ -171,8 +185,8 @@ def leaf_step(step):
     """Wraps an "autograd" step so that the params it returns are leaves that require grad again (outside
     any compiled region: setting requires_grad inside one would break the graph)."""
 
-    def wrapped(ts: TrainState, batch, lr):
-        ts, metrics = step(ts, batch, lr)
+    def wrapped(ts: TrainState, batch, lr, key=None):
+        ts, metrics = step(ts, batch, lr, key)
         return as_leaves(ts), metrics
 
     return wrapped
@@ -227,22 +241,40 @@ def tta_averaged(forward, x: torch.Tensor, tta: str) -> torch.Tensor:
     return log_probs.logsumexp(0) - math.log(len(views))
 
 
-def make_eval_step(net, precision: Precision, tta: str = "none"):
+def scores(logits: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Summed cross-entropy, top-1 and top-5 hits of logits (..., B, classes) for labels (B,): one of each per
+    leading index. Rows labelled IGNORED count for nothing."""
+    losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.expand(logits.shape[:-1]).reshape(-1),
+                             reduction="none")
+    labels = y.expand(logits.shape[:-1])
+    return {"loss": losses.reshape(logits.shape[:-1]).sum(-1), "top1": topk_correct(logits, labels, 1),
+            "top5": topk_correct(logits, labels, 5)}
+
+
+def make_eval_step(net, precision: Precision, tta: str = "none", members: int = 1):
     """(params, state, x, y) -> summed loss, top-1 and top-5 hits, and logits, for a batch in eval mode;
     with tta (TTA) other than "none": of the probabilities averaged over its views (tta_averaged; the loss is
-    the cross-entropy of their mean)."""
+    the cross-entropy of their mean). members > 1: params and state are stacked (train/members.py); the scores
+    are one per member and the logits (K, B, classes) the members' (train.members.ensemble_scores combines the
+    members still training)."""
 
     def forward(params, bn_state, x):
         with torch.no_grad(), precision.context():
             logits, _ = net.apply(params, bn_state, precision.prepare(x), train=False)
         return logits.float()
 
-    def evaluate(params, bn_state, x, y):
-        logits = tta_averaged(lambda v: forward(params, bn_state, v), x, tta)
-        loss = F.cross_entropy(logits, y, reduction="sum")
-        return {"loss": loss, "top1": topk_correct(logits, y, 1), "top5": topk_correct(logits, y, 5)}, logits
+    def averaged(params, bn_state, x):
+        return tta_averaged(lambda v: forward(params, bn_state, v), x, tta)
 
-    return evaluate
+    def evaluate(params, bn_state, x, y):
+        logits = averaged(params, bn_state, x)
+        return scores(logits, y), logits
+
+    def evaluate_members(params, bn_state, x, y):
+        per_member = torch.func.vmap(averaged, in_dims=(0, 0, None))(params, bn_state, x)  # (K, B, classes)
+        return scores(per_member, y), per_member
+
+    return evaluate if members == 1 else evaluate_members
 
 
 IGNORED = -100  # F.cross_entropy's default ignore_index: a row with this label adds nothing to the loss or the hits
@@ -261,7 +293,7 @@ def padded_to(eval_step, size: int):
         x = torch.cat([x, x.new_zeros((size - n, *x.shape[1:]))])
         y = torch.cat([y, y.new_full((size - n,), IGNORED)])
         metrics, logits = eval_step(params, bn_state, x, y)
-        return metrics, logits[:n]
+        return metrics, logits[..., :n, :]  # (B, classes), or a members run's (K, B, classes)
 
     return call
 
@@ -292,6 +324,12 @@ def maybe_compile(fn, enabled: bool, gradients: str = "func", cudagraphs: bool =
     return call
 
 
+def all_finite(*trees: dict) -> bool:
+    """Whether every tensor of the trees is finite (one device sync)."""
+    flags = [torch.isfinite(t).all() for tree in trees for t in tree.values() if t.is_floating_point()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
 def copy_into(dst: TrainState, src: TrainState) -> None:
     """dst's tensors overwritten with src's, key by key (no_grad: dst's params may be leaves that require grad).
     Empty trees skipped: a net without BatchNorm (the ViT) has no state, and foreach ops refuse empty lists."""
@@ -315,13 +353,13 @@ def compile_in_place(step, ts: TrainState, gradients: str = "func"):
         for t in tree.values():
             torch._dynamo.mark_static_address(t)
 
-    def write(state: TrainState, batch, lr):
-        new, metrics = step(state, batch, lr)
+    def write(state: TrainState, batch, lr, key=None):
+        new, metrics = step(state, batch, lr, key)
         copy_into(state, new)
         return metrics
 
     compiled = maybe_compile(write, True, gradients, cudagraphs=True)  # its outputs (the metrics) are copies
-    return lambda state, batch, lr: (state, compiled(state, batch, lr))
+    return lambda state, batch, lr, key=None: (state, compiled(state, batch, lr, key))
 
 
 def prepare_step(step, ts: TrainState, gradients: str, compiled: bool, cudagraphs: bool):

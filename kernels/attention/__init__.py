@@ -26,7 +26,7 @@ Modules, each importable on its own:
     one_block.py   S <= 128 kernels: forward and backward, one program per (b, h)
     tiled.py       S > 128 kernels: tiled forward, dQ pass, dK/dV pass
     launch.py      launchers: check, allocate, launch (they accept a Config, for the sweep)
-    ops.py         triton_op bindings, the autograd Function, attention(qkv, impl) and its "auto" rule
+    ops.py         triton_op bindings with vmap rules, the autograd Function, attention(qkv, impl), its "auto" rule
 
 Benchmark: `python -m bench attention` (against every SDPA backend); launch-configuration sweep:
 `python -m bench attention tune=true`. Design and measured figures: the attention section of docs/kernels.md.

@@ -3,7 +3,9 @@
 The autograd.Function has a separate setup_context (so torch.func.grad works) and its forward and backward
 call triton_ops (so torch.compile traces the launches into its graph); docs/kernels.md says
 which bindings compose with what. The backward is once_differentiable: it runs without building a graph, and
-differentiating it again raises instead of returning wrong values.
+differentiating it again raises instead of returning wrong values. Under torch.func.vmap (K members, each with
+its own batch) both triton_ops fold the member dim into the batch dim and launch once (their vmap rules, below);
+the Function generates its vmap rule from them, so vmap(grad(f)) and grad(vmap(f)) work.
 
 The rule of impl="auto" (`auto_impl`): the kernels for float16 / bfloat16 CUDA tensors they support, with S up
 to configs.ONE_BLOCK_MAX_S always and above it while AUTO_TILED (else PyTorch's SDPA); the reference for
@@ -37,7 +39,35 @@ def _attn_bwd_op(
     return attention_backward(grad_out, qkv, out, lse)
 
 
+# vmap rules: under torch.func.vmap over K members the member dim folds into the batch dim (attention never mixes
+# batch elements), so K members of B sequences are one launch over K*B sequences. An argument without the member
+# dim (shared by every member) is expanded first.
+
+
+def _fold_batch(t: torch.Tensor, bdim: int | None, K: int) -> torch.Tensor:
+    """Member dim at bdim, per-member (B, ...) -> (K*B, ...): a view where the strides allow, else a copy."""
+    t = t.movedim(bdim, 0) if bdim is not None else t.expand(K, *t.shape)
+    return t.flatten(0, 1)
+
+
+@_attn_fwd_op.register_vmap
+def _attn_fwd_vmap(info, in_dims, qkv):
+    K = info.batch_size
+    out, lse = _attn_fwd_op(_fold_batch(qkv, in_dims[0], K))
+    return (out.unflatten(0, (K, -1)), lse.unflatten(0, (K, -1))), (0, 0)
+
+
+@_attn_bwd_op.register_vmap
+def _attn_bwd_vmap(info, in_dims, grad_out, qkv, out, lse):
+    K = info.batch_size
+    grad_out, qkv, out, lse = (_fold_batch(t, d, K) for t, d in zip((grad_out, qkv, out, lse), in_dims, strict=True))
+    # the kernels index qkv, out and grad_out through their strides but read lse as a dense (B, H, S) tensor
+    return _attn_bwd_op(grad_out, qkv, out, lse.contiguous()).unflatten(0, (K, -1)), 0
+
+
 class _TritonAttention(torch.autograd.Function):
+    generate_vmap_rule = True  # vmap runs forward and backward batched; the triton_ops fold the members
+
     @staticmethod
     def forward(qkv):
         return _attn_fwd_op(qkv)

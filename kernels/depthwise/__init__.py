@@ -17,7 +17,7 @@ One module per job, each importing only those above it:
     weight      the weight pass: "gather" (taps as a tile axis) or "taps" (nine shifted loads), and the finishing sum
     onepass     grad_x and the weight gradient from one read of grad_y (stride 1, channels_last 3x3)
     launchers   check, densify, pick the schedule and tile, launch
-    ops         the launchers as torch.library triton_ops (torch.compile, torch.func)
+    ops         the launchers as torch.library triton_ops (torch.compile, torch.func) and their vmap rules
     autograd    the autograd.Function and backward_pass (which passes run)
     precompile  Layer, precompile, in_processes
     dispatch    depthwise_conv2d

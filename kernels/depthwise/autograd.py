@@ -2,6 +2,11 @@
 work) whose forward and backward call the launchers directly in plain eager mode and the triton_ops of
 kernels.depthwise.ops under torch.compile, torch.func transforms or any other tracing. No double backward.
 
+Under torch.func.vmap (K members: stacked weights, a batch per member) the Function generates its vmap rule
+(generate_vmap_rule): forward and backward run on vmap's batched tensors, so they take the triton_ops, whose own
+vmap rules fold the members into the channels (kernels.depthwise.ops). A vmap staticmethod would fold only the
+forward: under vmap(grad(f)), the trainer's composition, backward is called with batched tensors either way.
+
 backward_pass chooses how the gradients are computed (rules.backward_variant): in one pass where it can run and
 measured faster, else the weight pass (whose grad_z, where a relu or a scale changes the gradient, feeds the
 grad-input pass) and then the grad-input pass; only the passes the needed gradients ask for run.
@@ -62,6 +67,8 @@ def backward_pass(grad_y, x, weight, scale, shift, stride: int, relu: bool, need
 
 class DepthwiseConv2dFn(torch.autograd.Function):
     """Triton forward and backward; setup_context is separate so that torch.func transforms work."""
+
+    generate_vmap_rule = True  # vmap runs forward and backward batched; the triton_ops fold the members
 
     @staticmethod
     def forward(x, weight, scale, shift, stride, relu):

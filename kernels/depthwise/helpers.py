@@ -59,9 +59,17 @@ def is_channels_last(x: torch.Tensor) -> bool:
     """The kernels' layout for x: channels_last if x is (or is closest to) channels_last, else NCHW."""
     if x.is_contiguous():
         return False
-    if x.is_contiguous(memory_format=torch.channels_last):
+    if _dense_channels_last(x):
         return True
     return x.stride(1) < x.stride(3)  # neither: follow the innermost of C and W
+
+
+def _dense_channels_last(x: torch.Tensor) -> bool:
+    """x.is_contiguous(memory_format=torch.channels_last), from the strides: inside torch.func.vmap a tensor
+    answers that query only for contiguous_format. Size-1 dims may have any stride, as in PyTorch's own rule."""
+    N, C, H, W = x.shape
+    expected = (H * W * C, 1, W * C, C)
+    return all(n == 1 or s == e for n, s, e in zip(x.shape, x.stride(), expected, strict=True))
 
 
 def dense(t: torch.Tensor, channels_last: bool) -> torch.Tensor:

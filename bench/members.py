@@ -1,0 +1,138 @@
+"""Members in one step (train/members.py): images/s summed over K members against K = 1 of the same net.
+
+For each net, the trainer's step as `members=K` builds it (the vmapped gradient, the stacked update, compiled
+and replayed as a CUDA graph with the state in place), at batch 512 per member, bf16 autocast, channels_last,
+SGD with Nesterov momentum, for K in `ks` (default 1, 2, 4, 8), timed in alternation (common.alternating_medians)
+on fixed random batches already on the device. The nets run PyTorch's own convolution and attention
+(net.kernels=reference): a members run cannot take the Triton kernels' gradients yet, so K = 1 runs the same
+code as the other K. A K that does not fit in the GPU's memory is reported as such, not timed.
+
+e2e=true adds the end-to-end comparison: `python -m train` with members=K against K single runs of the same
+seeds one after another, wall seconds from each command's start to its results.json, compile included, with
+`epochs=` (default 3) of the default recipe on data= (default .data/cifar10-jpeg.tar.gz).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+import nets
+from bench.common import alternating_medians, device_name
+from bench.step import warm
+from train.config import Config
+from train.members import batchnorm_in_float32, stack
+from train.optim import init_state
+from train.step import TrainState, make_train_step, precision_for, prepare_step, to_memory_format
+
+BATCH = 512  # per member
+KS = (1, 2, 4, 8)
+# (label, model, net options): the issue's four; ResNet-18 at width 16 is the small net members help most.
+NETS = (("resnet18 width 16", "resnet18", {"width": 16}), ("mobilenetv1", "mobilenetv1", {}),
+        ("resnet18", "resnet18", {}), ("vit", "vit", {}))
+
+
+def build(model: str, options: dict):
+    extra = {"kernels": "reference"} if "kernels" in nets.options(model) else {}
+    return nets.build(model, 10, **options, **extra)
+
+
+def members_step(model: str, options: dict, k: int, device, batch: int = BATCH, graphs: bool = True):
+    """A zero-argument function that runs one step of K members as the trainer does, its state carried over."""
+    cfg = Config(model=model, members=k, batch_size=batch, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    precision = precision_for(device, "auto")
+    net = build(model, options)
+    if k > 1:
+        batchnorm_in_float32(net)  # as the trainer's members runs (train/members.py)
+    inits = [net.init(torch.Generator().manual_seed(s), device) for s in cfg.member_seeds()]
+    params, state = inits[0] if k == 1 else (stack([t[i] for t in inits]) for i in (0, 1))
+    params = to_memory_format(params, precision)
+    ts = TrainState(params, state, init_state(cfg.optimizer, params))
+    compiled = device.type == "cuda"
+    step, ts = prepare_step(make_train_step(net, cfg, precision), ts, "func", compiled, graphs and compiled)
+    g = torch.Generator(device=device).manual_seed(0)
+    shape = (k,) if k > 1 else ()
+    x = torch.randn(*shape, batch, 3, 32, 32, device=device, generator=g)
+    y = torch.randint(0, 10, (*shape, batch), device=device, generator=g)
+    lr = torch.full((1,), cfg.lr, device=device)[0]
+    holder = [ts]
+
+    def run():
+        holder[0], _ = step(holder[0], (x, y), lr)
+
+    return run
+
+
+def measure_net(label: str, model: str, options: dict, ks, device, calls: int, rounds: int,
+                batch: int = BATCH) -> list[dict]:
+    steps, warm_s, rows = {}, {}, []
+    for k in ks:
+        torch._dynamo.reset()
+        try:
+            steps[k] = members_step(model, options, k, device, batch)
+            warm_s[k] = warm(steps[k], device)
+        except torch.OutOfMemoryError:
+            steps.pop(k, None)
+            rows.append({"net": label, "K": k, "images/s (all members)": None, "vs K=1": None,
+                         "per member vs K=1": None, "warm-up s (compile)": None, "note": "out of GPU memory"})
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    medians = alternating_medians({str(k): f for k, f in steps.items()}, device, calls, rounds)
+    base = batch / medians["1"] if "1" in medians else None
+    for k in steps:
+        ips = k * batch / medians[str(k)]
+        rows.append({"net": label, "K": k, "images/s (all members)": ips, "vs K=1": ips / base if base else None,
+                     "per member vs K=1": ips / k / base if base else None, "warm-up s (compile)": warm_s[k],
+                     "note": ""})
+    return sorted(rows, key=lambda r: r["K"])
+
+
+def end_to_end(label: str, model: str, options: dict, k: int, epochs: int, data: str) -> dict:
+    """Wall seconds of one `members=k` run against k single runs of its seeds one after another."""
+    extra = {**options, **({"kernels": "reference"} if "kernels" in nets.options(model) else {})}
+    words = [f"model={model}", f"data={data}", "download=false", f"epochs={epochs}", "progress=false",
+             *(f"net.{key}={value}" for key, value in extra.items())]
+
+    def wall(more: list[str]) -> float:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "train", *words, *more], check=True, stdout=subprocess.DEVNULL)
+        return time.perf_counter() - t0
+
+    with tempfile.TemporaryDirectory() as tmp:
+        together = wall([f"members={k}", f"out={tmp}/k{k}"])
+        apart = sum(wall([f"seed={s}", "split_seed=0", f"out={tmp}/s{s}"]) for s in range(k))
+    return {"net": label, "K": k, "members=K s": together, "K single runs s": apart, "ratio": together / apart}
+
+
+def measure(device: str = "cuda", quick: bool = False, names=None, ks=KS, e2e: bool = False, epochs: int = 3,
+            data: str = ".data/cifar10-jpeg.tar.gz") -> dict:
+    device = torch.device(device)
+    calls, rounds = (3, 3) if quick else (10, 5)
+    chosen = [n for n in NETS if names is None or n[0] in names or n[1] in names]
+    rows = [row for label, model, options in chosen
+            for row in measure_net(label, model, options, ks, device, calls, rounds)]
+    result = {
+        "title": f"Members in one step, batch {BATCH} per member, bf16 autocast, on {device_name(device)}",
+        "columns": ["net", "K", "images/s (all members)", "vs K=1", "per member vs K=1", "warm-up s (compile)",
+                    "note"],
+        "rows": rows,
+        "summary": {f"{r['net']} K={r['K']}/K=1": r["vs K=1"] for r in rows if r["vs K=1"] and r["K"] > 1},
+        "notes": [f"Median of {rounds} alternating rounds of {calls} steps per K after 3 warm-up steps (their time, "
+                  "compilation included, is the warm-up column); PyTorch's convolution and attention "
+                  "(net.kernels=reference) at every K."],
+    }
+    if e2e:
+        result["end_to_end"] = [end_to_end(label, model, options, k, epochs, data)
+                                for label, model, options in chosen for k in ks if k > 1]
+        result["notes"].append(f"end_to_end: `python -m train members=K epochs={epochs}` against K single runs "
+                               "`seed=s split_seed=0` one after another, wall seconds, compile included.")
+    return result
+
+
+if __name__ == "__main__":  # a quick look without the report: python -m bench.members
+    print(measure("cuda" if torch.cuda.is_available() else "cpu", quick=True, names=sys.argv[1:] or None,
+                  ks=(1, 2))["rows"])

@@ -1,0 +1,337 @@
+"""Members runs (members=K): K seeds of one net trained in one vmapped step, against K single runs."""
+
+import json
+
+import pytest
+import torch
+from runs import TINY, one_thread
+
+from train.cli import main
+from train.config import Config, ConfigError, from_json, parse
+from train.loop import run
+from train.members import ensemble_log_probs, mean_std
+from train.optim import init_state, make_update
+
+# Eager, on one thread: bitwise-repeatable runs whose members can be compared with single runs. bn_net would be
+# quicker, but the ResNet-18 is what users run; at width 4 and 2 x 4 steps it takes a few seconds.
+SMALL = [*TINY, "epochs=2", "batch_size=45", "lr=0.05", "recipe=fast", "tta=flip", "cutout=4", "mix=cutmix"]
+
+
+def quiet(line: str) -> None:
+    pass
+
+
+def metrics(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def members_run(cifar10_pickles, tmp_path_factory):
+    """K=3 from seed 5, and the three single runs of seeds 5, 6, 7 on seed 5's split."""
+    root = tmp_path_factory.mktemp("members")
+    with one_thread():
+        together = run(parse([*SMALL, f"data={cifar10_pickles}", f"out={root / 'k3'}", "members=3", "seed=5"]),
+                       log=quiet)
+        singles = [run(parse([*SMALL, f"data={cifar10_pickles}", f"out={root / f's{s}'}", f"seed={s}",
+                              "split_seed=5"]), log=quiet) for s in (5, 6, 7)]
+    return root, together, singles
+
+
+def test_each_member_is_the_single_run_of_its_seed(members_run):
+    """Every member's per-epoch train loss and top-1, val loss and top-1, and final test scores equal the single
+    run of its seed (same split) up to float reassociation; member 0 is the plain run of `seed`."""
+    root, together, singles = members_run
+    lines = metrics(root / "k3")
+    for k in range(len(singles)):
+        alone = metrics(root / f"s{5 + k}")
+        # Losses to float reassociation (the vmapped convolutions sum in another order); top-1 to one or two
+        # images of 90 (train) and 20 (val), which those last bits can move across a decision boundary.
+        for key, tol in (("train_loss", 1e-3), ("val_loss", 1e-3), ("train_top1", 100 * 2 / 90),
+                         ("val_top1", 100 * 1 / 20)):
+            got = [line["members"][key][k] for line in lines]
+            want = [line[key] for line in alone]
+            torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=tol if "loss" in key else 0,
+                                       atol=0 if "loss" in key else tol + 1e-9)
+            if k == 0 and "loss" in key:  # the first member's arithmetic is the plain run's, to float noise
+                torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=1e-5, atol=1e-6)
+        assert together["members"][k]["seed"] == 5 + k
+
+
+def test_members_differ_and_the_ensemble_is_the_mean_of_their_probabilities(members_run, cifar10_pickles):
+    """The members are not copies; results.json holds each member, their mean and std, and the ensemble's
+    scores, which an independent float64 average of the members' softmax outputs on the test set reproduces."""
+    root, together, _ = members_run
+    losses = [m["test_loss"] for m in together["members"]]
+    assert len(set(losses)) == 3
+    mean, std = mean_std([m["test_top1"] for m in together["members"]])
+    assert together["member_mean"]["test_top1"] == pytest.approx(mean)
+    assert together["member_std"]["test_top1"] == pytest.approx(std)
+    saved = json.loads((root / "k3" / "config.json").read_text())
+    assert saved["member_seeds"] == [5, 6, 7] and from_json(json.dumps(saved), "config.json").members == 3
+    assert together["test_top1"] == together["test_top1"] and 0 <= together["test_top1"] <= 100
+    log_probs = torch.randn(3, 7, 10, dtype=torch.float64).log_softmax(-1)
+    torch.testing.assert_close(ensemble_log_probs(log_probs).exp(), log_probs.exp().mean(0))
+
+
+def test_a_stopped_members_run_resumes_bit_for_bit(members_run, cifar10_pickles, tmp_path, monkeypatch):
+    """SIGTERM-like stop inside epoch 2 of a K=3 run, then resume=true: the same metrics and results as the
+    uninterrupted run, bit for bit."""
+    import signal
+
+    import train.loop
+
+    root, together, _ = members_run
+    out = tmp_path / "stopped"
+    real, count = train.loop.make_train_step, [0]
+
+    def make(*args, **kwargs):
+        step = real(*args, **kwargs)
+
+        def wrapped(ts, batch, lr, key=None):
+            count[0] += 1
+            if count[0] == 6:  # epoch 2, its second step
+                signal.raise_signal(signal.SIGTERM)
+            return step(ts, batch, lr, key)
+
+        return wrapped
+
+    args = [*SMALL, f"data={cifar10_pickles}", f"out={out}", "members=3", "seed=5"]
+    with one_thread():
+        monkeypatch.setattr(train.loop, "make_train_step", make)
+        assert main(args) == 143
+        monkeypatch.setattr(train.loop, "make_train_step", real)
+        assert main([f"out={out}", "resume=true", "progress=false"]) == 0
+    timing = ("seconds", "images_per_s")
+    strip = lambda line: {k: v for k, v in line.items() if k not in timing}  # noqa: E731
+    assert [strip(a) for a in metrics(out)] == [strip(b) for b in metrics(root / "k3")]
+    again = json.loads((out / "results.json").read_text())
+    for key in ("test_top1", "test_top5", "test_loss", "members", "member_mean", "best_epoch"):
+        assert again[key] == together[key], key
+
+
+@pytest.mark.parametrize("word,message", [
+    ("members=0", "members must be positive, got 0"),
+    ("members=two", "members='two' is not a valid int"),
+])
+def test_bad_members_are_one_line_errors(word, message, capsys):
+    assert main([*TINY, word]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_members_refuse_what_they_cannot_do_yet():
+    from train.members import check_supported
+
+    with pytest.raises(ConfigError, match="add net.kernels=reference"):
+        check_supported(Config(model="mobilenetv1", members=2), "autograd")
+    check_supported(Config(members=2), "func")
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_the_update_of_stacked_members_is_each_members_update(optimizer):
+    """make_update(member_dims=1) on stacked trees equals the per-member update (weight decay skipping 1-d
+    tensors by their own ndim, AdamW's shared step count), in float64."""
+    cfg = Config(optimizer=optimizer, weight_decay=0.01, decay_all=False, nesterov=optimizer == "sgd",
+                 momentum=0.9)
+    trees = [{"w": torch.randn(4, 3, dtype=torch.float64), "b": torch.randn(4, dtype=torch.float64)}
+             for _ in range(3)]
+    grads = [{k: torch.randn_like(v) for k, v in t.items()} for t in trees]
+    lr = torch.tensor(0.1, dtype=torch.float64)
+    single, stacked = make_update(cfg), make_update(cfg, member_dims=1)
+    stack = lambda ts: {k: torch.stack([t[k] for t in ts]) for k in ts[0]}  # noqa: E731
+    states = [init_state(optimizer, t) for t in trees]
+    state = {k: (torch.stack([s[k] for s in states]) if k != "step" else states[0][k]) for k in states[0]}
+    p, s = stacked(stack(trees), stack(grads), state, lr)
+    p, s = stacked(p, stack(grads), s, lr)
+    for k, (t, g, st) in enumerate(zip(trees, grads, states)):
+        t1, st1 = single(t, g, st, lr)
+        t1, st1 = single(t1, g, st1, lr)
+        for name in t1:
+            torch.testing.assert_close(p[name][k], t1[name], rtol=1e-12, atol=1e-12)
+
+
+def test_a_compiled_members_run_is_one_graph_and_trains_as_the_eager_one(cifar10_pickles, tmp_path, monkeypatch):
+    """compile=true on the trainer's CUDA-graph path, forced on the CPU with dynamo's aot_eager backend (as
+    tests/test_train_e2e.py does for single runs): the vmapped train step is one graph, the members' eval step
+    (each member and the ensemble) another, both built in the warm-up; the epochs equal the eager members run's."""
+    from runs import bn_net
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    import nets.registry
+    import train.loop
+
+    monkeypatch.setitem(nets.registry._BUILDERS, "bn_net", bn_net)
+    counter = CompileCounterWithBackend("aot_eager")
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real_compile(fn, backend=counter, dynamic=False))
+    monkeypatch.setattr(train.loop, "graphs_for", lambda cfg, use_compile, *_: use_compile)
+    runs = {}
+    for compiled in ("false", "true"):
+        torch._dynamo.reset()
+        out = tmp_path / compiled
+        cfg = parse([*SMALL, f"data={cifar10_pickles}", f"out={out}", f"compile={compiled}", "model=bn_net",
+                     "net.width=8", "members=2", "eval_batch_size=16", "ema=0.9", "epochs=1"])
+        with one_thread():
+            results = run(cfg, log=quiet)
+        runs[compiled] = [[m[k] for k in ("train_loss", "val_loss")] for m in metrics(out)], results["test_loss"]
+    assert counter.frame_count == 2
+    torch.testing.assert_close(torch.tensor(runs["true"][0]), torch.tensor(runs["false"][0]), rtol=1e-4, atol=1e-5)
+    assert runs["true"][1] == pytest.approx(runs["false"][1], rel=1e-4)
+
+
+def test_the_tools_take_a_member_or_the_ensemble(members_run, cifar10_pickles, tmp_path, capsys):
+    """evaluate with member=<k> gives that member's test scores of results.json, without it the ensemble's;
+    export writes the ensemble as one program whose output is the log of the members' mean probability (checked
+    against the project's forward by export itself); bad member= values are one-line errors."""
+    from train.evaluate import evaluate_run
+    from train.evaluate import main as evaluate_main
+    from train.export import export_run
+
+    root, together, _ = members_run
+    run_dir = root / "k3"
+    with one_thread():
+        for k in range(3):
+            one = evaluate_run(str(run_dir), tta="flip", member=str(k), log=quiet)
+            assert one["top1"] == pytest.approx(together["members"][k]["test_top1"], abs=1e-4)
+        ensemble = evaluate_run(str(run_dir), tta="flip", log=quiet)
+        assert ensemble["top1"] == pytest.approx(together["test_top1"], abs=1e-4)
+        paths = export_run(str(run_dir), out=str(tmp_path / "ens"), log=quiet)
+        meta = json.loads(paths["meta"].read_text())
+        assert meta["members"] == 3 and "mean probability of 3 members" in meta["output"]
+        program = torch.export.load(paths["program"]).module()
+        x = torch.randint(0, 256, (4, 3, 32, 32)).float()
+        assert torch.allclose(program(x).exp().sum(1), torch.ones(4), atol=1e-5)  # log-probabilities
+    for word, message in (("member=3", "member=3: the run has 3 members (0..2)"),
+                          ("member=x", "member='x' is not a member index or 'ensemble'")):
+        assert evaluate_main([f"run={run_dir}", word]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+
+
+def test_a_diverging_member_stops_alone(members_run, cifar10_pickles, tmp_path, monkeypatch, capsys):
+    """Member 1's weights made NaN in epoch 2: the run goes on and ends; the log names the member; its metrics
+    and test scores are left out (None, "stopped"), the means and the ensemble are the other two's, whose numbers
+    equal the undisturbed run's bit for bit (vmap keeps members apart). The tools' ensemble leaves it out too."""
+    import train.loop
+    from train.evaluate import evaluate_run
+
+    root, together, _ = members_run
+    real, count = train.loop.make_train_step, [0]
+
+    def make(*args, **kwargs):
+        step = real(*args, **kwargs)
+
+        def wrapped(ts, batch, lr, key=None):
+            count[0] += 1
+            ts, m = step(ts, batch, lr, key)
+            if count[0] == 6:  # epoch 2, its second step
+                for t in ts.params.values():
+                    t[1] = float("nan")
+            return ts, m
+
+        return wrapped
+
+    monkeypatch.setattr(train.loop, "make_train_step", make)
+    out = tmp_path / "nan"
+    lines = []
+    with one_thread():
+        results = run(parse([*SMALL, f"data={cifar10_pickles}", f"out={out}", "members=3", "seed=5"]),
+                      log=lines.append)
+    assert "member 1 (seed 6) diverged at epoch 2, step 3: it stops; the other 2 go on" in lines
+    assert results["members"][1] == {"seed": 6, "stopped": "diverged at epoch 2, step 3",
+                                     "best_val_top1": together["members"][1]["best_val_top1"]}
+    undisturbed = metrics(root / "k3")
+    for line, before in zip(metrics(out), undisturbed):  # every epoch of members 0 and 2, bit for bit
+        for key, values in line["members"].items():
+            assert [values[0], values[2]] == [before["members"][key][0], before["members"][key][2]], key
+    for k in (0, 2):
+        assert results["members"][k]["best_val_top1"] == together["members"][k]["best_val_top1"]
+    live = [results["members"][k]["test_top1"] for k in (0, 2)]
+    assert results["member_mean"]["test_top1"] == pytest.approx(sum(live) / 2)
+    last = metrics(out)[-1]
+    assert last["members"]["val_top1"][1] is None and last["val_top1"] == pytest.approx(
+        (last["members"]["val_top1"][0] + last["members"]["val_top1"][2]) / 2)
+    assert 0 <= results["test_top1"] <= 100
+    with one_thread():
+        assert evaluate_run(str(out), tta="flip", log=quiet)["top1"] == pytest.approx(results["test_top1"], abs=1e-4)
+
+
+def test_plot_draws_each_member_and_a_band_of_one_std(members_run, tmp_path):
+    """member_band: one thin line per member (a stopped member's points left out) and a band mean +- std; the
+    plot tool draws a members run's curves and its ensemble's confusion matrix."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from train.plot import main as plot_main
+    from train.plot import member_band
+
+    ax = Figure().subplots()
+    per_epoch = [[1.0, 2.0, 3.0], [2.0, None, 4.0]]
+    member_band(ax, [1, 2], per_epoch, "C0")
+    assert len(ax.lines) == 3 and len(ax.collections) == 1
+    (lower, upper) = ax.collections[0].get_paths()[0].vertices[:, 1].min(), \
+        ax.collections[0].get_paths()[0].vertices[:, 1].max()
+    assert lower == pytest.approx(2.0 - 1.0) and upper == pytest.approx(3.0 + 2 ** 0.5)
+    root, _, _ = members_run
+    with one_thread():
+        assert plot_main([f"run={root / 'k3'}", f"out={tmp_path}", "device=cpu"]) == 0
+    assert (tmp_path / "curves.png").stat().st_size > 0 and (tmp_path / "confusion.png").stat().st_size > 0
+
+
+def test_members_train_under_bf16_autocast_as_single_steps_do():
+    """Under bf16 autocast (the GPU's precision; here on the CPU) the vmapped step runs once BatchNorm takes its
+    input in float32 (batchnorm_in_float32; without it vmap's batch_norm refuses the mixed dtypes), and each
+    member's loss and new params are the plain net's single step's, to bf16 rounding."""
+    import nets
+    from train.members import batchnorm_in_float32, member, stack
+    from train.step import Precision, TrainState, make_eval_step, make_train_step
+
+    bf16 = Precision(torch.bfloat16, False, "cpu")
+    net, plain = nets.build("resnet18", 10, width=4), nets.build("resnet18", 10, width=4)
+    inits = [net.init(torch.Generator().manual_seed(s)) for s in (0, 1)]
+    params, state = (stack([t[i] for t in inits]) for i in (0, 1))
+    ts = TrainState(params, state, init_state("sgd", params))
+    x, y = torch.randn(2, 8, 3, 32, 32), torch.randint(0, 10, (2, 8))
+    with pytest.raises(RuntimeError, match="BFloat16"):
+        make_train_step(net, Config(members=2), bf16)(ts, (x, y), torch.tensor(0.1))
+    batchnorm_in_float32(net)
+    new, m = make_train_step(net, Config(members=2), bf16)(ts, (x, y), torch.tensor(0.1))
+    scores, _ = make_eval_step(net, bf16, "flip", members=2)(new.params, new.state, x[0], y[0])
+    for k, (p, s) in enumerate(inits):
+        one, m1 = make_train_step(plain, Config(), bf16)(TrainState(p, s, init_state("sgd", p)), (x[k], y[k]),
+                                                        torch.tensor(0.1))
+        torch.testing.assert_close(m["loss"][k], m1["loss"], rtol=2e-2, atol=2e-2)
+        for name in one.params:
+            torch.testing.assert_close(member(new.params, k)[name], one.params[name], rtol=2e-2, atol=2e-2)
+        single, _ = make_eval_step(plain, bf16, "flip")(one.params, one.state, x[0], y[0])
+        torch.testing.assert_close(scores["loss"][k], single["loss"], rtol=2e-2, atol=2e-2)
+
+
+def test_members_with_dropout_and_stochastic_depth_are_their_single_runs(cifar10_pickles, tmp_path, monkeypatch):
+    """A ViT with dropout and stochastic depth: each member draws its masks from its own seed's keys
+    (train.members.step_keys, nets.step_key), so member k's epochs equal the single run of seed 5 + k, as they
+    could not if the members shared torch's global generator."""
+    import nets.registry
+    from nets.core import Net
+    from nets.vit import ViT, ViTSize
+
+    def vit_micro(num_classes: int = 10) -> Net:
+        return Net("vit_micro", lambda: ViT(ViTSize(dim=16, depth=2, heads=2), num_classes, 8, 32, "cls", 0.3,
+                                            "reference", 0.3), num_classes)
+
+    monkeypatch.setitem(nets.registry._BUILDERS, "vit_micro", vit_micro)
+    words = [w for w in SMALL if not w.startswith("net.")] + [f"data={cifar10_pickles}", "model=vit_micro", "epochs=1",
+                                                              "mix=none", "split_seed=5"]
+    with one_thread():
+        run(parse([*words, f"out={tmp_path / 'k2'}", "members=2", "seed=5"]), log=quiet)
+        singles = [metrics(_single(words, tmp_path, s))[0] for s in (5, 6)]
+    (line,) = metrics(tmp_path / "k2")
+    for k, single in enumerate(singles):
+        assert line["members"]["train_loss"][k] == pytest.approx(single["train_loss"], rel=1e-5)
+    assert singles[0]["train_loss"] != singles[1]["train_loss"]
+
+
+def _single(words, root, seed):
+    with one_thread():
+        run(parse([*words, f"out={root / f's{seed}'}", f"seed={seed}"]), log=quiet)
+    return root / f"s{seed}"

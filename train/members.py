@@ -1,0 +1,249 @@
+"""Several members of one net trained together: K copies, each with its own seed, in one vmapped step.
+
+A members run (`members=K`, K > 1) holds every tensor of the train state stacked along a new leading dimension
+of size K: params, BatchNorm statistics, the optimizer's state and the EMA. The step maps the per-member
+gradient over that dimension with torch.func.vmap (train/step.py make_train_step), so one compiled graph, one
+CUDA graph and one pass over the kernels train all K; the optimizer's update and the EMA are elementwise, so
+they run on the stacked tensors as they are (train/optim.py, member_dims=1). Member k draws its init, its data
+order and its augmentation from seed + k (Config.member_seeds), and all members share the train/val split of
+`split_seed` (or `seed`); member k is therefore the single run `seed=<seed + k> split_seed=<that seed>`, step
+for step, up to floating-point reassociation (tests/test_members.py).
+
+Evaluation scores each member and the ensemble: the mean of the members' probabilities (after each member's own
+TTA average), the usual way to combine the members of a deep ensemble (Lakshminarayanan et al. 2017).
+
+A member whose loss or weights stop being finite is stopped alone: the epoch's check names it in the log and in
+the checkpoints ("stopped": a note per member, None while it trains); it goes on through the step (its NaNs
+stay in its own slice: vmap keeps members apart, BatchNorm included), but the ensemble, the means and the best
+checkpoint's choice leave it out from then on. The run stops only when every member has.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+import nets
+from data import DeviceBatches
+
+Tree = dict[str, torch.Tensor]
+
+
+def step_keys(cfg, device: torch.device, steps: torch.Tensor) -> torch.Tensor:
+    """The random keys of the given global steps (n,), one per member ((n, K) in a members run): each member's
+    dropout and stochastic depth draw from its own seed's stream (nets.step_key), the same on every rank, so
+    member k draws what the single run of its seed draws."""
+    seeds = torch.tensor(cfg.member_seeds() if cfg.members > 1 else cfg.seed)
+    return nets.step_key(seeds, steps[:, None] if cfg.members > 1 else steps).to(device)
+
+
+def stack(trees: list[Tree]) -> Tree:
+    """One tree of the members' trees, each tensor stacked along a new leading dimension (member k at index k)."""
+    return {k: torch.stack([t[k] for t in trees]) for k in trees[0]} if trees[0] else {}
+
+
+def member(tree: Tree, k: int) -> Tree:
+    """Member k's tree out of a stacked one (views)."""
+    return {name: t[k] for name, t in tree.items()}
+
+
+class GeneratorGroup:
+    """The members' loader generators seen as one: get_state stacks their states, set_state deals a stacked state
+    out again, so a checkpoint saves and restores all of them as it does one."""
+
+    def __init__(self, generators: list[torch.Generator]):
+        self.generators = generators
+        self.device = generators[0].device
+
+    def get_state(self) -> torch.Tensor:
+        return torch.stack([g.get_state() for g in self.generators])
+
+    def set_state(self, state: torch.Tensor) -> None:
+        if len(state) != len(self.generators):
+            raise ValueError(f"a state of {len(state)} members' generators for {len(self.generators)} members")
+        for g, s in zip(self.generators, state):
+            g.set_state(s.clone())  # a row of the stack is a view at an offset, which set_state misreads
+
+
+class MemberBatches:
+    """K training loaders over the same device-resident images, each shuffling and augmenting with its own
+    generator; each step yields their K batches stacked: x (K, B, C, H, W), y (K, B) or soft (K, B, classes).
+    Quacks as the DeviceBatches the loop reads (len, iteration, generator, example, mean, std, images)."""
+
+    def __init__(self, loaders: list[DeviceBatches]):
+        self.loaders = loaders
+        first = loaders[0]
+        self.images, self.labels, self.mean, self.std = first.images, first.labels, first.mean, first.std
+        self.batch_size = first.batch_size
+        self.generator = GeneratorGroup([b.generator for b in loaders])
+
+    def __len__(self) -> int:
+        return len(self.loaders[0])
+
+    def __iter__(self):
+        for batches in zip(*self.loaders):
+            yield tuple(torch.stack(parts) for parts in zip(*batches))
+
+    def example(self):
+        return tuple(torch.stack(parts) for parts in zip(*(b.example() for b in self.loaders)))
+
+
+def ensemble_log_probs(log_probs: torch.Tensor) -> torch.Tensor:
+    """(K, B, classes) members' log-probabilities -> (B, classes) log of their mean probability."""
+    return log_probs.logsumexp(0) - math.log(len(log_probs))
+
+
+class Ensemble(nn.Module):
+    """The members as one module: x -> the log of their mean probability (softmax of it: the ensemble's
+    probabilities), what `export` writes for a members run."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ensemble_log_probs(torch.stack([m(x).float().log_softmax(-1) for m in self.members]))
+
+
+# --- the trainer's bookkeeping for a members run -----------------------------------------------------------
+
+
+def alive(stopped: list) -> list[int]:
+    """The indices of the members still training (all of them for a single run's empty list)."""
+    return [k for k, note in enumerate(stopped) if note is None]
+
+
+def alive_view(tree: Tree, stopped: list) -> Tree:
+    """A stacked tree's members still training (the tree itself for a single run)."""
+    if not stopped:
+        return tree
+    index = torch.tensor(alive(stopped))
+    return {k: v[index.to(v.device)] for k, v in tree.items()}
+
+
+def stop_diverged(stopped: list, losses: torch.Tensor, params: Tree, seeds: list[int], epoch: int, log) -> None:
+    """Marks the members whose epoch losses (steps, K) or params stopped being finite, unless that would stop
+    every member still training (the run's own divergence check then stops the run, naming where)."""
+    finite = torch.isfinite(losses).all(0)
+    for t in params.values():
+        finite &= torch.isfinite(t).flatten(1).all(1)
+    bad = [k for k in alive(stopped) if not finite[k]]
+    if not bad or len(bad) == len(alive(stopped)):
+        return
+    for k in bad:
+        step = int((~torch.isfinite(losses[:, k])).nonzero()[0]) + 1 if not torch.isfinite(losses[:, k]).all() \
+            else losses.shape[0]
+        stopped[k] = f"diverged at epoch {epoch}, step {step}"
+        log(f"member {k} (seed {seeds[k]}) {stopped[k]}: it stops; the other {len(alive(stopped))} go on")
+
+
+def ensemble_scores(log_probs: torch.Tensor, y: torch.Tensor, stopped: list) -> dict[str, torch.Tensor]:
+    """The scores (train.step.scores) of the mean probability of the members still training, log_probs
+    (K, B, classes) of every member, as "ensemble_loss", "ensemble_top1", "ensemble_top5"."""
+    from train.step import scores
+
+    index = torch.tensor(alive(stopped), device=log_probs.device)
+    combined = ensemble_log_probs(log_probs.index_select(0, index).log_softmax(-1))
+    return {f"ensemble_{k}": v for k, v in scores(combined, y).items()}
+
+
+def batchnorm_in_float32(net) -> None:
+    """BatchNorm layers of both of the net's skeletons take a lower-precision input (bf16 under autocast) as
+    float32 and give their output back in the input's dtype. Why: under vmap, batch_norm's batching rule wants
+    input, weight and running statistics in one dtype ("expected scalar type BFloat16 but found Float", forward
+    and gradient alike), while autocast leaves the float32 parameters as they are. cuDNN's and Inductor's
+    BatchNorm compute in float32 from a bf16 input anyway, so a member's numbers stay a single run's up to the
+    rounding of the output to bf16, which both do."""
+
+    def upcast(module, args):
+        x = args[0]
+        return (x.float(), *args[1:]) if x.is_floating_point() and x.dtype != torch.float32 else None
+
+    def downcast(module, args, out):
+        return out.to(args[0].dtype) if out.dtype != args[0].dtype else None
+
+    for skeleton in net.skeletons.values():
+        for module in skeleton.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.register_forward_pre_hook(upcast)
+                module.register_forward_hook(downcast)
+
+
+def check_supported(cfg, gradients: str) -> None:
+    """What a members run cannot do yet, as one-line errors (ConfigError)."""
+    from train.config import ConfigError
+
+    if gradients != "func":
+        raise ConfigError(f"members={cfg.members} cannot train {cfg.model} with its Triton kernels or sync_bn yet "
+                          "(their gradients need torch.autograd.grad, which vmap cannot map); add "
+                          "net.kernels=reference")
+
+
+def per_member(f, value):
+    """f of a float, or of each member's entry of a list."""
+    return [f(v) for v in value] if isinstance(value, list) else f(value)
+
+
+MEMBER_KEYS = ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5")
+
+
+def summarised(record: dict, stopped: list) -> dict:
+    """A members run's metrics.jsonl line: each quantity the mean of the members still training (the keys a
+    single run's line has, so plots and tables read it alike), the ensemble's validation scores, and each
+    member's under "members" (None for a stopped member)."""
+    live = alive(stopped)
+    each = {k: [v if i in live else None for i, v in enumerate(record[k])] for k in MEMBER_KEYS}
+    means = {k: sum(record[k][i] for i in live) / len(live) for k in MEMBER_KEYS}
+    ensemble = {f"ensemble_val_{k}": record.pop(f"ensemble_{k}") for k in ("loss", "top1", "top5")
+                if f"ensemble_{k}" in record}
+    return {**record, **means, **ensemble, "members": each}
+
+
+def no_best(members: int) -> dict:
+    best = {"val_top1": -1.0, "epoch": 0}
+    return best if members == 1 else {**best, "members_val_top1": [-1.0] * members}
+
+
+def best_so_far(best: list[float], record: dict) -> list[float]:
+    return [b if v is None else max(b, v) for b, v in zip(best, record["members"]["val_top1"])]
+
+
+def log_words(record: dict) -> str:
+    return f"  ensemble val top1 {record['ensemble_val_top1']:5.2f}" if "ensemble_val_top1" in record else ""
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n - 1; 0 for one value)."""
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1)
+    return mean, var**0.5
+
+
+def results(results: dict, test: dict, best: dict, cfg, train_seconds: float, steps_per_epoch: int,
+            stopped: list) -> dict:
+    """results.json of a members run: test_top1/top5/loss and best_val_top1 become the ensemble's (the best
+    checkpoint is the epoch of the ensemble's best validation top-1); "members" lists each member's seed, test
+    scores and own best validation top-1 (a stopped member: "stopped" and no test scores); "member_mean" and
+    "member_std" summarise the members still training; images_per_s is the step's throughput summed over
+    members."""
+    each = [{"seed": seed, "test_top1": t1, "test_top5": t5, "test_loss": loss, "best_val_top1": v}
+            if note is None else {"seed": seed, "stopped": note, "best_val_top1": v}
+            for seed, t1, t5, loss, v, note in zip(cfg.member_seeds(), test["top1"], test["top5"], test["loss"],
+                                                    best["members_val_top1"], stopped)]
+    live = [m for m in each if "stopped" not in m]
+    stats = {k: mean_std([m[k] for m in live]) for k in ("test_top1", "test_top5", "best_val_top1")}
+    return {**results, "test_top1": test["ensemble_top1"], "test_top5": test["ensemble_top5"],
+            "test_loss": test["ensemble_loss"], "members": each,
+            "member_mean": {k: v[0] for k, v in stats.items()}, "member_std": {k: v[1] for k, v in stats.items()},
+            "images_per_s": cfg.members * cfg.epochs * steps_per_epoch * cfg.batch_size / train_seconds
+            if train_seconds else None}
+
+
+def test_words(results: dict) -> str:
+    if "members" not in results:
+        return ""
+    mean, std = results["member_mean"]["test_top1"], results["member_std"]["test_top1"]
+    live = sum("stopped" not in m for m in results["members"])
+    return f" (ensemble of {live}; members {mean:.2f} +- {std:.2f})"
