@@ -27,6 +27,8 @@ from torch import nn
 
 import nets
 from data import DeviceBatches
+from train.config import ConfigError
+from train.step import scores
 
 Tree = dict[str, torch.Tensor]
 
@@ -142,8 +144,6 @@ def stop_diverged(stopped: list, losses: torch.Tensor, params: Tree, seeds: list
 def ensemble_scores(log_probs: torch.Tensor, y: torch.Tensor, stopped: list) -> dict[str, torch.Tensor]:
     """The scores (train.step.scores) of the mean probability of the members still training, log_probs
     (K, B, classes) of every member, as "ensemble_loss", "ensemble_top1", "ensemble_top5"."""
-    from train.step import scores
-
     index = torch.tensor(alive(stopped), device=log_probs.device)
     combined = ensemble_log_probs(log_probs.index_select(0, index).log_softmax(-1))
     return {f"ensemble_{k}": v for k, v in scores(combined, y).items()}
@@ -173,8 +173,6 @@ def batchnorm_in_float32(net) -> None:
 
 def check_supported(cfg, gradients: str) -> None:
     """What a members run cannot do yet, as one-line errors (ConfigError)."""
-    from train.config import ConfigError
-
     if gradients != "func":
         raise ConfigError(f"members={cfg.members} cannot train {cfg.model} with its Triton kernels or sync_bn yet "
                           "(their gradients need torch.autograd.grad, which vmap cannot map); add "
@@ -221,7 +219,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return mean, var**0.5
 
 
-def results(results: dict, test: dict, best: dict, cfg, train_seconds: float, steps_per_epoch: int,
+def results(single: dict, test: dict, best: dict, cfg, train_seconds: float, steps_per_epoch: int,
             stopped: list) -> dict:
     """results.json of a members run: test_top1/top5/loss and best_val_top1 become the ensemble's (the best
     checkpoint is the epoch of the ensemble's best validation top-1); "members" lists each member's seed, test
@@ -234,7 +232,7 @@ def results(results: dict, test: dict, best: dict, cfg, train_seconds: float, st
                                                     best["members_val_top1"], stopped)]
     live = [m for m in each if "stopped" not in m]
     stats = {k: mean_std([m[k] for m in live]) for k in ("test_top1", "test_top5", "best_val_top1")}
-    return {**results, "test_top1": test["ensemble_top1"], "test_top5": test["ensemble_top5"],
+    return {**single, "test_top1": test["ensemble_top1"], "test_top5": test["ensemble_top5"],
             "test_loss": test["ensemble_loss"], "members": each,
             "member_mean": {k: v[0] for k, v in stats.items()}, "member_std": {k: v[1] for k, v in stats.items()},
             "images_per_s": cfg.members * cfg.epochs * steps_per_epoch * cfg.batch_size / train_seconds
