@@ -278,17 +278,22 @@ def test_plot_draws_each_member_and_a_band_of_one_std(members_run, tmp_path):
 
 
 def test_members_train_under_bf16_autocast_as_single_steps_do():
-    """Under bf16 autocast (the GPU's precision; here on the CPU) the vmapped step runs once BatchNorm takes its
-    input in float32 (batchnorm_in_float32; without it vmap's batch_norm refuses the mixed dtypes), and each
-    member's loss and new params are the plain net's single step's, to bf16 rounding."""
+    """Under the GPU's precision (bf16 autocast, channels_last; here on the CPU) the vmapped step runs once
+    BatchNorm takes its input in float32 (batchnorm_in_float32; without it vmap's batch_norm refuses the mixed
+    dtypes) and the stacked images and conv weights are laid out channels_last member by member outside vmap
+    (inside it a batched tensor refuses that memory format); each member's loss and new params are the plain
+    net's single step's, to bf16 rounding."""
     import nets
     from train.members import batchnorm_in_float32, member, stack
-    from train.step import Precision, TrainState, make_eval_step, make_train_step
+    from train.step import Precision, TrainState, make_eval_step, make_train_step, to_memory_format
 
-    bf16 = Precision(torch.bfloat16, False, "cpu")
+    bf16 = Precision(torch.bfloat16, True, "cpu")
     net, plain = nets.build("resnet18", 10, width=4), nets.build("resnet18", 10, width=4)
     inits = [net.init(torch.Generator().manual_seed(s)) for s in (0, 1)]
     params, state = (stack([t[i] for t in inits]) for i in (0, 1))
+    params = to_memory_format(params, bf16)
+    assert all(member(params, 1)[k].is_contiguous(memory_format=torch.channels_last) for k in params
+               if params[k].ndim == 5)
     ts = TrainState(params, state, init_state("sgd", params))
     x, y = torch.randn(2, 8, 3, 32, 32), torch.randint(0, 10, (2, 8))
     with pytest.raises(RuntimeError, match="BFloat16"):
@@ -297,6 +302,7 @@ def test_members_train_under_bf16_autocast_as_single_steps_do():
     new, m = make_train_step(net, Config(members=2), bf16)(ts, (x, y), torch.tensor(0.1))
     scores, _ = make_eval_step(net, bf16, "flip", members=2)(new.params, new.state, x[0], y[0])
     for k, (p, s) in enumerate(inits):
+        p = to_memory_format(p, bf16)
         one, m1 = make_train_step(plain, Config(), bf16)(TrainState(p, s, init_state("sgd", p)), (x[k], y[k]),
                                                         torch.tensor(0.1))
         torch.testing.assert_close(m["loss"][k], m1["loss"], rtol=2e-2, atol=2e-2)

@@ -72,11 +72,19 @@ def precision_for(device: torch.device, precision: str) -> Precision:
     return Precision(torch.bfloat16 if use_bf16 else None, on_cuda, device.type)
 
 
+def stacked_channels_last(t: torch.Tensor) -> torch.Tensor:
+    """A members run's stack (K, N, C, H, W) laid out so that each member's (N, C, H, W) is channels_last. Done
+    outside vmap: inside it, a batched tensor takes only the contiguous and preserve memory formats."""
+    return t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+
+
 def to_memory_format(params: Tree, precision: Precision) -> Tree:
-    """Conv weights in channels_last when activations are, so convolutions need no layout conversion."""
+    """Conv weights in channels_last when activations are, so convolutions need no layout conversion; a members
+    run's stacked conv weights (5-d) member by member."""
     if not precision.channels_last:
         return params
-    return {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v for k, v in params.items()}
+    layouts = {4: lambda v: v.contiguous(memory_format=torch.channels_last), 5: stacked_channels_last}
+    return {k: layouts.get(v.ndim, lambda v: v)(v) for k, v in params.items()}
 
 
 def topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
@@ -125,10 +133,12 @@ def make_train_step(net, cfg, precision: Precision, gradients: str = "func", gra
     every rank, as the params are."""
     members = cfg.members > 1
     update = make_update(cfg, member_dims=int(members))
+    # A members run lays its stacked images out before vmap (stacked_channels_last); one run, inside the step.
+    prepare = (lambda x: x) if members else precision.prepare
 
     def loss_fn(params, bn_state, x, y, key):
         with precision.context():
-            out, new_state = net.apply(params, bn_state, precision.prepare(x), train=True, key=key)
+            out, new_state = net.apply(params, bn_state, prepare(x), train=True, key=key)
         # A net with auxiliary classifiers (GoogLeNet's, when enabled) returns (logits, *aux) in train mode;
         # each auxiliary loss is weighted 0.3, as in Szegedy et al. 2015, sec. 5.
         logits, *aux = out if isinstance(out, tuple) else (out,)
@@ -160,6 +170,8 @@ def make_train_step(net, cfg, precision: Precision, gradients: str = "func", gra
 
     def step(ts: TrainState, batch, lr: torch.Tensor, key: torch.Tensor | None = None):
         x, y = batch
+        if members and precision.channels_last:
+            x = stacked_channels_last(x)
         grads, (loss, (new_state, logits)) = grad_and_loss(ts.params, ts.state, x, y, key)
         if grad_hook is not None:
             grads = grad_hook(grads)
