@@ -235,3 +235,21 @@ def test_every_random_layer_draws_from_the_key(name):
     keyed = [m for m in module.modules() if isinstance(m, rng.Keyed)]
     assert all(m.holder is not None for m in keyed)
     assert len({m.salt for m in keyed}) == len(keyed)
+
+
+@pytest.mark.gpu
+def test_inductor_on_the_gpu_draws_the_eager_masks():
+    """The trainer's GPU path: Inductor (Triton) compiling the keyed draws, whose int64 arithmetic wraps and
+    whose constants exceed 32 bits, must give the eager masks bit for bit, at the keep rate 1 - p (a miscompile
+    would keep or drop everything silently), and a new key must not recompile."""
+    p, n, cuda = 0.3, 200_000, torch.device("cuda")
+    net = Net("dropout", lambda: blocks.Dropout(p), 10)
+    x = torch.rand(n, device=cuda) + 0.5
+    compiled = torch.compile(lambda x, k: net.apply({}, {}, x, True, k)[0], fullgraph=True)
+    for s in (3, 4):
+        k = key(s).to(cuda)
+        out = compiled(x, k)
+        assert torch.equal(out, net.apply({}, {}, x, True, k)[0])
+        kept = int((out != 0).sum())
+        assert abs(kept - (1 - p) * n) < 5 * (n * p * (1 - p)) ** 0.5
+    assert torch.equal(compiled(x, key(5).to(cuda)) != 0, net.apply({}, {}, x, True, key(5).to(cuda))[0] != 0)

@@ -122,9 +122,22 @@ def test_bad_members_are_one_line_errors(word, message, capsys):
 def test_members_refuse_what_they_cannot_do_yet():
     from train.members import check_supported
 
-    with pytest.raises(ConfigError, match="add net.kernels=reference"):
-        check_supported(Config(model="mobilenetv1", members=2), "autograd")
+    with pytest.raises(ConfigError, match="drop sync_bn=true"):
+        check_supported(Config(members=2, sync_bn=True), "autograd")
     check_supported(Config(members=2), "func")
+
+
+def test_a_members_run_on_a_gpu_takes_pytorchs_convolution_where_the_net_would_take_its_kernels():
+    """build_net: with kernels=auto on CUDA, a members run's MobileNetV1 and ViT use PyTorch's operators (and say
+    so); a single run keeps its kernels."""
+    from train.members import build_net
+    from train.step import uses_custom_kernels
+
+    cuda, said = torch.device("cuda"), []
+    for model in ("mobilenetv1", "vit"):
+        assert not uses_custom_kernels(build_net(Config(model=model, members=2), cuda, said.append), cuda)
+        assert uses_custom_kernels(build_net(Config(model=model), cuda, said.append), cuda)
+    assert len(said) == 2 and "in place of the Triton kernels" in said[0]
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])

@@ -53,7 +53,6 @@ from tqdm import tqdm
 
 import nets
 from data import Cifar, DeviceBatches
-from data.cifar import NUM_CLASSES
 from train import checkpoint, compile_cache, distributed, members, out_dir, sync_bn
 from train.config import Config, ConfigError
 from train.device_data import DeviceSplit, device_split, load_data
@@ -202,7 +201,7 @@ def set_up(cfg: Config, device: torch.device, rank: int, world: int, log) -> tup
     out = Path(cfg.run_dir())
 
     # The net first: a wrong model name or option fails before any data is read; then the checkpoint to resume.
-    net = nets.build(cfg.model, num_classes=NUM_CLASSES[(cfg.dataset, cfg.labels)], **cfg.net)
+    net = members.build_net(cfg, device, log)
     if world > 1 and cfg.sync_bn:  # BatchNorm statistics over all ranks' images (1 rank: it has them all)
         sync_bn.synchronise_batchnorm(net)
     saved = resume_point(cfg, out, device) if cfg.resume else None
@@ -219,7 +218,6 @@ def set_up(cfg: Config, device: torch.device, rank: int, world: int, log) -> tup
     gradients = "autograd" if uses_custom_kernels(net, device) or synced else "func"
     if cfg.members > 1:
         members.check_supported(cfg, gradients)
-        members.batchnorm_in_float32(net)
     grad_hook = distributed.all_reduce_mean_ if world > 1 else None  # every rank takes the same averaged step
     # With graphs, ts's tensors are the state's persistent buffers, which each replay overwrites.
     step, progress.ts = prepare_step(make_train_step(net, cfg, precision, gradients, grad_hook), progress.ts,

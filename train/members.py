@@ -27,6 +27,7 @@ from torch import nn
 
 import nets
 from data import DeviceBatches
+from data.cifar import NUM_CLASSES
 from train.config import ConfigError
 from train.step import scores
 
@@ -171,12 +172,28 @@ def batchnorm_in_float32(net) -> None:
                 module.register_forward_hook(downcast)
 
 
+def build_net(cfg, device: torch.device, log) -> nets.Net:
+    """The run's net. A members run's on a GPU takes PyTorch's convolution and attention where the net would
+    choose its Triton kernels (net.kernels=auto; the log says so): torch.compile cannot trace their gradients
+    under vmap (docs/kernels.md), and a compiled members step beats K single steps with them; its BatchNorm
+    layers take float32 inputs (batchnorm_in_float32)."""
+    options = dict(cfg.net)
+    if cfg.members > 1 and device.type == "cuda" and "kernels" in nets.options(cfg.model) \
+            and options.get("kernels", "auto") == "auto":
+        options["kernels"] = "reference"
+        log(f"members={cfg.members}: PyTorch's convolution and attention in place of the Triton kernels, whose "
+            "gradients torch.compile cannot trace under vmap yet")
+    net = nets.build(cfg.model, num_classes=NUM_CLASSES[(cfg.dataset, cfg.labels)], **options)
+    if cfg.members > 1:
+        batchnorm_in_float32(net)
+    return net
+
+
 def check_supported(cfg, gradients: str) -> None:
     """What a members run cannot do yet, as one-line errors (ConfigError)."""
     if gradients != "func":
-        raise ConfigError(f"members={cfg.members} cannot train {cfg.model} with its Triton kernels or sync_bn yet "
-                          "(their gradients need torch.autograd.grad, which vmap cannot map); add "
-                          "net.kernels=reference")
+        raise ConfigError(f"members={cfg.members} cannot train with sync_bn=true yet (its BatchNorm collectives "
+                          "need torch.autograd.grad, which vmap cannot map); drop sync_bn=true")
 
 
 def per_member(f, value):
