@@ -312,6 +312,9 @@ def test_members_train_under_bf16_autocast_as_single_steps_do():
     with pytest.raises(RuntimeError, match="BFloat16"):
         make_train_step(net, Config(members=2), bf16)(ts, (x, y), torch.tensor(0.1))
     batchnorm_in_float32(net)
+    bn = next(m for m in net.skeletons[True].modules() if isinstance(m, torch.nn.BatchNorm2d))
+    meta = torch.empty(2, bn.num_features, 4, 4, dtype=torch.bfloat16, device="meta")
+    assert bn(meta).dtype == torch.bfloat16  # float32 inside, the input's dtype out
     new, m = make_train_step(net, Config(members=2), bf16)(ts, (x, y), torch.tensor(0.1))
     scores, _ = make_eval_step(net, bf16, "flip", members=2)(new.params, new.state, x[0], y[0])
     for k, (p, s) in enumerate(inits):

@@ -20,6 +20,7 @@ checkpoint's choice leave it out from then on. The run stops only when every mem
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -114,7 +115,8 @@ class Ensemble(nn.Module):
 
 
 def alive(stopped: list) -> list[int]:
-    """The indices of the members still training (all of them for a single run's empty list)."""
+    """The indices of the members still training (a single run's empty list names none: callers test `stopped`
+    first)."""
     return [k for k, note in enumerate(stopped) if note is None]
 
 
@@ -131,7 +133,7 @@ def stop_diverged(stopped: list, losses: torch.Tensor, params: Tree, seeds: list
     every member still training (the run's own divergence check then stops the run, naming where)."""
     finite = torch.isfinite(losses).all(0)
     for t in params.values():
-        finite &= torch.isfinite(t).flatten(1).all(1)
+        finite &= torch.isfinite(t).reshape(len(t), -1).all(1)  # per member, whatever the tensor's own rank
     bad = [k for k in alive(stopped) if not finite[k]]
     if not bad or len(bad) == len(alive(stopped)):
         return
@@ -157,19 +159,16 @@ def batchnorm_in_float32(net) -> None:
     and gradient alike), while autocast leaves the float32 parameters as they are. cuDNN's and Inductor's
     BatchNorm compute in float32 from a bf16 input anyway, so a member's numbers stay a single run's up to the
     rounding of the output to bf16, which both do."""
-
-    def upcast(module, args):
-        x = args[0]
-        return (x.float(), *args[1:]) if x.is_floating_point() and x.dtype != torch.float32 else None
-
-    def downcast(module, args, out):
-        return out.to(args[0].dtype) if out.dtype != args[0].dtype else None
-
     for skeleton in net.skeletons.values():
         for module in skeleton.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.register_forward_pre_hook(upcast)
-                module.register_forward_hook(downcast)
+                module.forward = functools.partial(_float32_batchnorm, module.forward)
+
+
+def _float32_batchnorm(forward, x: torch.Tensor) -> torch.Tensor:
+    if not x.is_floating_point() or x.dtype == torch.float32:
+        return forward(x)
+    return forward(x.float()).to(x.dtype)
 
 
 def build_net(cfg, device: torch.device, log) -> nets.Net:
