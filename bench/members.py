@@ -25,7 +25,7 @@ import nets
 from bench.common import alternating_medians, device_name
 from bench.step import warm
 from train.config import Config
-from train.members import batchnorm_in_float32, stack
+from train.members import batchnorm_in_float32, init
 from train.optim import init_state
 from train.step import TrainState, make_train_step, precision_for, prepare_step, to_memory_format
 
@@ -48,8 +48,7 @@ def members_step(model: str, options: dict, k: int, device, batch: int = BATCH, 
     net = build(model, options)
     if k > 1:
         batchnorm_in_float32(net)  # as the trainer's members runs (train/members.py)
-    inits = [net.init(torch.Generator().manual_seed(s), device) for s in cfg.member_seeds()]
-    params, state = inits[0] if k == 1 else (stack([t[i] for t in inits]) for i in (0, 1))
+    params, state = init(net, cfg, device)
     params = to_memory_format(params, precision)
     ts = TrainState(params, state, init_state(cfg.optimizer, params))
     compiled = device.type == "cuda"

@@ -233,8 +233,7 @@ def set_up(cfg: Config, device: torch.device, rank: int, world: int, log) -> tup
 def starting_point(cfg: Config, device: torch.device, net, precision: Precision, train_batches: DeviceBatches,
                    saved: dict | None, out: Path) -> Progress:
     """The run before its first step: the seeded init and an empty history, or the saved run's (restore)."""
-    inits = [net.init(torch.Generator().manual_seed(seed), device) for seed in cfg.member_seeds()]
-    params, state = inits[0] if cfg.members == 1 else (members.stack([t[i] for t in inits]) for i in (0, 1))
+    params, state = members.init(net, cfg, device)
     schedule = make_schedule(cfg)
     torch.manual_seed(cfg.seed)  # torch's global generators: anything random outside the loader's generator
     momentum = init_state(cfg.optimizer, params)  # the optimizer's state, in the params' layout

@@ -43,6 +43,12 @@ def step_keys(cfg, device: torch.device, steps: torch.Tensor) -> torch.Tensor:
     return nets.step_key(seeds, steps[:, None] if cfg.members > 1 else steps).to(device)
 
 
+def init(net, cfg, device) -> tuple[Tree, Tree]:
+    """The run's fresh (params, state): the net's init from `seed`, or each member's from its own seed, stacked."""
+    inits = [net.init(torch.Generator().manual_seed(seed), device) for seed in cfg.member_seeds()]
+    return inits[0] if cfg.members == 1 else (stack([t[0] for t in inits]), stack([t[1] for t in inits]))
+
+
 def stack(trees: list[Tree]) -> Tree:
     """One tree of the members' trees, each tensor stacked along a new leading dimension (member k at index k)."""
     return {k: torch.stack([t[k] for t in trees]) for k in trees[0]} if trees[0] else {}
@@ -59,7 +65,6 @@ class GeneratorGroup:
 
     def __init__(self, generators: list[torch.Generator]):
         self.generators = generators
-        self.device = generators[0].device
 
     def get_state(self) -> torch.Tensor:
         return torch.stack([g.get_state() for g in self.generators])
