@@ -7,13 +7,17 @@ on fixed random batches already on the device. The nets run PyTorch's own convol
 (net.kernels=reference): a members run cannot take the Triton kernels' gradients yet, so K = 1 runs the same
 code as the other K. A K that does not fit in the GPU's memory is reported as such, not timed.
 
+parallel=true compiles the nets in parallel processes, then times each alone (bench.parallel).
+
 e2e=true adds the end-to-end comparison: `python -m train` with members=K against K single runs of the same
-seeds one after another, wall seconds from each command's start to its results.json, compile included, with
-`epochs=` (default 3) of the default recipe on data= (default .data/cifar10-jpeg.tar.gz).
+seeds one after another (each with the net's Triton kernels where it has them), wall seconds from each
+command's start to its exit, compile included, with `epochs=` (default 3; `recipe`: the default recipe's own)
+on data= (default .data/cifar10-jpeg.tar.gz).
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -23,9 +27,10 @@ import torch
 
 import nets
 from bench.common import alternating_medians, device_name
+from bench.parallel import run_jobs, work
 from bench.step import warm
 from train.config import Config
-from train.members import batchnorm_in_float32, init
+from train.members import batchnorm_for_members, init
 from train.optim import init_state
 from train.step import TrainState, make_train_step, precision_for, prepare_step, to_memory_format
 
@@ -47,7 +52,7 @@ def members_step(model: str, options: dict, k: int, device, batch: int = BATCH, 
     precision = precision_for(device, "auto")
     net = build(model, options)
     if k > 1:
-        batchnorm_in_float32(net)  # as the trainer's members runs (train/members.py)
+        batchnorm_for_members(net)  # as the trainer's members runs (train/members.py)
     params, state = init(net, cfg, device)
     params = to_memory_format(params, precision)
     ts = TrainState(params, state, init_state(cfg.optimizer, params))
@@ -66,9 +71,9 @@ def members_step(model: str, options: dict, k: int, device, batch: int = BATCH, 
     return run
 
 
-def measure_net(label: str, model: str, options: dict, ks, device, calls: int, rounds: int,
-                batch: int = BATCH) -> list[dict]:
-    steps, warm_s, rows = {}, {}, []
+def prepare(model: str, options: dict, ks, device, batch: int = BATCH) -> tuple[dict, dict, list[dict]]:
+    """(steps by K, warm-up seconds by K, rows for the K that did not fit in the GPU's memory)."""
+    steps, warm_s, missing = {}, {}, []
     for k in ks:
         torch._dynamo.reset()
         try:
@@ -76,12 +81,19 @@ def measure_net(label: str, model: str, options: dict, ks, device, calls: int, r
             warm_s[k] = warm(steps[k], device)
         except torch.OutOfMemoryError:
             steps.pop(k, None)
-            rows.append({"net": label, "K": k, "images/s (all members)": None, "vs K=1": None,
-                         "per member vs K=1": None, "warm-up s (compile)": None, "note": "out of GPU memory"})
+            missing.append({"K": k, "images/s (all members)": None, "vs K=1": None, "per member vs K=1": None,
+                            "warm-up s (compile)": None, "note": "out of GPU memory"})
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+    return steps, warm_s, missing
+
+
+def time_steps(label: str, prepared, device, calls: int, rounds: int, batch: int = BATCH) -> list[dict]:
+    """The prepared Ks timed in alternation, each against the K = 1 timed beside it."""
+    steps, warm_s, missing = prepared
     medians = alternating_medians({str(k): f for k, f in steps.items()}, device, calls, rounds)
     base = batch / medians["1"] if "1" in medians else None
+    rows = [{"net": label, **row} for row in missing]
     for k in steps:
         ips = k * batch / medians[str(k)]
         rows.append({"net": label, "K": k, "images/s (all members)": ips, "vs K=1": ips / base if base else None,
@@ -90,30 +102,67 @@ def measure_net(label: str, model: str, options: dict, ks, device, calls: int, r
     return sorted(rows, key=lambda r: r["K"])
 
 
-def end_to_end(label: str, model: str, options: dict, k: int, epochs: int, data: str) -> dict:
-    """Wall seconds of one `members=k` run against k single runs of its seeds one after another."""
-    extra = {**options, **({"kernels": "reference"} if "kernels" in nets.options(model) else {})}
-    words = [f"model={model}", f"data={data}", "download=false", f"epochs={epochs}", "progress=false",
-             *(f"net.{key}={value}" for key, value in extra.items())]
+def measure_net(label: str, model: str, options: dict, ks, device, calls: int, rounds: int,
+                batch: int = BATCH) -> list[dict]:
+    return time_steps(label, prepare(model, options, ks, device, batch), device, calls, rounds, batch)
 
-    def wall(more: list[str]) -> float:
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "train", *words, *more], check=True, stdout=subprocess.DEVNULL)
-        return time.perf_counter() - t0
+
+def parallel_jobs(chosen: list[int], ks) -> list[list[str]]:
+    """[net's index in NETS, "1,2,4,8"] per process: a net's Ks in one process, timed in alternation."""
+    return [[str(i), ",".join(str(k) for k in ks)] for i in chosen]
+
+
+def job_prepare(index, ks, calls, rounds, turn):
+    """A parallel job's compile half (bench.parallel.work)."""
+    label, model, options = NETS[int(index)]
+    device = torch.device("cuda")
+    return label, prepare(model, options, [int(k) for k in ks.split(",")], device), device, int(calls), int(rounds)
+
+
+def job_measure(job) -> list[dict]:
+    """A parallel job's timing half, alone on the GPU."""
+    label, prepared, device, calls, rounds = job
+    return time_steps(label, prepared, device, calls, rounds)
+
+
+def end_to_end(label: str, model: str, options: dict, k: int, epochs: int | None, data: str) -> dict:
+    """Wall seconds of one `members=k` run against k single runs of its seeds one after another, as a user
+    would run them: the single runs take the net's Triton kernels where it has them (a members run takes
+    PyTorch's own, train.members.build_net). All of them share one compile cache, empty at the start, so the
+    first single run compiles and the next ones find its kernels. epochs=None: the recipe's own."""
+    words = [f"model={model}", f"data={data}", "download=false", "progress=false",
+             *([f"epochs={epochs}"] if epochs else []), *(f"net.{key}={value}" for key, value in options.items())]
 
     with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": f"{tmp}/inductor", "TRITON_CACHE_DIR": f"{tmp}/triton"}
+
+        def wall(more: list[str]) -> float:
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "train", *words, *more], check=True, stdout=subprocess.DEVNULL,
+                           env=env)
+            return time.perf_counter() - t0
+
         together = wall([f"members={k}", f"out={tmp}/k{k}"])
-        apart = sum(wall([f"seed={s}", "split_seed=0", f"out={tmp}/s{s}"]) for s in range(k))
-    return {"net": label, "K": k, "members=K s": together, "K single runs s": apart, "ratio": together / apart}
+        apart = [wall([f"seed={s}", "split_seed=0", f"out={tmp}/s{s}"]) for s in range(k)]
+    return {"net": label, "K": k, "epochs": epochs or "recipe", "members=K s": together,
+            "K single runs s": sum(apart), "first single run s": apart[0], "ratio": together / sum(apart)}
 
 
-def measure(device: str = "cuda", quick: bool = False, names=None, ks=KS, e2e: bool = False, epochs: int = 3,
-            data: str = ".data/cifar10-jpeg.tar.gz") -> dict:
+def measure(device: str = "cuda", quick: bool = False, names=None, ks=KS, e2e: bool = False,
+            epochs: int | None = 3, data: str = ".data/cifar10-jpeg.tar.gz", parallel: bool = False,
+            deadline_s: float = 3600) -> dict:
+    """parallel=True (CUDA): one process per net (parallel_jobs), compiled side by side, then each timed alone
+    (bench.parallel)."""
     device = torch.device(device)
     calls, rounds = (3, 3) if quick else (10, 5)
-    chosen = [n for n in NETS if names is None or n[0] in names or n[1] in names]
-    rows = [row for label, model, options in chosen
-            for row in measure_net(label, model, options, ks, device, calls, rounds)]
+    chosen = [i for i, n in enumerate(NETS) if names is None or n[0] in names or n[1] in names]
+    problems = []
+    if parallel and device.type == "cuda":
+        jobs = [[*job, str(calls), str(rounds)] for job in parallel_jobs(chosen, ks)]
+        results, problems = run_jobs("bench.members", jobs, deadline_s)
+        rows = [row for job_rows in results if job_rows for row in job_rows]
+    else:
+        rows = [row for i in chosen for row in measure_net(*NETS[i], ks, device, calls, rounds)]
     result = {
         "title": f"Members in one step, batch {BATCH} per member, bf16 autocast, on {device_name(device)}",
         "columns": ["net", "K", "images/s (all members)", "vs K=1", "per member vs K=1", "warm-up s (compile)",
@@ -122,16 +171,17 @@ def measure(device: str = "cuda", quick: bool = False, names=None, ks=KS, e2e: b
         "summary": {f"{r['net']} K={r['K']}/K=1": r["vs K=1"] for r in rows if r["vs K=1"] and r["K"] > 1},
         "notes": [f"Median of {rounds} alternating rounds of {calls} steps per K after 3 warm-up steps (their time, "
                   "compilation included, is the warm-up column); PyTorch's convolution and attention "
-                  "(net.kernels=reference) at every K."],
+                  "(net.kernels=reference) at every K."] + ([
+        "parallel=true: one process per net, compiled side by side, then each timed alone; warm-up seconds "
+        "overlap other processes' compiling."] if parallel else []) + problems,
     }
     if e2e:
-        result["end_to_end"] = [end_to_end(label, model, options, k, epochs, data)
-                                for label, model, options in chosen for k in ks if k > 1]
-        result["notes"].append(f"end_to_end: `python -m train members=K epochs={epochs}` against K single runs "
-                               "`seed=s split_seed=0` one after another, wall seconds, compile included.")
+        result["end_to_end"] = [end_to_end(*NETS[i], k, epochs, data) for i in chosen for k in ks if k > 1]
+        result["notes"].append(f"end_to_end: `python -m train members=K{f' epochs={epochs}' if epochs else ''}` "
+                               "against K single runs `seed=s split_seed=0` one after another, wall seconds from "
+                               "the command to its exit, compile included, one compile cache empty at the start.")
     return result
 
 
-if __name__ == "__main__":  # a quick look without the report: python -m bench.members
-    print(measure("cuda" if torch.cuda.is_available() else "cpu", quick=True, names=sys.argv[1:] or None,
-                  ks=(1, 2))["rows"])
+if __name__ == "__main__":  # one job of measure(parallel=True): dir index count slots net ks calls rounds
+    work(sys.argv[1:], job_prepare, job_measure)

@@ -64,7 +64,11 @@ def main(argv: list[str]) -> int:
 def section_options(name: str, opts: dict) -> dict:
     """The command line's options that a section's `measure` takes."""
     if name == "members":
-        kwargs = {"e2e": opts.get("e2e", "false").lower() == "true", "epochs": int(opts.get("epochs", 3))}
+        epochs = opts.get("epochs", "3")
+        kwargs = {"e2e": opts.get("e2e", "false").lower() == "true",
+                  "epochs": None if epochs == "recipe" else int(epochs),
+                  "parallel": opts.get("parallel", "false").lower() == "true",
+                  "deadline_s": float(opts.get("deadline", 3600))}
         if "ks" in opts:
             kwargs["ks"] = tuple(int(k) for k in opts["ks"].split(","))
         if "data" in opts:

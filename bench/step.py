@@ -20,20 +20,15 @@ convolutions too, and read the flag at run time.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import nets
 from bench.common import alternating_medians, device_name, sync
-from bench.locks import one_of
+from bench.parallel import run_jobs, work
 from train.config import Config
 from train.optim import zeros_like_tree
 from train.step import (
@@ -226,46 +221,16 @@ def parallel_jobs(names, only: tuple[str, ...] = ()) -> list[tuple[str, list[str
     return jobs
 
 
-def compile_slots(jobs: int) -> tuple[int, int]:
-    """(processes compiling at once, Inductor compile threads each). One Inductor compile is mostly one busy
-    thread plus bursts of parallel Triton builds: 4 threads each, and as many processes as that fills the
-    cores. (`python -m bench step parallel=true` without this limit on a 16-core H100 machine: all 11 jobs of
-    the 8 families at once, 1 thread each, did not finish compiling within 545 s; 6 jobs of 2 threads took
-    205 s in all.)"""
-    cpus = os.cpu_count() or 2
-    slots = max(1, min(jobs, cpus // 4))
-    return slots, max(1, cpus // slots)
-
-
 def measure_in_parallel(names, device, calls, rounds, deadline_s: float,
                         only: tuple[str, ...] = ()) -> tuple[list[dict], list[str]]:
-    """One process per job (parallel_jobs), compiling a few at a time (compile_slots); each, once compiled,
-    waits until every job is ready, then they take turns on the GPU under a file lock, so that each is timed
-    alone on an otherwise idle machine. Jobs not done `deadline_s` after the start are stopped and named in the
-    returned notes, as are failures; the others' rows are kept."""
+    """One process per job (parallel_jobs) through bench.parallel: compiled a few at a time, then each timed
+    alone. Failed and late jobs are named in the returned notes; the others' rows are kept."""
     jobs = parallel_jobs(names, only)
-    rows, problems, start = [], [], time.monotonic()
-    slots, threads = compile_slots(len(jobs))
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": str(threads)}
-        procs = [subprocess.Popen([sys.executable, "-m", "bench.step", tmp, str(i), str(len(jobs)), str(slots),
-                                   name, ",".join(variants), str(calls), str(rounds)],
-                                  env=env, stderr=subprocess.PIPE, text=True)
-                 for i, (name, variants) in enumerate(jobs)]
-        for i, (proc, (name, variants)) in enumerate(zip(procs, jobs)):
-            try:
-                _, err = proc.communicate(timeout=max(1.0, deadline_s - (time.monotonic() - start)))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.communicate()
-                problems.append(f"{name} {variants}: not measured within the {deadline_s:.0f} s deadline")
-                continue
-            result = Path(tmp) / f"{i}.json"
-            if proc.returncode or not result.exists():
-                problems.append(f"{name} {variants}: failed (exit {proc.returncode}): "
-                                f"{err.strip().splitlines()[-1] if err.strip() else '?'}")
-                continue
-            rows = merge_rows(rows, json.loads(result.read_text()))
+    results, problems = run_jobs("bench.step", [[name, ",".join(variants), str(calls), str(rounds)]
+                                               for name, variants in jobs], deadline_s)
+    rows = []
+    for job_rows in results:
+        rows = merge_rows(rows, job_rows) if job_rows else rows
     order = {name: k for k, name in enumerate(names)}
     rows.sort(key=lambda r: (order[r["net"]], r.get("cudnn.benchmark", ""), r["variant"]))
     return rows, problems
@@ -277,28 +242,6 @@ def merge_rows(rows: list[dict], job_rows: list[dict]) -> list[dict]:
     key = lambda r: (r["net"], r.get("cudnn.benchmark"))  # noqa: E731
     seen = {key(r) for r in rows if r["variant"] == BASELINE}
     return rows + [r for r in job_rows if not (r["variant"] == BASELINE and key(r) in seen)]
-
-
-def compile_slot(tmp: Path, slots: int):
-    """Holds one of `slots` lock files (the first free one, polling) while the block runs."""
-    return one_of([str(tmp / f"compile-slot-{k}.lock") for k in range(slots)])
-
-
-def worker(tmp, index, count, slots, name, variants, calls, rounds) -> None:
-    """measure_in_parallel's process for one job: prepare in a compile slot, signal ready, wait for all, then
-    time under the GPU lock."""
-    device, tmp = torch.device("cuda"), Path(tmp)
-    turn = lambda: one_of([str(tmp / "gpu.lock")])  # noqa: E731
-    try:
-        with compile_slot(tmp, slots):
-            prepared = prepare_net(name, device, variants, turn)
-    finally:
-        (tmp / f"{index}.ready").touch()  # also on failure, so the others do not wait for this one
-    while len(list(tmp.glob("*.ready"))) < count:
-        time.sleep(0.5)
-    with turn():
-        rows = time_net(name, device, prepared, calls, rounds)
-    (tmp / f"{index}.json").write_text(json.dumps(rows))
 
 
 def measure(device: str = "cuda", quick: bool = False, names=None, parallel: bool = False,
@@ -344,6 +287,16 @@ def measure(device: str = "cuda", quick: bool = False, names=None, parallel: boo
     }
 
 
-if __name__ == "__main__":  # measure_in_parallel's worker: dir index count slots net variants calls rounds
-    tmp, index, count, slots, name, variants, calls, rounds = sys.argv[1:9]
-    worker(tmp, index, int(count), int(slots), name, variants.split(","), int(calls), int(rounds))
+def job_prepare(name, variants, calls, rounds, turn):
+    """measure_in_parallel's job, its compile half (bench.parallel.work)."""
+    return name, prepare_net(name, torch.device("cuda"), variants.split(","), turn), int(calls), int(rounds)
+
+
+def job_measure(job) -> list[dict]:
+    """measure_in_parallel's job, its timing half, alone on the GPU."""
+    name, prepared, calls, rounds = job
+    return time_net(name, torch.device("cuda"), prepared, calls, rounds)
+
+
+if __name__ == "__main__":  # one job of measure_in_parallel: dir index count slots net variants calls rounds
+    work(sys.argv[1:], job_prepare, job_measure)

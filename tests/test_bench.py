@@ -1,5 +1,5 @@
-"""bench/step.py's bookkeeping for parallel=true: the jobs, the merged rows, the compile slots (the timing
-itself needs a GPU and runs there)."""
+"""bench/step.py's and bench/members.py's bookkeeping for parallel=true: the jobs, the merged rows, the compile
+slots and the process protocol of bench/parallel.py (the timing itself needs a GPU and runs there)."""
 
 import fcntl
 
@@ -8,6 +8,7 @@ import torch
 from fake_timer import fake_timer
 from test_depthwise import DEVICE, needs_triton
 
+import bench.parallel as parallel
 import bench.step as step
 
 
@@ -63,13 +64,13 @@ def test_cudnn_settings_are_both_on_cuda_and_the_one_that_exists_elsewhere():
 
 @pytest.mark.parametrize("cpus,jobs,expected", [(16, 11, (4, 4)), (16, 2, (2, 8)), (2, 11, (1, 2)), (64, 3, (3, 21))])
 def test_compile_slots_fill_the_cores_with_four_threads_each(monkeypatch, cpus, jobs, expected):
-    monkeypatch.setattr(step.os, "cpu_count", lambda: cpus)
-    assert step.compile_slots(jobs) == expected
+    monkeypatch.setattr(parallel.os, "cpu_count", lambda: cpus)
+    assert parallel.compile_slots(jobs) == expected
 
 
 def test_compile_slot_takes_a_free_slot_and_gives_it_back(tmp_path):
-    with step.compile_slot(tmp_path, 2):
-        with step.compile_slot(tmp_path, 2):  # the second slot: both now held
+    with parallel.compile_slot(tmp_path, 2):
+        with parallel.compile_slot(tmp_path, 2):  # the second slot: both now held
             for k in range(2):
                 with open(tmp_path / f"compile-slot-{k}.lock", "a") as f, pytest.raises(BlockingIOError):
                     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -253,3 +254,54 @@ def test_members_section_times_each_k_against_k1_in_one_run(monkeypatch):
     assert one["vs K=1"] == 1 and two["images/s (all members)"] > 0 and oom["note"] == "out of GPU memory"
     assert two["vs K=1"] == pytest.approx(two["images/s (all members)"] / one["images/s (all members)"])
     assert two["per member vs K=1"] == pytest.approx(two["vs K=1"] / 2)
+
+
+def test_members_jobs_are_one_per_net_with_all_its_ks():
+    from bench import members
+
+    assert members.parallel_jobs([0, 2], (1, 2, 4, 8)) == [["0", "1,2,4,8"], ["2", "1,2,4,8"]]
+
+
+JOB_MODULE = """
+import sys, time
+from bench.parallel import work
+
+def prepare(name, seconds, turn):
+    if name == "broken":
+        raise ValueError("cannot build broken")
+    time.sleep(float(seconds))
+    return name, time.time()
+
+def measure(prepared):
+    start = time.time()
+    time.sleep(0.2)
+    return [{"job": prepared[0], "ready": prepared[1], "start": start, "end": time.time()}]
+
+if __name__ == "__main__":
+    work(sys.argv[1:], prepare, measure, barrier=BARRIER)
+"""
+
+
+@pytest.mark.parametrize("barrier", [True, False])
+def test_parallel_jobs_are_timed_one_at_a_time_and_failures_are_named(monkeypatch, tmp_path, barrier):
+    """bench.parallel end to end with a toy job module: every job's rows come back in job order, no two timings
+    overlap (the GPU lock); with the barrier every timing starts after the last job is ready, without it a job
+    is timed as soon as it is ready; a job whose prepare raises is named with its error's last line, and one
+    past the deadline is stopped and named."""
+    from bench import parallel
+
+    (tmp_path / "toyjob.py").write_text(JOB_MODULE.replace("BARRIER", str(barrier)))
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{parallel.Path(parallel.__file__).parents[1]}")
+    monkeypatch.setattr(parallel, "compile_slots", lambda jobs: (jobs, 1))  # all compile at once
+    jobs = [["a", "0.1"], ["b", "1.5"], ["broken", "0"], ["c", "0.1"]] + ([] if barrier else [["slow", "60"]])
+    results, problems = parallel.run_jobs("toyjob", jobs, deadline_s=5)
+    rows = [r[0] for r in results if r]
+    assert [r[0]["job"] if r else None for r in results] == ["a", "b", None, "c"] + ([] if barrier else [None])
+    spans = sorted((r["start"], r["end"]) for r in rows)
+    assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:]))
+    assert problems[0].startswith("broken 0: failed (exit 1): ValueError: cannot build broken")
+    if barrier:
+        assert min(r["start"] for r in rows) >= max(r["ready"] for r in rows)
+    else:
+        assert rows[0]["start"] < rows[1]["ready"]  # a was timed while b was still compiling
+        assert problems[1] == "slow 60: not measured within the 5 s deadline"

@@ -290,14 +290,57 @@ def test_plot_draws_each_member_and_a_band_of_one_std(members_run, tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 0 and (tmp_path / "confusion.png").stat().st_size > 0
 
 
+def test_members_batchnorm_is_torch_batchnorm_written_out():
+    """batchnorm_for_members against nn.BatchNorm2d in float64 on fresh random inputs, two members mapped by
+    vmap with their own weights and statistics: train-mode outputs and input gradients, the running mean,
+    (unbiased) variance and count after two steps, then eval-mode outputs, each member its own BatchNorm's."""
+    import copy
+    import types
+
+    from torch.func import functional_call, grad, vmap
+
+    from train.members import batchnorm_for_members, stack
+
+    refs = [torch.nn.BatchNorm2d(6).double() for _ in range(2)]
+    for ref in refs:
+        ref.weight.data.uniform_(0.5, 1.5), ref.bias.data.normal_()
+    ours = copy.deepcopy(refs[0])
+    batchnorm_for_members(types.SimpleNamespace(skeletons={True: ours}))
+    trees = stack([{k: v.detach().clone() for k, v in {**dict(r.named_parameters()), **dict(r.named_buffers())}.items()}
+                   for r in refs])
+    for _ in range(2):
+        x = torch.randn(2, 5, 6, 3, 4, dtype=torch.float64)
+
+        weights = torch.randn(5, 6, 3, 4, dtype=torch.float64)  # a loss whose gradient reaches every output
+
+        def loss(x, tree, weights):
+            out = functional_call(ours, tree, (x,))
+            return (out * weights).sum(), out
+
+        dx, out = vmap(grad(loss, has_aux=True), in_dims=(0, 0, None))(x, trees, weights)
+        for k, ref in enumerate(refs):
+            xk = x[k].clone().requires_grad_()
+            expected = ref(xk)
+            torch.testing.assert_close(out[k], expected)
+            torch.testing.assert_close(dx[k], torch.autograd.grad((expected * weights).sum(), xk)[0])
+    for k, ref in enumerate(refs):
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            torch.testing.assert_close(trees[name][k], getattr(ref, name))
+    ours.eval(), [ref.eval() for ref in refs]
+    x = torch.randn(2, 5, 6, 3, 4, dtype=torch.float64)
+    out = vmap(lambda x, tree: functional_call(ours, tree, (x,)))(x, trees)
+    for k, ref in enumerate(refs):
+        torch.testing.assert_close(out[k], ref(x[k]))
+
+
 def test_members_train_under_bf16_autocast_as_single_steps_do():
     """Under the GPU's precision (bf16 autocast, channels_last; here on the CPU) the vmapped step runs once
-    BatchNorm takes its input in float32 (batchnorm_in_float32; without it vmap's batch_norm refuses the mixed
+    BatchNorm takes its input in float32 (batchnorm_for_members; without it vmap's batch_norm refuses the mixed
     dtypes) and the stacked images and conv weights are laid out channels_last member by member outside vmap
     (inside it a batched tensor refuses that memory format); each member's loss and new params are the plain
     net's single step's, to bf16 rounding."""
     import nets
-    from train.members import batchnorm_in_float32, member, stack
+    from train.members import batchnorm_for_members, member, stack
     from train.step import Precision, TrainState, make_eval_step, make_train_step, to_memory_format
 
     bf16 = Precision(torch.bfloat16, True, "cpu")
@@ -311,7 +354,7 @@ def test_members_train_under_bf16_autocast_as_single_steps_do():
     x, y = torch.randn(2, 8, 3, 32, 32), torch.randint(0, 10, (2, 8))
     with pytest.raises(RuntimeError, match="BFloat16"):
         make_train_step(net, Config(members=2), bf16)(ts, (x, y), torch.tensor(0.1))
-    batchnorm_in_float32(net)
+    batchnorm_for_members(net)
     bn = next(m for m in net.skeletons[True].modules() if isinstance(m, torch.nn.BatchNorm2d))
     meta = torch.empty(2, bn.num_features, 4, 4, dtype=torch.bfloat16, device="meta")
     assert bn(meta).dtype == torch.bfloat16  # float32 inside, the input's dtype out
@@ -361,7 +404,7 @@ def _single(words, root, seed):
 @pytest.mark.gpu
 def test_a_members_run_on_the_gpu_compiles_graphs_and_trains_as_its_single_runs(cifar10_pickles, tmp_path):
     """members=2 as the trainer runs it on a GPU: Inductor, CUDA graphs with the stacked state in place, bf16
-    autocast (BatchNorm taking float32, batchnorm_in_float32): each member's train losses within 2% of the
+    autocast (BatchNorm taking float32, batchnorm_for_members): each member's train losses within 2% of the
     single run of its seed, which runs the same compiled path at K = 1."""
     words = ["model=resnet18", "net.width=8", "device=cuda", "download=false", "progress=false",
              f"data={cifar10_pickles}", "epochs=2", "batch_size=40", "val_fraction=0.2", "lr=0.05",

@@ -157,30 +157,49 @@ def ensemble_scores(log_probs: torch.Tensor, y: torch.Tensor, stopped: list) -> 
     return {f"ensemble_{k}": v for k, v in scores(combined, y).items()}
 
 
-def batchnorm_in_float32(net) -> None:
-    """BatchNorm layers of both of the net's skeletons take a lower-precision input (bf16 under autocast) as
-    float32 and give their output back in the input's dtype. Why: under vmap, batch_norm's batching rule wants
-    input, weight and running statistics in one dtype ("expected scalar type BFloat16 but found Float", forward
-    and gradient alike), while autocast leaves the float32 parameters as they are. cuDNN's and Inductor's
-    BatchNorm compute in float32 from a bf16 input anyway, so a member's numbers stay a single run's up to the
-    rounding of the output to bf16, which both do."""
+def batchnorm_for_members(net) -> None:
+    """The BatchNorm layers of both of the net's skeletons computed from their definition (mean and biased
+    variance over batch and space, running statistics updated with the unbiased variance, as torch's) in
+    float32, giving their output back in the input's dtype. Why not torch's batch_norm: under vmap its batching
+    rule wants input, weight and running statistics in one dtype ("expected scalar type BFloat16 but found
+    Float") while autocast leaves the float32 parameters as they are, and under torch.compile on CUDA its fake
+    implementation clones a channels_last input with that memory format, which vmap refuses ("Tensor.clone(
+    memory_format) inside vmap is only supported with ... preserve_format", torch 2.11 on an H100). Written out,
+    it is reductions and elementwise ops, which vmap maps and Inductor fuses as it does its own decomposition of
+    batch_norm; cuDNN's and Inductor's BatchNorm compute in float32 from a bf16 input too, so a member's numbers
+    stay a single run's up to reassociation and the rounding of the output."""
     for skeleton in net.skeletons.values():
         for module in skeleton.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.forward = functools.partial(_float32_batchnorm, module.forward)
+                if module.momentum is None or not module.track_running_stats:
+                    raise ValueError(f"members need BatchNorm with momentum and running statistics: {module}")
+                module.forward = functools.partial(_batchnorm, module)
 
 
-def _float32_batchnorm(forward, x: torch.Tensor) -> torch.Tensor:
-    if not x.is_floating_point() or x.dtype == torch.float32:
-        return forward(x)
-    return forward(x.float()).to(x.dtype)
+def _batchnorm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))  # bf16 in float32, float64 as it is
+    dims = [0, *range(2, x.dim())]  # all but the channels
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    if bn.training:
+        mean, var = xf.mean(dims), xf.var(dims, correction=0)
+        n = x.numel() // x.shape[1]  # values per channel
+        m = bn.momentum
+        bn.running_mean.copy_((1 - m) * bn.running_mean + m * mean.detach())
+        bn.running_var.copy_((1 - m) * bn.running_var + m * var.detach() * (n / max(n - 1, 1)))
+        bn.num_batches_tracked.add_(1)
+    else:
+        mean, var = bn.running_mean, bn.running_var
+    y = (xf - mean.reshape(shape)) * torch.rsqrt(var.reshape(shape) + bn.eps)
+    if bn.affine:
+        y = y * bn.weight.reshape(shape) + bn.bias.reshape(shape)
+    return y.to(x.dtype)
 
 
 def build_net(cfg, device: torch.device, log) -> nets.Net:
     """The run's net. A members run's on a GPU takes PyTorch's convolution and attention where the net would
     choose its Triton kernels (net.kernels=auto; the log says so): torch.compile cannot trace their gradients
     under vmap (docs/kernels.md), and a compiled members step beats K single steps with them; its BatchNorm
-    layers take float32 inputs (batchnorm_in_float32)."""
+    layers are written out in float32 (batchnorm_for_members)."""
     options = dict(cfg.net)
     if cfg.members > 1 and device.type == "cuda" and "kernels" in nets.options(cfg.model) \
             and options.get("kernels", "auto") == "auto":
@@ -189,7 +208,7 @@ def build_net(cfg, device: torch.device, log) -> nets.Net:
             "gradients torch.compile cannot trace under vmap yet")
     net = nets.build(cfg.model, num_classes=NUM_CLASSES[(cfg.dataset, cfg.labels)], **options)
     if cfg.members > 1:
-        batchnorm_in_float32(net)
+        batchnorm_for_members(net)
     return net
 
 

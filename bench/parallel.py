@@ -1,0 +1,116 @@
+"""Compile in parallel processes, time one at a time: what `parallel=true` does for `python -m bench step` and
+`python -m bench members`.
+
+A section splits its work into jobs (argument lists). `run_jobs` starts one process per job, `python -m <module>
+<tmp> <index> <count> <slots> <job...>`, whose `__main__` calls `work` with the section's two halves: `prepare`
+(build and compile, holding one of a few compile slots) and `measure` (time, holding the machine's one GPU lock
+after every job is ready), so each job is timed alone on an otherwise idle machine while the compiles, which are
+mostly CPU, overlap. Minutes instead of a quarter hour for the 8 families of bench/step.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+POLL_S = 0.5  # seconds between tries while every lock file is held, or while jobs are still compiling
+
+
+@contextlib.contextmanager
+def one_of(paths: list[str]):
+    """Holds an exclusive lock (flock) on the first free file of `paths`, polling while all are held, and
+    yields its index. A lock is released when the block ends or the process dies, even if killed."""
+    import fcntl  # POSIX only, and only needed here
+
+    while True:
+        for k, path in enumerate(paths):
+            f = open(path, "a")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                continue
+            try:
+                yield k
+            finally:
+                f.close()
+            return
+        time.sleep(POLL_S)
+
+
+def compile_slots(jobs: int) -> tuple[int, int]:
+    """(processes compiling at once, Inductor compile threads each). One Inductor compile is mostly one busy
+    thread plus bursts of parallel Triton builds: 4 threads each, and as many processes as that fills the
+    cores. (`python -m bench step parallel=true` without this limit on a 16-core H100 machine: all 11 jobs of
+    the 8 families at once, 1 thread each, did not finish compiling within 545 s; 6 jobs of 2 threads took
+    205 s in all.)"""
+    cpus = os.cpu_count() or 2
+    slots = max(1, min(jobs, cpus // 4))
+    return slots, max(1, cpus // slots)
+
+
+def compile_slot(tmp: Path, slots: int):
+    """Holds one of `slots` lock files (the first free one, polling) while the block runs."""
+    return one_of([str(tmp / f"compile-slot-{k}.lock") for k in range(slots)])
+
+
+def gpu_turn(tmp: Path):
+    """The GPU lock: held by the one process that is timing (or running a memory-hungry warm-up)."""
+    return one_of([str(tmp / "gpu.lock")])
+
+
+def run_jobs(module: str, jobs: list[list[str]], deadline_s: float) -> tuple[list[list[dict] | None], list[str]]:
+    """Each job's rows (None for a job that failed or missed the deadline) and one note per such job. Jobs not
+    done `deadline_s` after the start are stopped; the others' rows are kept. Jobs take compile slots in their
+    order, so the ones that matter most go first."""
+    start, results, problems = time.monotonic(), [], []
+    slots, threads = compile_slots(len(jobs))
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": str(threads)}
+        procs = [subprocess.Popen([sys.executable, "-m", module, tmp, str(i), str(len(jobs)), str(slots), *job],
+                                  env=env, stderr=subprocess.PIPE, text=True)
+                 for i, job in enumerate(jobs)]
+        for i, (proc, job) in enumerate(zip(procs, jobs)):
+            results.append(None)
+            try:
+                _, err = proc.communicate(timeout=max(1.0, deadline_s - (time.monotonic() - start)))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                problems.append(f"{' '.join(job)}: not measured within the {deadline_s:.0f} s deadline")
+                continue
+            result = Path(tmp) / f"{i}.json"
+            if proc.returncode or not result.exists():
+                problems.append(f"{' '.join(job)}: failed (exit {proc.returncode}): "
+                                f"{err.strip().splitlines()[-1] if err.strip() else '?'}")
+                continue
+            results[-1] = json.loads(result.read_text())
+    return results, problems
+
+
+def work(argv: list[str], prepare: Callable[..., object], measure: Callable[[object], list[dict]],
+         barrier: bool = True) -> None:
+    """One job's process (argv: tmp index count slots job...): `prepare(*job, turn=...)` in a compile slot
+    (`turn()` takes the GPU lock, for a warm-up that needs much memory), signal ready, wait for every job
+    (barrier=False: not; the job is then timed while others may still compile, which costs a CUDA-graph replay
+    little CPU, and frees its GPU memory sooner), then `measure(prepared)` under the GPU lock; its rows go to
+    <tmp>/<index>.json."""
+    tmp, index, count, slots, *job = argv
+    tmp = Path(tmp)
+    try:
+        with compile_slot(tmp, int(slots)):
+            prepared = prepare(*job, turn=lambda: gpu_turn(tmp))
+    finally:
+        (tmp / f"{index}.ready").touch()  # also on failure, so the others do not wait for this one
+    while barrier and len(list(tmp.glob("*.ready"))) < int(count):
+        time.sleep(POLL_S)
+    with gpu_turn(tmp):
+        rows = measure(prepared)
+    (tmp / f"{index}.json").write_text(json.dumps(rows))
