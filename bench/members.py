@@ -1,7 +1,8 @@
 """Members in one step (train/members.py): images/s summed over K members against K = 1 of the same net.
 
-For each net, the trainer's step as `members=K` builds it (the vmapped gradient, the stacked update, compiled
-and replayed as a CUDA graph with the state in place), at batch 512 per member, bf16 autocast, channels_last,
+For each net, the trainer's step as `members=K` builds it (the conv nets folded into one net K times as wide,
+nets/fold.py, the ViT's gradient vmapped; the stacked update; compiled and replayed as a CUDA graph with the
+state in place), at batch 512 per member, bf16 autocast, channels_last,
 SGD with Nesterov momentum, for K in `ks` (default 1, 2, 4, 8), timed in alternation (common.alternating_medians)
 on fixed random batches already on the device. The nets run PyTorch's own convolution and attention
 (net.kernels=reference): a members run cannot take the Triton kernels' gradients yet, so K = 1 runs the same

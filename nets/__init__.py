@@ -16,7 +16,7 @@ from nets.core import IMAGE_SHAPE, Net, NetError
 from nets.registry import build, declarations, names, options, parse_options
 from nets.rng import step_key
 
-_INFRASTRUCTURE = {"core", "options", "registry", "blocks", "rng", "__main__"}
+_INFRASTRUCTURE = {"core", "options", "registry", "blocks", "rng", "fold", "__main__"}
 for _module in pkgutil.iter_modules(__path__):
     if _module.name not in _INFRASTRUCTURE:
         importlib.import_module(f"nets.{_module.name}")

@@ -76,6 +76,8 @@ CONFIGS = {
 
 
 class AlexNet(nn.Module):
+    folds_members = True  # its forward keeps each member's channels apart: K members fold into one (nets/fold.py)
+
     def __init__(self, cfg: Config, num_classes: int, batchnorm: bool, dropout: float):
         super().__init__()
         layers, cin = [], 3

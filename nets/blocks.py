@@ -60,6 +60,7 @@ class DepthwiseConv2d(nn.Conv2d):
 
 class SeparableConv2d(nn.Module):
     """Depthwise 3x3 (stride `stride`) then pointwise 1x1; BN and ReLU placement are the caller's."""
+    folds_members = True  # its forward keeps each member's channels apart: K members fold into one (nets/fold.py)
 
     def __init__(self, cin: int, cout: int, stride: int = 1, kernels: str = "auto"):
         super().__init__()

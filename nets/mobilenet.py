@@ -56,6 +56,7 @@ CIFAR_UNSTRIDED = 11  # the 12th block keeps stride 1 on CIFAR: 32x32 images end
 
 class DepthwiseSeparable(nn.Module):
     """Depthwise 3x3 (stride `stride`) -> BN -> ReLU -> pointwise 1x1 -> BN -> ReLU (the paper's Figure 3)."""
+    folds_members = True  # its forward keeps each member's channels apart: K members fold into one (nets/fold.py)
 
     def __init__(self, cin: int, cout: int, stride: int, kernels: str):
         super().__init__()
@@ -69,6 +70,8 @@ class DepthwiseSeparable(nn.Module):
 
 
 class MobileNetV1(nn.Module):
+    folds_members = True  # its forward keeps each member's channels apart: K members fold into one (nets/fold.py)
+
     def __init__(self, num_classes: int, alpha: float, imagenet: bool, kernels: str):
         super().__init__()
 

@@ -44,6 +44,8 @@ def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
 
 
 class BasicBlock(nn.Module):
+    folds_members = True  # its forward keeps each member's channels apart: K members fold into one (nets/fold.py)
+
     expansion = 1
 
     def __init__(self, cin: int, width: int, stride: int, downsample: nn.Module | None):
@@ -60,6 +62,8 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
+    folds_members = True  # its forward keeps each member's channels apart: K members fold into one (nets/fold.py)
+
     expansion = 4
 
     def __init__(self, cin: int, width: int, stride: int, downsample: nn.Module | None):
@@ -79,6 +83,8 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
+    folds_members = True  # its forward keeps each member's channels apart: K members fold into one (nets/fold.py)
+
     def __init__(self, depth: int, num_classes: int, width: int, stem: str, zero_init_residual: bool):
         super().__init__()
         block = BasicBlock if depth < 50 else Bottleneck

@@ -52,6 +52,8 @@ IMAGENET_WIDTH, IMAGENET_GRID = 4096, 7  # the paper's hidden FC width, and the 
 
 
 class VGG(nn.Module):
+    folds_members = True  # its forward keeps each member's channels apart: K members fold into one (nets/fold.py)
+
     def __init__(self, depth: int, num_classes: int, config: str, dropout: float):
         super().__init__()
         layers, cin = [], 3

@@ -47,6 +47,7 @@ class XceptionBlock(nn.Module):
 
     relu_first=False drops the first ReLU: the first entry block's input is already a ReLU's output.
     """
+    folds_members = True  # its forward keeps each member's channels apart: K members fold into one (nets/fold.py)
 
     def __init__(self, cin: int, widths: tuple[int, ...], stride: int, relu_first: bool, kernels: str):
         super().__init__()
@@ -72,6 +73,8 @@ class XceptionBlock(nn.Module):
 
 
 class Xception(nn.Module):
+    folds_members = True  # its forward keeps each member's channels apart: K members fold into one (nets/fold.py)
+
     def __init__(self, num_classes: int, imagenet: bool, kernels: str):
         super().__init__()
         # The paper's stem: 3x3 stride 2 then 3x3, both unpadded; the CIFAR stem keeps the 32x32 resolution.

@@ -333,16 +333,29 @@ def test_members_batchnorm_is_torch_batchnorm_written_out():
         torch.testing.assert_close(out[k], ref(x[k]))
 
 
-def test_members_train_under_bf16_autocast_as_single_steps_do():
-    """Under the GPU's precision (bf16 autocast, channels_last; here on the CPU) the vmapped step runs once
-    BatchNorm takes its input in float32 (batchnorm_for_members; without it vmap's batch_norm refuses the mixed
-    dtypes) and the stacked images and conv weights are laid out channels_last member by member outside vmap
-    (inside it a batched tensor refuses that memory format); each member's loss and new params are the plain
-    net's single step's, to bf16 rounding."""
+@pytest.mark.parametrize("fold", [True, False])
+def test_members_train_under_bf16_autocast_as_single_steps_do(monkeypatch, fold):
+    """Under the GPU's precision (bf16 autocast, channels_last; here on the CPU) each member's loss and new
+    params are the plain net's single step's, to bf16 rounding, both ways a members step runs: folded into one
+    net K times as wide (nets/fold.py) and vmapped (fold patched off), where it runs once BatchNorm is written
+    out in float32 (batchnorm_for_members; without it vmap's batch_norm refuses the mixed dtypes) and the
+    stacked images and conv weights are laid out channels_last member by member outside vmap (inside it a
+    batched tensor refuses that memory format). The eval step, vmapped, likewise."""
     import nets
+    import train.step
     from train.members import batchnorm_for_members, member, stack
     from train.step import Precision, TrainState, make_eval_step, make_train_step, to_memory_format
 
+    folded_calls = []
+    if fold:  # count the folded forwards, so the test knows which way ran
+        class Counted(train.step.Folded):
+            def apply(self, *args, **kwargs):
+                folded_calls.append(1)
+                return super().apply(*args, **kwargs)
+
+        monkeypatch.setattr(train.step, "Folded", Counted)
+    else:
+        monkeypatch.setattr(train.step, "foldable", lambda net: False)
     bf16 = Precision(torch.bfloat16, True, "cpu")
     net, plain = nets.build("resnet18", 10, width=4), nets.build("resnet18", 10, width=4)
     inits = [net.init(torch.Generator().manual_seed(s)) for s in (0, 1)]
@@ -352,13 +365,15 @@ def test_members_train_under_bf16_autocast_as_single_steps_do():
                if params[k].ndim == 5)
     ts = TrainState(params, state, init_state("sgd", params))
     x, y = torch.randn(2, 8, 3, 32, 32), torch.randint(0, 10, (2, 8))
-    with pytest.raises(RuntimeError, match="BFloat16"):
-        make_train_step(net, Config(members=2), bf16)(ts, (x, y), torch.tensor(0.1))
+    if not fold:
+        with pytest.raises(RuntimeError, match="BFloat16"):
+            make_train_step(net, Config(members=2), bf16)(ts, (x, y), torch.tensor(0.1))
     batchnorm_for_members(net)
     bn = next(m for m in net.skeletons[True].modules() if isinstance(m, torch.nn.BatchNorm2d))
     meta = torch.empty(2, bn.num_features, 4, 4, dtype=torch.bfloat16, device="meta")
     assert bn(meta).dtype == torch.bfloat16  # float32 inside, the input's dtype out
     new, m = make_train_step(net, Config(members=2), bf16)(ts, (x, y), torch.tensor(0.1))
+    assert len(folded_calls) == int(fold)
     scores, _ = make_eval_step(net, bf16, "flip", members=2)(new.params, new.state, x[0], y[0])
     for k, (p, s) in enumerate(inits):
         p = to_memory_format(p, bf16)

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._pytree import tree_map_only
 
+from nets.fold import Folded, fold_images, foldable
 from train.optim import Tree, make_update
 
 AUX_LOSS_WEIGHT = 0.3  # weight of each auxiliary classifier's loss (GoogLeNet paper, sec. 5)
@@ -135,6 +136,8 @@ def make_train_step(net, cfg, precision: Precision, gradients: str = "func", gra
     update = make_update(cfg, member_dims=int(members))
     # A members run lays its stacked images out before vmap (stacked_channels_last); one run, inside the step.
     prepare = (lambda x: x) if members else precision.prepare
+    # A members run of a net that folds (nets/fold.py) runs its K members as one net K times as wide, no vmap.
+    folded = Folded(net, cfg.members) if members and foldable(net) else None
 
     def loss_fn(params, bn_state, x, y, key):
         with precision.context():
@@ -148,6 +151,18 @@ def make_train_step(net, cfg, precision: Precision, gradients: str = "func", gra
             loss = loss + AUX_LOSS_WEIGHT * F.cross_entropy(a.float(), y, label_smoothing=cfg.label_smoothing)
         return loss, (new_state, logits.detach())
 
+    def folded_loss(params, bn_state, x, y):
+        """The members' summed losses: its gradient is each member's own. (Folded nets draw nothing at random.)"""
+        with precision.context():
+            logits, new_state = folded.apply(params, bn_state, precision.prepare(fold_images(x)), train=True)
+        each = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(0, 1), label_smoothing=cfg.label_smoothing,
+                               reduction="none").unflatten(0, (cfg.members, -1)).mean(1)  # (K,)
+        return each.sum(), (each.detach(), (new_state, logits.detach()))
+
+    def folded_grad_and_loss(params, bn_state, x, y, key):
+        grads, (_, aux) = torch.func.grad_and_value(folded_loss, has_aux=True)(params, bn_state, x, y)
+        return grads, aux
+
     def autograd_grad_and_loss(params, bn_state, x, y, key):
         with torch.enable_grad():
             loss, aux = loss_fn(params, bn_state, x, y, key)
@@ -158,9 +173,11 @@ def make_train_step(net, cfg, precision: Precision, gradients: str = "func", gra
         "func": torch.func.grad_and_value(loss_fn, has_aux=True),
         "autograd": autograd_grad_and_loss,
     }[gradients]
-    if members:  # the stacked trees and batches of a members run, member by member (train/members.py)
-        if gradients != "func":
-            raise ValueError("a members run needs gradients='func': torch.func.vmap cannot map torch.autograd.grad")
+    if members and gradients != "func":
+        raise ValueError("a members run needs gradients='func': torch.func.vmap cannot map torch.autograd.grad")
+    if folded is not None:
+        grad_and_loss = folded_grad_and_loss
+    elif members:  # the stacked trees and batches of a members run, member by member (train/members.py)
         per_member = grad_and_loss
         keyed = torch.func.vmap(per_member, randomness="different")
         unkeyed = torch.func.vmap(per_member, in_dims=(0, 0, 0, 0, None), randomness="different")  # key None
@@ -170,7 +187,7 @@ def make_train_step(net, cfg, precision: Precision, gradients: str = "func", gra
 
     def step(ts: TrainState, batch, lr: torch.Tensor, key: torch.Tensor | None = None):
         x, y = batch
-        if members and precision.channels_last:
+        if members and precision.channels_last and folded is None:
             x = stacked_channels_last(x)
         grads, (loss, (new_state, logits)) = grad_and_loss(ts.params, ts.state, x, y, key)
         if grad_hook is not None:
