@@ -293,8 +293,8 @@ def test_parallel_jobs_are_timed_one_at_a_time_and_failures_are_named(monkeypatc
     (tmp_path / "toyjob.py").write_text(JOB_MODULE.replace("BARRIER", str(barrier)))
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{parallel.Path(parallel.__file__).parents[1]}")
     monkeypatch.setattr(parallel, "compile_slots", lambda jobs: (jobs, 1))  # all compile at once
-    jobs = [["a", "0.1"], ["b", "1.5"], ["broken", "0"], ["c", "0.1"]] + ([] if barrier else [["slow", "60"]])
-    results, problems = parallel.run_jobs("toyjob", jobs, deadline_s=5)
+    jobs = [["a", "0.1"], ["b", "1"], ["broken", "0"], ["c", "0.1"]] + ([] if barrier else [["slow", "60"]])
+    results, problems = parallel.run_jobs("toyjob", jobs, deadline_s=3)
     rows = [r[0] for r in results if r]
     assert [r[0]["job"] if r else None for r in results] == ["a", "b", None, "c"] + ([] if barrier else [None])
     spans = sorted((r["start"], r["end"]) for r in rows)
@@ -304,4 +304,4 @@ def test_parallel_jobs_are_timed_one_at_a_time_and_failures_are_named(monkeypatc
         assert min(r["start"] for r in rows) >= max(r["ready"] for r in rows)
     else:
         assert rows[0]["start"] < rows[1]["ready"]  # a was timed while b was still compiling
-        assert problems[1] == "slow 60: not measured within the 5 s deadline"
+        assert problems[1] == "slow 60: not measured within the 3 s deadline"
