@@ -30,7 +30,7 @@ from runs import bn_net  # noqa: E402
 
 import nets  # noqa: E402
 from nets.core import Net  # noqa: E402
-from train import distributed  # noqa: E402
+from train import collectives, distributed  # noqa: E402
 from train import sync_bn as sync_bn_module  # noqa: E402
 from train.config import Config, parse  # noqa: E402
 from train.loop import run  # noqa: E402
@@ -99,7 +99,7 @@ def worker(rank: int, world: int, port: int, out: Path, data_root: str, sync_bn:
     try:
         net, ts, data = fixed_problem()
         mine = [(x[rank::world], y[rank::world]) for x, y in data]  # this rank's half of each global batch
-        reduce = lambda grads: distributed.all_reduce_mean_(grads, TEST_BUCKET_BYTES)
+        reduce = lambda grads: collectives.all_reduce_mean_(grads, TEST_BUCKET_BYTES)
         ts = train(make_train_step(net, CFG, CPU, grad_hook=reduce), ts, mine)
         assert_same_on_every_rank(ts.params, rank)  # every rank must hold the same params
         if distributed.is_main():
@@ -209,13 +209,13 @@ def test_single_process_is_a_no_op(monkeypatch):
     assert distributed.init_from_env("cpu") == (0, 1, 0)
     assert distributed.is_main() and distributed.world_size() == 1
     grads = {"w": torch.randn(3)}
-    assert distributed.all_reduce_mean_(grads) is grads
+    assert collectives.all_reduce_mean_(grads) is grads
 
 
 def test_buckets_respect_the_cap_and_dtype():
     ts = [torch.zeros(100), torch.zeros(100), torch.zeros(1000), torch.zeros(10, dtype=torch.float64),
           torch.zeros(50)]
-    groups = distributed.buckets(ts, bucket_bytes=1000)
+    groups = collectives.buckets(ts, bucket_bytes=1000)
     assert sorted(i for g in groups for i in g) == list(range(len(ts)))
     for g in groups:
         assert len({ts[i].dtype for i in g}) == 1

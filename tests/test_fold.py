@@ -7,7 +7,7 @@ import nets
 from nets.fold import Folded, fold_images, foldable
 from train.members import stack
 
-K = 3
+K = 2
 # Every family that folds, at a test size; resnet50 for the Bottleneck, xception for its blocks and
 # separable convolutions, vgg11 and alexnet for flatten(1) before Linear layers (AlexNet's over a 2x2 grid).
 FOLDING = [("resnet18", {"width": 4}), ("resnet50", {"width": 4}), ("mobilenetv1", {"alpha": 0.25}),
@@ -68,3 +68,21 @@ def test_nets_that_would_mix_members_do_not_fold(model, options, why):
     assert not foldable(net), why
     with pytest.raises(ValueError, match=f"{model} does not fold into 2 members"):
         Folded(net, 2)
+
+
+@pytest.mark.parametrize("tta", ["none", "translate"])
+def test_the_members_eval_step_folds_and_scores_each_member_as_its_own(tta):
+    """make_eval_step(members=K) of a net that folds: each member's scores and log-probabilities (with TTA: of
+    the views' averaged probabilities) are its own single eval step's, in float64."""
+    from train.step import Precision, make_eval_step
+
+    net, inits = members("resnet18", {"width": 4})
+    params, state = stack([p for p, _ in inits]), stack([s for _, s in inits])
+    f64 = Precision(None, False, "cpu")  # no autocast: the float64 tensors stay float64
+    x, y = torch.randn(5, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (5,))
+    got, logits = make_eval_step(net, f64, tta, members=K)(params, state, x, y)
+    for k, (p, s) in enumerate(inits):
+        expected, expected_logits = make_eval_step(net, f64, tta)(p, s, x, y)
+        torch.testing.assert_close(logits[k], expected_logits)
+        for name, v in expected.items():
+            torch.testing.assert_close(got[name][k], v)

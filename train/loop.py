@@ -53,7 +53,7 @@ from tqdm import tqdm
 
 import nets
 from data import Cifar, DeviceBatches
-from train import checkpoint, compile_cache, distributed, members, out_dir, sync_bn
+from train import checkpoint, collectives, compile_cache, distributed, members, out_dir, sync_bn
 from train.config import Config, ConfigError
 from train.device_data import DeviceSplit, device_split, load_data
 from train.optim import init_state
@@ -218,7 +218,7 @@ def set_up(cfg: Config, device: torch.device, rank: int, world: int, log) -> tup
     gradients = "autograd" if uses_custom_kernels(net, device) or synced else "func"
     if cfg.members > 1:
         members.check_supported(cfg, gradients)
-    grad_hook = distributed.all_reduce_mean_ if world > 1 else None  # every rank takes the same averaged step
+    grad_hook = collectives.all_reduce_mean_ if world > 1 else None  # every rank takes the same averaged step
     # With graphs, ts's tensors are the state's persistent buffers, which each replay overwrites.
     step, progress.ts = prepare_step(make_train_step(net, cfg, precision, gradients, grad_hook), progress.ts,
                                      gradients, use_compile, use_graphs)
@@ -422,8 +422,8 @@ def epoch_record(ctx: RunContext, progress: Progress, lrs: torch.Tensor) -> dict
     losses and top-1 hits of all ranks (one collective each per epoch): every rank then sees the same numbers
     and takes the same decisions."""
     epoch, steps, world, ts = progress.epoch + 1, len(ctx.split.train), ctx.world, progress.ts
-    losses = distributed.all_reduce_sum(torch.stack(progress.sums.losses)) / world
-    correct = distributed.all_reduce_sum(progress.sums.correct)
+    losses = collectives.all_reduce_sum(torch.stack(progress.sums.losses)) / world
+    correct = collectives.all_reduce_sum(progress.sums.correct)
     if ctx.cfg.members > 1:  # a member that diverged alone stops alone (train/members.py)
         members.stop_diverged(progress.stopped, losses, ts.params, ctx.cfg.member_seeds(), epoch, ctx.log)
     live = members.alive(progress.stopped)

@@ -129,7 +129,7 @@ def eval_weights(params: Tree, state: Tree, ema: Tree) -> tuple[Tree, Tree]:
 
 def make_train_step(net, cfg, precision: Precision, gradients: str = "func", grad_hook=None):
     """The pure step for `net`; `grad_hook(grads) -> grads`, when given, transforms the gradient pytree before
-    the optimizer's update (train/distributed.py's all_reduce_mean_ averages it across ranks). With cfg.ema > 0
+    the optimizer's update (train/collectives.py's all_reduce_mean_ averages it across ranks). With cfg.ema > 0
     the EMA tree is updated after the optimizer's step, from the new params and BatchNorm statistics: the same on
     every rank, as the params are."""
     members = cfg.members > 1
@@ -266,7 +266,7 @@ def tta_averaged(forward, x: torch.Tensor, tta: str) -> torch.Tensor:
     views = tta_views(x, tta)
     if len(views) == 1:
         return forward(x)
-    log_probs = torch.stack([forward(v).log_softmax(1) for v in views])  # (views, B, K)
+    log_probs = torch.stack([forward(v).log_softmax(-1) for v in views])  # (views, ..., B, classes)
     return log_probs.logsumexp(0) - math.log(len(views))
 
 
@@ -285,7 +285,8 @@ def make_eval_step(net, precision: Precision, tta: str = "none", members: int = 
     with tta (TTA) other than "none": of the probabilities averaged over its views (tta_averaged; the loss is
     the cross-entropy of their mean). members > 1: params and state are stacked (train/members.py); the scores
     are one per member and the logits (K, B, classes) the members' (train.members.ensemble_scores combines the
-    members still training)."""
+    members still training): folded into one net where the net folds (nets/fold.py), vmapped elsewhere."""
+    folded = Folded(net, members) if members > 1 and foldable(net) else None
 
     def forward(params, bn_state, x):
         with torch.no_grad(), precision.context():
@@ -299,8 +300,16 @@ def make_eval_step(net, precision: Precision, tta: str = "none", members: int = 
         logits = averaged(params, bn_state, x)
         return scores(logits, y), logits
 
+    def folded_forward(params, bn_state, x):  # every member sees the same images: K copies of x's channels
+        with torch.no_grad(), precision.context():
+            logits, _ = folded.apply(params, bn_state, precision.prepare(x.repeat(1, members, 1, 1)), train=False)
+        return logits.float()  # (K, B, classes)
+
     def evaluate_members(params, bn_state, x, y):
-        per_member = torch.func.vmap(averaged, in_dims=(0, 0, None))(params, bn_state, x)  # (K, B, classes)
+        if folded is not None:
+            per_member = tta_averaged(lambda v: folded_forward(params, bn_state, v), x, tta)
+        else:
+            per_member = torch.func.vmap(averaged, in_dims=(0, 0, None))(params, bn_state, x)  # (K, B, classes)
         return scores(per_member, y), per_member
 
     return evaluate if members == 1 else evaluate_members

@@ -15,7 +15,7 @@ nn.BatchNorm's, unchanged. The statistics, and therefore the running buffers, ar
 The gradient: autograd differentiates the lines above; the all-reduce is the one step it cannot see through. Its
 output, `total`, feeds the loss of every rank, so the gradient of the summed loss with respect to rank r's
 `local` is the sum over ranks of each rank's gradient with respect to `total`: the backward of an all-reduce-sum
-is an all-reduce-sum of the incoming gradients (distributed.AllReduceSum). Each rank's parameter gradient then holds
+is an all-reduce-sum of the incoming gradients (collectives.AllReduceSum). Each rank's parameter gradient then holds
 its own images' share of the cross-rank terms, and the gradient average that follows (distributed.py) completes
 the large-batch gradient. Cost: one all-reduce of 2C + 1 numbers per BN layer per step in the forward pass and
 one in the backward pass, each waited for (latency, not bandwidth: a ResNet-18 has 20 BN layers).
@@ -37,9 +37,9 @@ import torch
 from torch import nn
 
 from nets.core import Net
-from train.distributed import all_reduce_sum
+from train.collectives import all_reduce_sum
 
-# distributed.all_reduce_sum is kept out of torch.compile's graphs, as all_reduce_mean_ is: the compiled step
+# collectives.all_reduce_sum is kept out of torch.compile's graphs, as all_reduce_mean_ is: the compiled step
 # breaks around each BN layer's collective and the collectives run eagerly. Checked on the CPU (2 gloo ranks,
 # inductor): compiled steps equal eager ones in both gradient forms, but with gradients="func" dynamo cannot
 # break a graph inside torch.func.grad_and_value, so the gradient is then computed eagerly (one graph was
