@@ -95,12 +95,11 @@ def run_jobs(module: str, jobs: list[list[str]], deadline_s: float) -> tuple[lis
     return results, problems
 
 
-def work(argv: list[str], prepare: Callable[..., object], measure: Callable[[object], list[dict]],
-         barrier: bool = True) -> None:
+def work(argv: list[str], prepare: Callable[..., object], measure: Callable[[object], list[dict]]) -> None:
     """One job's process (argv: tmp index count slots job...): `prepare(*job, turn=...)` in a compile slot
-    (`turn()` takes the GPU lock, for a warm-up that needs much memory), signal ready, wait for every job
-    (barrier=False: not; the job is then timed while others may still compile, which costs a CUDA-graph replay
-    little CPU, and frees its GPU memory sooner), then `measure(prepared)` under the GPU lock; its rows go to
+    (`turn()` takes the GPU lock, for a warm-up that needs much memory), signal ready, wait for every job (a
+    job timed while others still compile is disturbed: a members run's K=1 ViT step timed so on an H100 ran at
+    21.9k images/s, alone at 33.9k), then `measure(prepared)` under the GPU lock; its rows go to
     <tmp>/<index>.json."""
     tmp, index, count, slots, *job = argv
     tmp = Path(tmp)
@@ -109,7 +108,7 @@ def work(argv: list[str], prepare: Callable[..., object], measure: Callable[[obj
             prepared = prepare(*job, turn=lambda: gpu_turn(tmp))
     finally:
         (tmp / f"{index}.ready").touch()  # also on failure, so the others do not wait for this one
-    while barrier and len(list(tmp.glob("*.ready"))) < int(count):
+    while len(list(tmp.glob("*.ready"))) < int(count):
         time.sleep(POLL_S)
     with gpu_turn(tmp):
         rows = measure(prepared)

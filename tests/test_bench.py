@@ -278,30 +278,27 @@ def measure(prepared):
     return [{"job": prepared[0], "ready": prepared[1], "start": start, "end": time.time()}]
 
 if __name__ == "__main__":
-    work(sys.argv[1:], prepare, measure, barrier=BARRIER)
+    work(sys.argv[1:], prepare, measure)
 """
 
 
-@pytest.mark.parametrize("barrier", [True, False])
-def test_parallel_jobs_are_timed_one_at_a_time_and_failures_are_named(monkeypatch, tmp_path, barrier):
+def test_parallel_jobs_are_timed_one_at_a_time_after_the_last_is_ready(monkeypatch, tmp_path):
     """bench.parallel end to end with a toy job module: every job's rows come back in job order, no two timings
-    overlap (the GPU lock); with the barrier every timing starts after the last job is ready, without it a job
-    is timed as soon as it is ready; a job whose prepare raises is named with its error's last line, and one
-    past the deadline is stopped and named."""
+    overlap (the GPU lock) and every timing starts after the last job is ready (the barrier); a job whose
+    prepare raises is named with its error's last line, and one past the deadline is stopped and named."""
     from bench import parallel
 
-    (tmp_path / "toyjob.py").write_text(JOB_MODULE.replace("BARRIER", str(barrier)))
+    (tmp_path / "toyjob.py").write_text(JOB_MODULE)
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{parallel.Path(parallel.__file__).parents[1]}")
     monkeypatch.setattr(parallel, "compile_slots", lambda jobs: (jobs, 1))  # all compile at once
-    jobs = [["a", "0.1"], ["b", "1"], ["broken", "0"], ["c", "0.1"]] + ([] if barrier else [["slow", "60"]])
-    results, problems = parallel.run_jobs("toyjob", jobs, deadline_s=3)
+    jobs = [["a", "0.1"], ["b", "0.5"], ["broken", "0"], ["c", "0.1"]]
+    results, problems = parallel.run_jobs("toyjob", jobs, deadline_s=10)
     rows = [r[0] for r in results if r]
-    assert [r[0]["job"] if r else None for r in results] == ["a", "b", None, "c"] + ([] if barrier else [None])
+    assert [r[0]["job"] if r else None for r in results] == ["a", "b", None, "c"]
     spans = sorted((r["start"], r["end"]) for r in rows)
     assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:]))
-    assert problems[0].startswith("broken 0: failed (exit 1): ValueError: cannot build broken")
-    if barrier:
-        assert min(r["start"] for r in rows) >= max(r["ready"] for r in rows)
-    else:
-        assert rows[0]["start"] < rows[1]["ready"]  # a was timed while b was still compiling
-        assert problems[1] == "slow 60: not measured within the 3 s deadline"
+    assert min(r["start"] for r in rows) >= max(r["ready"] for r in rows)
+    assert problems == ["broken 0: failed (exit 1): ValueError: cannot build broken"]
+    results, problems = parallel.run_jobs("toyjob", [["a", "0"], ["slow", "60"]], deadline_s=2)
+    assert results == [None, None]  # a waits for slow at the barrier: both stopped
+    assert problems == ["a 0: not measured within the 2 s deadline", "slow 60: not measured within the 2 s deadline"]
