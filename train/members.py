@@ -198,14 +198,15 @@ def _batchnorm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Te
 def build_net(cfg, device: torch.device, log) -> nets.Net:
     """The run's net. A members run's on a GPU takes PyTorch's convolution and attention where the net would
     choose its Triton kernels (net.kernels=auto; the log says so): torch.compile cannot trace their gradients
-    under vmap (docs/kernels.md), and a compiled members step beats K single steps with them; its BatchNorm
-    layers are written out in float32 (batchnorm_for_members)."""
+    under vmap (the ViT's members), and a folded members run (nets/fold.py: MobileNetV1, Xception) has not been
+    checked with them on a GPU yet (docs/kernels.md); its BatchNorm layers are written out in float32 for the
+    vmapped steps (batchnorm_for_members)."""
     options = dict(cfg.net)
     if cfg.members > 1 and device.type == "cuda" and "kernels" in nets.options(cfg.model) \
             and options.get("kernels", "auto") == "auto":
         options["kernels"] = "reference"
-        log(f"members={cfg.members}: PyTorch's convolution and attention in place of the Triton kernels, whose "
-            "gradients torch.compile cannot trace under vmap yet")
+        log(f"members={cfg.members}: PyTorch's convolution and attention in place of the Triton kernels "
+            "(docs/kernels.md, members)")
     net = nets.build(cfg.model, num_classes=NUM_CLASSES[(cfg.dataset, cfg.labels)], **options)
     if cfg.members > 1:
         batchnorm_for_members(net)
