@@ -417,13 +417,16 @@ def _single(words, root, seed):
 
 
 @pytest.mark.gpu
-def test_a_members_run_on_the_gpu_compiles_graphs_and_trains_as_its_single_runs(cifar10_pickles, tmp_path):
+@pytest.mark.parametrize("net", [["model=resnet18", "net.width=8", "lr=0.05"],  # folded (nets/fold.py)
+                                 ["model=mobilenetv1", "net.alpha=0.25", "lr=0.05"],  # folded, depthwise layers
+                                 ["model=vit_tiny", "lr=0.0005"]],  # vmapped
+                         ids=["resnet18", "mobilenetv1", "vit_tiny"])
+def test_a_members_run_on_the_gpu_compiles_graphs_and_trains_as_its_single_runs(cifar10_pickles, tmp_path, net):
     """members=2 as the trainer runs it on a GPU: Inductor, CUDA graphs with the stacked state in place, bf16
-    autocast (BatchNorm taking float32, batchnorm_for_members): each member's train losses within 2% of the
-    single run of its seed, which runs the same compiled path at K = 1."""
-    words = ["model=resnet18", "net.width=8", "device=cuda", "download=false", "progress=false",
-             f"data={cifar10_pickles}", "epochs=2", "batch_size=40", "val_fraction=0.2", "lr=0.05",
-             "recipe=fast", "split_seed=5"]
+    autocast, the conv nets folded and the ViT vmapped: each member's train losses within 2% of the single run
+    of its seed, which runs the compiled path of K = 1 (the single MobileNetV1 with its Triton kernels)."""
+    words = [*net, "device=cuda", "download=false", "progress=false", f"data={cifar10_pickles}", "epochs=2",
+             "batch_size=40", "val_fraction=0.2", "recipe=fast", "split_seed=5"]
     together = run(parse([*words, f"out={tmp_path / 'k2'}", "members=2", "seed=5"]), log=quiet)
     assert len(together["members"]) == 2 and 0 <= together["test_top1"] <= 100
     lines = metrics(tmp_path / "k2")
