@@ -2,9 +2,9 @@
 
 For each net, the trainer's step as `members=K` builds it (the conv nets folded into one net K times as wide,
 nets/fold.py, the ViT's gradient vmapped; the stacked update; compiled and replayed as a CUDA graph with the
-state in place), at batch 512 per member, bf16 autocast, channels_last,
-SGD with Nesterov momentum, for K in `ks` (default 1, 2, 4, 8), timed in alternation (common.alternating_medians)
-on fixed random batches already on the device. The nets run PyTorch's own convolution and attention
+state in place), at batch 512 per member, bf16 autocast, channels_last, SGD with Nesterov momentum, for K in
+`ks` (default 1, 2, 4, 8), timed in alternation (common.alternating_medians) on fixed random batches already on
+the device. The nets run PyTorch's own convolution and attention
 (net.kernels=reference): a members run cannot take the Triton kernels' gradients yet, so K = 1 runs the same
 code as the other K. A K that does not fit in the GPU's memory is reported as such, not timed.
 
