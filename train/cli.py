@@ -27,7 +27,7 @@ from train.compile_cache import keep_compiled_work
 from train.config import Config, ConfigError, from_json, parse
 from train.out_dir import RunDirError
 from train.run_dir import ToolError
-from train.signals import TrainingInterrupted
+from train.signals import TrainingDiverged, TrainingInterrupted
 
 # Errors caused by what the user asked for or pointed at: reported without a traceback.
 USER_ERRORS = (ConfigError, DataError, NetError, CheckpointError, ToolError, RunDirError)
@@ -52,16 +52,12 @@ def resume_command(argv: list[str]) -> str:
 
 def main(argv: list[str]) -> int:
     keep_compiled_work()  # before anything compiles: a later run of the same net loads its kernels
-    # The trainer is imported once the command line is read: it brings torch._dynamo (about 1.5 s on a 2-core
-    # CPU, `python -X importtime -m train`), which a mistyped key need not wait for.
     try:
         cfg = parse_command_line(argv)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    from train.loop import TrainingDiverged, run
+        # The trainer is imported once the command line is read: it brings torch._dynamo (about 1.5 s on a
+        # 2-core CPU, `python -X importtime -m train`), which a mistyped key need not wait for.
+        from train.loop import run
 
-    try:
         run(cfg)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)

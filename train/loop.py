@@ -59,7 +59,7 @@ from train.device_data import DeviceSplit, device_split, load_data
 from train.optim import init_state
 from train.resume import keep_metrics_until, resume_point, with_added_keys
 from train.schedule import OneCycle, Plateau, load_schedule, make_schedule
-from train.signals import StopRequests, TrainingInterrupted
+from train.signals import StopRequests, TrainingDiverged, TrainingInterrupted
 from train.step import (
     Precision,
     TrainState,
@@ -83,10 +83,6 @@ TENSORBOARD_TAGS = {
     "val_top5": "top5/val", "lr": "lr", "seconds": "time/epoch_seconds", "images_per_s": "time/images_per_s",
 }
 TIMING_KEYS = ("seconds", "images_per_s", "train_seconds", "compile_seconds")  # differ between equal runs
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss or the parameters became NaN or infinite."""
 
 
 class RunContext(NamedTuple):

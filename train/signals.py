@@ -1,5 +1,5 @@
-"""Stopping a run on SIGINT/SIGTERM at a safe point: the first signal asks, the loop stops at its next step
-boundary (saving last.pt); a second one stops at once."""
+"""How a run stops early. On SIGINT/SIGTERM at a safe point: the first signal asks, the loop stops at its next
+step boundary (saving last.pt); a second one stops at once. On a divergence: TrainingDiverged."""
 
 from __future__ import annotations
 
@@ -13,6 +13,10 @@ class TrainingInterrupted(Exception):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.signum = signum
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the parameters became NaN or infinite."""
 
 
 class StopRequests:
