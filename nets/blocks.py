@@ -107,3 +107,42 @@ class DropPath(nn.Module, rng.Keyed):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+def batch_norm_from_sums(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, reduce=None) -> torch.Tensor:
+    """`bn`'s forward written out in float32 at least (bf16 activations would lose the statistics' digits), its
+    output in x's dtype. Train mode (or no running statistics): the batch's per-channel [sum x, sum x^2, count]
+    (2C + 1 numbers, `reduce`d first when given: train/sync_bn.py sums them over ranks) give the mean and the
+    biased variance E[x^2] - E[x]^2 it normalises with; the running statistics move toward them as nn.BatchNorm's
+    do (momentum m, or the cumulative average without one; the variance unbiased, n / (n - 1)). Eval mode: the
+    running statistics. Then y = x * scale + shift per channel, one pass over x in its layout (channels_last
+    stays so). Reductions and elementwise ops only, so torch.func.vmap maps it (a members run's BatchNorm,
+    train/members.py) where torch's batch_norm refuses. E[x^2] - E[x]^2 in float32 loses digits when a channel's
+    mean is large against its spread (about 1e-7 x mean^2 / var, relative); BN inputs are conv outputs of modest
+    mean."""
+    C = x.shape[1]
+    dims = [0, *range(2, x.dim())]  # all but the channels
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))
+    if bn.training or not bn.track_running_stats:
+        local = torch.cat([xf.sum(dims), (xf * xf).sum(dims), xf.new_full((1,), x.numel() // C)])
+        total = local if reduce is None else reduce(local)
+        n = total[2 * C]
+        mean = total[:C] / n
+        var = (total[C: 2 * C] / n - mean * mean).clamp_min(0)  # biased; rounding can dip below 0
+        if bn.training and bn.track_running_stats:
+            bn.num_batches_tracked.add_(1)
+            # momentum None: the cumulative average, with nn.BatchNorm's host-side float (a sync, as there)
+            factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+            with torch.no_grad():
+                bn.running_mean.mul_(1 - factor).add_(factor * mean.detach())
+                bn.running_var.mul_(1 - factor).add_(factor * var.detach() * n / (n - 1))
+    else:
+        mean, var = bn.running_mean, bn.running_var
+    scale = torch.rsqrt(var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    per_channel = (1, C) + (1,) * (x.dim() - 2)
+    return (xf * scale.view(per_channel) + shift.view(per_channel)).to(x.dtype)

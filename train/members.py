@@ -29,6 +29,7 @@ from torch import nn
 import nets
 from data import DeviceBatches
 from data.cifar import NUM_CLASSES
+from nets import blocks
 from train.config import ConfigError
 from train.step import scores
 
@@ -158,9 +159,9 @@ def ensemble_scores(log_probs: torch.Tensor, y: torch.Tensor, stopped: list) -> 
 
 
 def batchnorm_for_members(net) -> None:
-    """The BatchNorm layers of both of the net's skeletons computed from their definition (mean and biased
-    variance over batch and space, running statistics updated with the unbiased variance, as torch's) in
-    float32, giving their output back in the input's dtype. Why not torch's batch_norm: under vmap its batching
+    """The BatchNorm layers of both of the net's skeletons written out (nets.blocks.batch_norm_from_sums: float32
+    statistics from per-channel sums, running statistics as torch's, the output in the input's dtype), for the
+    vmapped members steps. Why not torch's batch_norm: under vmap its batching
     rule wants input, weight and running statistics in one dtype ("expected scalar type BFloat16 but found
     Float") while autocast leaves the float32 parameters as they are, and under torch.compile on CUDA its fake
     implementation clones a channels_last input with that memory format, which vmap refuses ("Tensor.clone(
@@ -173,26 +174,7 @@ def batchnorm_for_members(net) -> None:
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 if module.momentum is None or not module.track_running_stats:
                     raise ValueError(f"members need BatchNorm with momentum and running statistics: {module}")
-                module.forward = functools.partial(_batchnorm, module)
-
-
-def _batchnorm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
-    xf = x.to(torch.promote_types(x.dtype, torch.float32))  # bf16 in float32, float64 as it is
-    dims = [0, *range(2, x.dim())]  # all but the channels
-    shape = [1, -1] + [1] * (x.dim() - 2)
-    if bn.training:
-        mean, var = xf.mean(dims), xf.var(dims, correction=0)
-        n = x.numel() // x.shape[1]  # values per channel
-        m = bn.momentum
-        bn.running_mean.copy_((1 - m) * bn.running_mean + m * mean.detach())
-        bn.running_var.copy_((1 - m) * bn.running_var + m * var.detach() * (n / max(n - 1, 1)))
-        bn.num_batches_tracked.add_(1)
-    else:
-        mean, var = bn.running_mean, bn.running_var
-    y = (xf - mean.reshape(shape)) * torch.rsqrt(var.reshape(shape) + bn.eps)
-    if bn.affine:
-        y = y * bn.weight.reshape(shape) + bn.bias.reshape(shape)
-    return y.to(x.dtype)
+                module.forward = functools.partial(blocks.batch_norm_from_sums, module)
 
 
 def build_net(cfg, device: torch.device, log) -> nets.Net:

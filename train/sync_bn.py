@@ -20,9 +20,10 @@ its own images' share of the cross-rank terms, and the gradient average that fol
 the large-batch gradient. Cost: one all-reduce of 2C + 1 numbers per BN layer per step in the forward pass and
 one in the backward pass, each waited for (latency, not bandwidth: a ResNet-18 has 20 BN layers).
 
-E[x^2] - E[x]^2 in float32 loses digits when a channel's mean is large against its spread (about 1e-7 x
-mean^2 / var, relative); BN inputs are conv outputs of modest mean, and detectron2's NaiveSyncBatchNorm makes the
-same trade for a single small all-reduce. The all-gather of per-rank (mean, var, count) that nn.SyncBatchNorm
+(The arithmetic is nets.blocks.batch_norm_from_sums, given all_reduce_sum.) E[x^2] - E[x]^2 in float32 loses
+digits when a channel's mean is large against its spread (about 1e-7 x mean^2 / var, relative); BN inputs are
+conv outputs of modest mean, and detectron2's NaiveSyncBatchNorm makes the same trade for a single small
+all-reduce. The all-gather of per-rank (mean, var, count) that nn.SyncBatchNorm
 combines with Welford's rule would avoid it at N times the message size.
 
 Why not nn.SyncBatchNorm: in torch 2.14 its forward raises "SyncBatchNorm expected input tensor to be on GPU"
@@ -36,6 +37,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nets.blocks import batch_norm_from_sums
 from nets.core import Net
 from train.collectives import all_reduce_sum
 
@@ -59,33 +61,7 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         if not self.training:
             return super().forward(x)  # the running statistics (or, without them, this rank's batch)
         self._check_input_dim(x)
-        C = x.shape[1]
-        dims = [0, *range(2, x.dim())]  # all but the channels
-        # Sums in float32 at least: bf16 activations (autocast) would lose the statistics' digits.
-        xf = x.to(torch.promote_types(x.dtype, torch.float32))
-        count = xf.new_full((1,), x.numel() // C)  # images x pixels per channel on this rank
-        total = all_reduce_sum(torch.cat([xf.sum(dims), (xf * xf).sum(dims), count]))  # (2C + 1,)
-        n = total[2 * C]
-        mean = total[:C] / n
-        var = (total[C: 2 * C] / n - mean * mean).clamp_min(0)  # biased; rounding can dip below 0
-
-        if self.track_running_stats:
-            self.num_batches_tracked.add_(1)
-            # momentum None: the cumulative average, with nn.BatchNorm's host-side float (a sync, as there)
-            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-            with torch.no_grad():
-                self.running_mean.mul_(1 - factor).add_(factor * mean.detach())
-                self.running_var.mul_(1 - factor).add_(factor * var.detach() * n / (n - 1))  # unbiased
-
-        # y = x * scale + shift, per channel: one pass over x, in x's layout (channels_last stays so).
-        scale = torch.rsqrt(var + self.eps)
-        if self.weight is not None:
-            scale = scale * self.weight
-        shift = -mean * scale
-        if self.bias is not None:
-            shift = shift + self.bias
-        per_channel = (1, C) + (1,) * (x.dim() - 2)
-        return (xf * scale.view(per_channel) + shift.view(per_channel)).to(x.dtype)
+        return batch_norm_from_sums(self, x, all_reduce_sum)
 
 
 def synchronise_batchnorm(net: Net) -> Net:
