@@ -13,11 +13,13 @@ parallel=true compiles the nets in parallel processes, then times each alone (be
 e2e=true adds the end-to-end comparison: `python -m train` with members=K against K single runs of the same
 seeds one after another (each with the net's Triton kernels where it has them), wall seconds from each
 command's start to its exit, compile included, with `epochs=` (default 3; `recipe`: the default recipe's own)
-on data= (default .data/cifar10-jpeg.tar.gz).
+on data= (default .data/cifar10-jpeg.tar.gz); runs=members or runs=0,1 (seeds) makes some of those runs only,
+and cache=<folder> names the compile cache that parts made one after another share (end_to_end).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -126,32 +128,42 @@ def job_measure(job) -> list[dict]:
     return time_steps(label, prepared, device, calls, rounds)
 
 
-def end_to_end(label: str, model: str, options: dict, k: int, epochs: int | None, data: str) -> dict:
+def end_to_end(label: str, model: str, options: dict, k: int, epochs: int | None, data: str,
+               runs: list | None = None, cache: str | None = None) -> dict:
     """Wall seconds of one `members=k` run against k single runs of its seeds one after another, as a user
     would run them: the single runs take the net's Triton kernels where it has them (a members run takes
     PyTorch's own, train.members.build_net). All of them share one compile cache, empty at the start, so the
-    first single run compiles and the next ones find its kernels. epochs=None: the recipe's own."""
+    first single run compiles and the next ones find its kernels. epochs=None: the recipe's own.
+
+    runs: which to make, "members" and the single runs' seeds 0..k-1 (default: all, in that order), so that a
+    comparison longer than one sitting can be made in parts, one after another on one machine; they then name
+    the compile cache folder they share (`cache`; default: a fresh one, removed afterwards). The totals and
+    their ratio are given when one call made all k + 1 runs."""
     words = [f"model={model}", f"data={data}", "download=false", "progress=false",
              *([f"epochs={epochs}"] if epochs else []), *(f"net.{key}={value}" for key, value in options.items())]
-
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": f"{tmp}/inductor", "TRITON_CACHE_DIR": f"{tmp}/triton"}
-
-        def wall(more: list[str]) -> float:
+    runs = [str(r) for r in (runs or ["members", *range(k)])]
+    walls = {}
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(tempfile.TemporaryDirectory())
+        root = cache or stack.enter_context(tempfile.TemporaryDirectory())
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": f"{root}/inductor", "TRITON_CACHE_DIR": f"{root}/triton"}
+        for run in runs:
+            more = [f"members={k}"] if run == "members" else [f"seed={run}", "split_seed=0"]
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "train", *words, *more], check=True, stdout=subprocess.DEVNULL,
-                           env=env)
-            return time.perf_counter() - t0
-
-        together = wall([f"members={k}", f"out={tmp}/k{k}"])
-        apart = [wall([f"seed={s}", "split_seed=0", f"out={tmp}/s{s}"]) for s in range(k)]
-    return {"net": label, "K": k, "epochs": epochs or "recipe", "members=K s": together,
-            "K single runs s": sum(apart), "first single run s": apart[0], "ratio": together / sum(apart)}
+            subprocess.run([sys.executable, "-m", "train", *words, *more, f"out={out}/{run}"], check=True,
+                           stdout=subprocess.DEVNULL, env=env)
+            walls[run] = time.perf_counter() - t0
+    row = {"net": label, "K": k, "epochs": epochs or "recipe",
+           **{("members=K s" if run == "members" else f"seed {run} s"): w for run, w in walls.items()}}
+    if sorted(walls) == sorted(["members", *map(str, range(k))]):
+        apart = sum(walls[str(s)] for s in range(k))
+        row.update({"K single runs s": apart, "ratio": walls["members"] / apart})
+    return row
 
 
 def measure(device: str = "cuda", quick: bool = False, names=None, ks=KS, e2e: bool = False,
             epochs: int | None = 3, data: str = ".data/cifar10-jpeg.tar.gz", parallel: bool = False,
-            deadline_s: float = 3600) -> dict:
+            deadline_s: float = 3600, runs: list | None = None, cache: str | None = None) -> dict:
     """parallel=True (CUDA): one process per net (parallel_jobs), compiled side by side, then each timed alone
     (bench.parallel)."""
     device = torch.device(device)
@@ -177,7 +189,8 @@ def measure(device: str = "cuda", quick: bool = False, names=None, ks=KS, e2e: b
         "overlap other processes' compiling."] if parallel else []) + problems,
     }
     if e2e:
-        result["end_to_end"] = [end_to_end(*NETS[i], k, epochs, data) for i in chosen for k in ks if k > 1]
+        result["end_to_end"] = [end_to_end(*NETS[i], k, epochs, data, runs, cache)
+                                for i in chosen for k in ks if k > 1]
         result["notes"].append(f"end_to_end: `python -m train members=K{f' epochs={epochs}' if epochs else ''}` "
                                "against K single runs `seed=s split_seed=0` one after another, wall seconds from "
                                "the command to its exit, compile included, one compile cache empty at the start.")

@@ -68,7 +68,8 @@ def section_options(name: str, opts: dict) -> dict:
         kwargs = {"e2e": opts.get("e2e", "false").lower() == "true",
                   "epochs": None if epochs == "recipe" else int(epochs),
                   "parallel": opts.get("parallel", "false").lower() == "true",
-                  "deadline_s": float(opts.get("deadline", 3600))}
+                  "deadline_s": float(opts.get("deadline", 3600)), "cache": opts.get("cache"),
+                  "runs": opts["runs"].split(",") if "runs" in opts else None}
         if "ks" in opts:
             kwargs["ks"] = tuple(int(k) for k in opts["ks"].split(","))
         if "data" in opts:
