@@ -161,14 +161,14 @@ def ensemble_scores(log_probs: torch.Tensor, y: torch.Tensor, stopped: list) -> 
 def batchnorm_for_members(net) -> None:
     """The BatchNorm layers of both of the net's skeletons written out (nets.blocks.batch_norm_from_sums: float32
     statistics from per-channel sums, running statistics as torch's, the output in the input's dtype), for the
-    vmapped members steps. Why not torch's batch_norm: under vmap its batching
-    rule wants input, weight and running statistics in one dtype ("expected scalar type BFloat16 but found
-    Float") while autocast leaves the float32 parameters as they are, and under torch.compile on CUDA its fake
-    implementation clones a channels_last input with that memory format, which vmap refuses ("Tensor.clone(
-    memory_format) inside vmap is only supported with ... preserve_format", torch 2.11 on an H100). Written out,
-    it is reductions and elementwise ops, which vmap maps and Inductor fuses as it does its own decomposition of
-    batch_norm; cuDNN's and Inductor's BatchNorm compute in float32 from a bf16 input too, so a member's numbers
-    stay a single run's up to reassociation and the rounding of the output."""
+    vmapped members steps. Why not torch's batch_norm: under vmap its batching rule wants input, weight and
+    running statistics in one dtype ("expected scalar type BFloat16 but found Float") while autocast leaves the
+    float32 parameters as they are, and under torch.compile on CUDA its fake implementation clones a
+    channels_last input with that memory format, which vmap refuses ("Tensor.clone(memory_format) inside vmap is
+    only supported with ... preserve_format", torch 2.11 on an H100). Written out, it is reductions and
+    elementwise ops, which vmap maps and Inductor fuses as it does its own decomposition of batch_norm; cuDNN's
+    and Inductor's BatchNorm compute in float32 from a bf16 input too, so a member's numbers stay a single run's
+    up to reassociation and the rounding of the output."""
     for skeleton in net.skeletons.values():
         for module in skeleton.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):

@@ -273,9 +273,8 @@ def tta_averaged(forward, x: torch.Tensor, tta: str) -> torch.Tensor:
 def scores(logits: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
     """Summed cross-entropy, top-1 and top-5 hits of logits (..., B, classes) for labels (B,): one of each per
     leading index. Rows labelled IGNORED count for nothing."""
-    losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.expand(logits.shape[:-1]).reshape(-1),
-                             reduction="none")
     labels = y.expand(logits.shape[:-1])
+    losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none")
     return {"loss": losses.reshape(logits.shape[:-1]).sum(-1), "top1": topk_correct(logits, labels, 1),
             "top5": topk_correct(logits, labels, 5)}
 
