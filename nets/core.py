@@ -77,6 +77,17 @@ def _fill_buffer(module: nn.Module, name: str, t: torch.Tensor) -> None:
         raise NotImplementedError(f"no init rule for buffer {type(module).__name__}.{name}")
 
 
+def swap_layers(module: nn.Module, replace: Callable[[nn.Module], nn.Module | None]) -> nn.Module:
+    """Every layer of `module` (the root excepted) for which `replace(layer)` gives a module is swapped for it,
+    in place, under the same name; layers it gives None for stay. Returns `module`."""
+    for name, layer in list(module.named_modules()):
+        new = replace(layer) if name else None
+        if new is not None:
+            parent, _, child = name.rpartition(".")
+            setattr(module.get_submodule(parent), child, new)
+    return module
+
+
 class Net:
     """A stateless architecture: `init` makes the pytrees, `apply` is the pure forward."""
 

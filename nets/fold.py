@@ -31,7 +31,7 @@ from torch import nn
 from torch.func import functional_call
 
 from nets import blocks
-from nets.core import Net, Tree
+from nets.core import Net, Tree, swap_layers
 
 # Layers that act per channel (or are the identity) once the channels are folded; containers whose forward is
 # a chain of their children.
@@ -82,14 +82,12 @@ def fold_layer(m: nn.Module, k: int) -> nn.Module | None:
 
 def fold_module(module: nn.Module, k: int) -> nn.Module:
     """A copy of `module` (a skeleton on the meta device) with every layer replaced by its K-member layer."""
-    module = copy.deepcopy(module)
+    def folded(m: nn.Module) -> nn.Module | None:
+        new = fold_layer(m, k)
+        return None if new is None else new.train(m.training)
+
     with torch.device("meta"):
-        for name, m in list(module.named_modules()):
-            new = fold_layer(m, k)
-            if new is not None:
-                parent, _, child = name.rpartition(".")
-                setattr(module.get_submodule(parent), child, new.train(m.training))
-    return module
+        return swap_layers(copy.deepcopy(module), folded)
 
 
 def fold_images(x: torch.Tensor) -> torch.Tensor:

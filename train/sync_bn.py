@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from nets.blocks import batch_norm_from_sums
-from nets.core import Net
+from nets.core import Net, swap_layers
 from train.collectives import all_reduce_sum
 
 # collectives.all_reduce_sum is kept out of torch.compile's graphs, as all_reduce_mean_ is: the compiled step
@@ -67,11 +67,12 @@ class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
 def synchronise_batchnorm(net: Net) -> Net:
     """Swap every BatchNorm layer in `net`'s skeletons (train and eval) for SyncBatchNorm, in place, keeping
     names, hyperparameters and (meta) tensors, so params, state and checkpoints are unchanged. Returns `net`."""
+    def synchronised(m: nn.Module) -> SyncBatchNorm | None:
+        plain = isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, SyncBatchNorm)
+        return _synchronised(m) if plain else None
+
     for skeleton in net.skeletons.values():  # Net keeps one skeleton per mode; both must agree
-        for parent in list(skeleton.modules()):
-            for name, child in parent.named_children():
-                if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, SyncBatchNorm):
-                    setattr(parent, name, _synchronised(child))
+        swap_layers(skeleton, synchronised)
     return net
 
 
