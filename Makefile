@@ -33,8 +33,12 @@ TRAIN_LAUNCH = $(if $(filter-out 0 1,$(GPUS)),$(PYTHON) -m torch.distributed.run
 train: $(SETUP)
 	$(TRAIN_LAUNCH) $(TRAIN_KEYS) $(ARGS)
 
+# With pytest-xdist (the test extra) the suite runs in one process per core, each torch on one thread
+# (tests/conftest.py), the GPU tests in one process; without it (PYTHON=python3 on a machine that lacks it), in one.
+TEST_WORKERS = $(shell $(PYTHON) -c "import xdist" 2>/dev/null && echo "-n auto --dist loadgroup")
+
 test: $(SETUP)
-	$(PYTHON) -m pytest -q --benchmark-disable $(ARGS)
+	$(PYTHON) -m pytest -q --benchmark-disable $(TEST_WORKERS) $(ARGS)
 
 bench: $(SETUP)
 	$(PYTHON) -m bench $(ARGS)

@@ -8,7 +8,12 @@ per class; the expected arrays are synthetic.synthetic_cifar(...) with the write
 
 import os
 
-import torch
+# Under pytest-xdist (`make test`) each worker is one of one process per core, so torch's own threads would only
+# contend: one each (set before torch is imported; the subprocesses the tests start inherit it).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+import torch  # noqa: E402
 
 # Without a GPU the Triton kernels run in Triton's interpreter, which must be switched on before triton is
 # first imported (triton 3.8 reads it at import and when kernels are decorated): here, before any test module.
@@ -26,8 +31,13 @@ from synthetic import (  # noqa: E402
 
 
 def pytest_collection_modifyitems(config, items):
-    """Skip tests marked gpu when there is no CUDA device (the marker's meaning in pyproject.toml)."""
+    """Skip tests marked gpu when there is no CUDA device (the marker's meaning in pyproject.toml). With one,
+    under pytest-xdist, they go to one worker (`--dist loadgroup`): their timings and memory assume a GPU alone."""
     if torch.cuda.is_available():
+        if config.pluginmanager.hasplugin("xdist"):
+            for item in items:
+                if "gpu" in item.keywords:
+                    item.add_marker(pytest.mark.xdist_group("gpu"))
         return
     skip = pytest.mark.skip(reason="needs CUDA")
     for item in items:

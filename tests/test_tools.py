@@ -2,6 +2,7 @@
 project), plot; their user errors; their Makefile targets."""
 
 import json
+import os
 import runpy
 import subprocess
 import sys
@@ -251,3 +252,18 @@ def test_make_targets(target, variables, command):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"python3 {command}"
+
+
+@pytest.mark.parametrize("has_xdist", [True, False], ids=["xdist", "no-xdist"])
+def test_make_test_runs_one_process_per_core_where_pytest_xdist_is(tmp_path, has_xdist):
+    """`make test` spreads the suite over the cores with pytest-xdist when the interpreter has it, and runs it in
+    one process when not (the device's preinstalled python3). A PYTHONPATH entry whose xdist.py fails to import
+    stands for an interpreter without it."""
+    pytest.importorskip("xdist")
+    (tmp_path / "xdist.py").write_text("raise ImportError('not installed')\n")
+    env = {**os.environ} if has_xdist else {**os.environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run(["make", "--no-print-directory", "-n", "test", f"PYTHON={sys.executable}"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    workers = " -n auto --dist loadgroup" if has_xdist else ""
+    assert proc.stdout.strip() == f"{sys.executable} -m pytest -q --benchmark-disable{workers}"

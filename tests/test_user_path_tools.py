@@ -32,8 +32,10 @@ def reference(tmp_path_factory, cifar10_pickles):
 
 def python(*args: str) -> subprocess.CompletedProcess:
     """`python <args>` in the repository root, as a user would type it (one thread: 2 shared cores; the
-    repository importable as for a script run by path, installed or not)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    repository importable as for a script run by path, installed or not; not a pytest-xdist worker, whose
+    variables would turn a pytest started here into one)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=TIMEOUT_S)
 
