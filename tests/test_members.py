@@ -417,14 +417,21 @@ def _single(words, root, seed):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("net", [["model=resnet18", "net.width=8", "lr=0.05"],  # folded (nets/fold.py)
-                                 ["model=mobilenetv1", "net.alpha=0.25", "lr=0.05"],  # folded, depthwise layers
-                                 ["model=vit_tiny", "lr=0.0005"]],  # vmapped
-                         ids=["resnet18", "mobilenetv1", "vit_tiny"])
-def test_a_members_run_on_the_gpu_compiles_graphs_and_trains_as_its_single_runs(cifar10_pickles, tmp_path, net):
+@pytest.mark.parametrize("net,second_epoch_rtol", [
+    (["model=resnet18", "net.width=8", "lr=0.05"], 2e-2),  # folded (nets/fold.py)
+    # Folded, depthwise layers. Its stem BatchNorm weight's gradient is a small sum of cancelling terms whose
+    # rounding the training amplifies: in bf16 the second epoch's loss of a member and of its single run already
+    # differ by up to 2.2% on the CPU with the same operators (precision=bf16 device=cpu, lr 0.05, seeds 5 and
+    # 6), 3.3% on an H100 against the single run's Triton kernels; float64 agrees to 1e-7 (tests/test_fold.py).
+    (["model=mobilenetv1", "net.alpha=0.25", "lr=0.05"], 5e-2),
+    (["model=vit_tiny", "lr=0.0005"], 2e-2)],  # vmapped
+    ids=["resnet18", "mobilenetv1", "vit_tiny"])
+def test_a_members_run_on_the_gpu_compiles_graphs_and_trains_as_its_single_runs(cifar10_pickles, tmp_path, net,
+                                                                                   second_epoch_rtol):
     """members=2 as the trainer runs it on a GPU: Inductor, CUDA graphs with the stacked state in place, bf16
-    autocast, the conv nets folded and the ViT vmapped: each member's train losses within 2% of the single run
-    of its seed, which runs the compiled path of K = 1 (the single MobileNetV1 with its Triton kernels)."""
+    autocast, the conv nets folded and the ViT vmapped: each member's first-epoch train loss within 2% of the
+    single run of its seed, which runs the compiled path of K = 1 (the single MobileNetV1 with its Triton
+    kernels), and its second within second_epoch_rtol."""
     words = [*net, "device=cuda", "download=false", "progress=false", f"data={cifar10_pickles}", "epochs=2",
              "batch_size=40", "val_fraction=0.2", "recipe=fast", "split_seed=5"]
     together = run(parse([*words, f"out={tmp_path / 'k2'}", "members=2", "seed=5"]), log=quiet)
@@ -434,5 +441,5 @@ def test_a_members_run_on_the_gpu_compiles_graphs_and_trains_as_its_single_runs(
         run(parse([*words, f"out={tmp_path / f's{seed}'}", f"seed={seed}"]), log=quiet)
         alone = metrics(tmp_path / f"s{seed}")
         got = [line["members"]["train_loss"][k] for line in lines]
-        torch.testing.assert_close(torch.tensor(got), torch.tensor([a["train_loss"] for a in alone]), rtol=2e-2,
-                                   atol=0)
+        for epoch, rtol in enumerate((2e-2, second_epoch_rtol)):
+            torch.testing.assert_close(got[epoch], alone[epoch]["train_loss"], rtol=rtol, atol=0)
