@@ -2,11 +2,12 @@
 
 For each net, the trainer's step as `members=K` builds it (the conv nets folded into one net K times as wide,
 nets/fold.py, the ViT's gradient vmapped; the stacked update; compiled and replayed as a CUDA graph with the
-state in place), at batch 512 per member, bf16 autocast, channels_last, SGD with Nesterov momentum, for K in
-`ks` (default 1, 2, 4, 8), timed in alternation (common.alternating_medians) on fixed random batches already on
-the device. The nets run PyTorch's own convolution and attention
-(net.kernels=reference): a members run cannot take the Triton kernels' gradients yet, so K = 1 runs the same
-code as the other K. A K that does not fit in the GPU's memory is reported as such, not timed.
+state in place), at batch 512 per member, bf16 autocast, channels_last, cudnn.benchmark on (as the trainer),
+SGD with Nesterov momentum, for K in `ks` (default 1, 2, 4, 8), timed in alternation
+(common.alternating_medians) on fixed random batches already on the device. The nets run PyTorch's own
+convolution and attention (net.kernels=reference): a members run cannot take the Triton kernels' gradients yet,
+so K = 1 runs the same code as the other K. A K that does not fit in the GPU's memory is reported as such, not
+timed.
 
 parallel=true compiles the nets in parallel processes, then times each alone (bench.parallel).
 
@@ -35,7 +36,14 @@ from bench.step import warm
 from train.config import Config
 from train.members import batchnorm_for_members, init
 from train.optim import init_state
-from train.step import TrainState, make_train_step, precision_for, prepare_step, to_memory_format
+from train.step import (
+    TrainState,
+    choose_cudnn_algorithms,
+    make_train_step,
+    precision_for,
+    prepare_step,
+    to_memory_format,
+)
 
 BATCH = 512  # per member
 KS = (1, 2, 4, 8)
@@ -53,6 +61,7 @@ def members_step(model: str, options: dict, k: int, device, batch: int = BATCH, 
     """A zero-argument function that runs one step of K members as the trainer does, its state carried over."""
     cfg = Config(model=model, members=k, batch_size=batch, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
     precision = precision_for(device, "auto")
+    choose_cudnn_algorithms(device, cfg.cudnn_benchmark)  # as the trainer: cuDNN times its algorithms per shape
     net = build(model, options)
     if k > 1:
         batchnorm_for_members(net)  # as the trainer's members runs (train/members.py)
@@ -184,7 +193,7 @@ def measure(device: str = "cuda", quick: bool = False, names=None, ks=KS, e2e: b
         "summary": {f"{r['net']} K={r['K']}/K=1": r["vs K=1"] for r in rows if r["vs K=1"] and r["K"] > 1},
         "notes": [f"Median of {rounds} alternating rounds of {calls} steps per K after 3 warm-up steps (their time, "
                   "compilation included, is the warm-up column); PyTorch's convolution and attention "
-                  "(net.kernels=reference) at every K."] + ([
+                  "(net.kernels=reference) at every K, cudnn.benchmark on as in the trainer."] + ([
         "parallel=true: one process per net, compiled side by side, then each timed alone; warm-up seconds "
         "overlap other processes' compiling."] if parallel else []) + problems,
     }

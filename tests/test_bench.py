@@ -328,3 +328,22 @@ def test_members_end_to_end_runs_each_command_and_can_be_made_in_parts(monkeypat
 
     options = section_options("members", {"e2e": "true", "epochs": "recipe", "runs": "members,0", "cache": "c"})
     assert options["epochs"] is None and options["runs"] == ["members", "0"] and options["cache"] == "c"
+
+
+@pytest.mark.parametrize("timed", [True, False])
+def test_members_step_chooses_cudnn_algorithms_as_the_trainer(monkeypatch, timed):
+    """The members bench times the step with cuDNN's algorithms chosen as a run chooses them (the config's
+    cudnn_benchmark, through train.step.choose_cudnn_algorithms), not with PyTorch's default heuristics."""
+    from bench import members
+    from train.config import Config
+    from train.step import choose_cudnn_algorithms
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", not timed)
+    choose_cudnn_algorithms(torch.device("cpu"), timed)
+    assert torch.backends.cudnn.benchmark is (not timed)  # the CPU has no cuDNN to set
+    choose_cudnn_algorithms(torch.device("cuda"), timed)
+    assert torch.backends.cudnn.benchmark is timed
+    seen = []
+    monkeypatch.setattr(members, "choose_cudnn_algorithms", lambda device, b: seen.append((device.type, b)))
+    members.members_step("resnet18", {"width": 4}, 1, torch.device("cpu"), batch=2)
+    assert seen == [("cpu", Config().cudnn_benchmark)] and Config().cudnn_benchmark is True

@@ -64,6 +64,7 @@ from train.step import (
     Precision,
     TrainState,
     all_finite,
+    choose_cudnn_algorithms,
     copy_into,
     eval_weights,
     init_ema,
@@ -190,8 +191,7 @@ def set_up(cfg: Config, device: torch.device, rank: int, world: int, log) -> tup
     """The machinery, the net, the data on the device, the starting point (fresh, or resume=true's last.pt,
     checked against cfg) and the steps, built but not compiled yet."""
     precision = precision_for(device, cfg.precision)
-    if device.type == "cuda":  # read at each convolution call, compiled graphs' too
-        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+    choose_cudnn_algorithms(device, cfg.cudnn_benchmark)
     use_compile = cfg.compile == "true" or (cfg.compile == "auto" and device.type == "cuda")
     use_graphs = graphs_for(cfg, use_compile, device, world)
     out = Path(cfg.run_dir())

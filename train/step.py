@@ -73,6 +73,15 @@ def precision_for(device: torch.device, precision: str) -> Precision:
     return Precision(torch.bfloat16 if use_bf16 else None, on_cuda, device.type)
 
 
+def choose_cudnn_algorithms(device: torch.device, benchmark: bool) -> None:
+    """On CUDA, whether cuDNN times its algorithms for each new convolution shape at its first call and keeps the
+    fastest (torch.backends.cudnn.benchmark; the config's cudnn_benchmark, on by default), or takes its
+    heuristics' choice. Read at every convolution call, compiled graphs' too. It matters most for the members'
+    grouped convolutions (nets/fold.py), whose heuristic choice can be far from the fastest."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = benchmark
+
+
 def stacked_channels_last(t: torch.Tensor) -> torch.Tensor:
     """A members run's stack (K, N, C, H, W) laid out so that each member's (N, C, H, W) is channels_last. Done
     outside vmap: inside it, a batched tensor takes only the contiguous and preserve memory formats."""
