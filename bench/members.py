@@ -5,9 +5,10 @@ nets/fold.py, the ViT's gradient vmapped; the stacked update; compiled and repla
 state in place), at batch 512 per member, bf16 autocast, channels_last, cudnn.benchmark on (as the trainer),
 SGD with Nesterov momentum, for K in `ks` (default 1, 2, 4, 8), timed in alternation
 (common.alternating_medians) on fixed random batches already on the device. The nets run PyTorch's own
-convolution and attention (net.kernels=reference): a members run cannot take the Triton kernels' gradients yet,
-so K = 1 runs the same code as the other K. A K that does not fit in the GPU's memory is reported as such, not
-timed.
+convolution and attention (net.kernels=reference) at every K, so K = 1 runs the same code as the other K; the
+row "mobilenetv1 triton" runs its depthwise layers by the Triton kernel at every K, as a single run does (the
+trainer's members runs do not take it yet: train.members.build_net). A K that does not fit in the GPU's memory
+is reported as such, not timed.
 
 parallel=true compiles the nets in parallel processes, then times each alone (bench.parallel).
 
@@ -39,6 +40,7 @@ from train.optim import init_state
 from train.step import (
     TrainState,
     choose_cudnn_algorithms,
+    gradients_for,
     make_train_step,
     precision_for,
     prepare_step,
@@ -47,14 +49,16 @@ from train.step import (
 
 BATCH = 512  # per member
 KS = (1, 2, 4, 8)
-# (label, model, net options): the issue's four; ResNet-18 at width 16 is the small net members help most.
+# (label, model, net options): the issue's four, PyTorch's operators at every K; ResNet-18 at width 16 is the
+# small net members help most. "mobilenetv1 triton": its depthwise layers by the Triton kernel at every K (folded
+# members: one kernel over K times the channels, the gradient by torch.autograd.grad, train.step.gradients_for).
 NETS = (("resnet18 width 16", "resnet18", {"width": 16}), ("mobilenetv1", "mobilenetv1", {}),
-        ("resnet18", "resnet18", {}), ("vit", "vit", {}))
+        ("resnet18", "resnet18", {}), ("vit", "vit", {}), ("mobilenetv1 triton", "mobilenetv1", {"kernels": "auto"}))
 
 
 def build(model: str, options: dict):
-    extra = {"kernels": "reference"} if "kernels" in nets.options(model) else {}
-    return nets.build(model, 10, **options, **extra)
+    reference = {"kernels": "reference"} if "kernels" in nets.options(model) else {}
+    return nets.build(model, 10, **{**reference, **options})
 
 
 def members_step(model: str, options: dict, k: int, device, batch: int = BATCH, graphs: bool = True):
@@ -69,7 +73,9 @@ def members_step(model: str, options: dict, k: int, device, batch: int = BATCH, 
     params = to_memory_format(params, precision)
     ts = TrainState(params, state, init_state(cfg.optimizer, params))
     compiled = device.type == "cuda"
-    step, ts = prepare_step(make_train_step(net, cfg, precision), ts, "func", compiled, graphs and compiled)
+    gradients = gradients_for(net, device)
+    step, ts = prepare_step(make_train_step(net, cfg, precision, gradients), ts, gradients, compiled,
+                            graphs and compiled)
     g = torch.Generator(device=device).manual_seed(0)
     shape = (k,) if k > 1 else ()
     x = torch.randn(*shape, batch, 3, 32, 32, device=device, generator=g)

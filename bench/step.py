@@ -33,13 +33,13 @@ from train.config import Config
 from train.optim import zeros_like_tree
 from train.step import (
     TrainState,
+    gradients_for,
     make_eval_step,
     make_train_step,
     maybe_compile,
     precision_for,
     prepare_step,
     to_memory_format,
-    uses_custom_kernels,
 )
 
 FAMILIES = ("resnet18", "resnet50", "vgg16", "googlenet", "mobilenetv1", "xception", "vit", "alexnet")
@@ -91,7 +91,7 @@ def functional_step(name, device, precision, compiled: bool, kernels: bool, cuda
     params, state = net.init(torch.Generator().manual_seed(0), device)
     params = to_memory_format(params, precision)
     ts = TrainState(params, state, zeros_like_tree(params))
-    gradients = "autograd" if uses_custom_kernels(net, device) else "func"
+    gradients = gradients_for(net, device)
     step_fn, ts = prepare_step(make_train_step(net, CFG, precision, gradients), ts, gradients, compiled, cudagraphs)
     evaluate = maybe_compile(make_eval_step(net, precision), compiled)
     x, y = batch(device)

@@ -238,3 +238,52 @@ def test_mobilenet_members_step(monkeypatch):
         assert abs(loss[k].item() - ref_loss.item()) < TOL[torch.float32]
         for name, g in ref_grads.items():
             assert rel_err(grads[name][k], g) < TOL[torch.float32], name
+
+
+@needs_triton
+def test_folded_mobilenet_members_step_runs_the_kernels_in_the_autograd_form(monkeypatch):
+    """The trainer's members step for a net that folds (nets/fold.py) with its Triton kernels, as on a GPU where
+    torch.func.grad cannot be compiled around their custom backwards: gradients="autograd", one depthwise
+    launch per layer over both members' channels, and each member's step (the change of its parameters and
+    BatchNorm statistics, which the starting point would dwarf) its single step's in float64 with PyTorch's
+    operators, to 2e-4 overall: float32's own distance, its single step with the kernels, measured 0.8-1.6e-5
+    here (2-3e-5 folded), some BatchNorm weights' gradients being small sums of cancelling terms; a member's step
+    mixed with another's is off by order 1. MobileNetV1 at alpha 1/32, 16x16 images, batch 8."""
+    from train.config import Config
+    from train.members import init, member
+    from train.optim import init_state
+    from train.step import TrainState, as_leaves, make_train_step, precision_for
+
+    forward_launches = []
+    watch(monkeypatch, "launch_fwd", forward_launches)
+
+    def depthwise(x, weight, stride, impl="auto"):  # nets.blocks.depthwise with "auto" sent to the kernels
+        return depthwise_conv2d(x, weight, stride=stride, impl="triton" if impl == "auto" else impl)
+
+    monkeypatch.setattr(nets.blocks, "depthwise", depthwise)
+    K, B = 2, 8
+    cfg = Config(model="mobilenetv1", members=K, batch_size=B, lr=0.1, momentum=0.9, weight_decay=5e-4, seed=3)
+    precision = precision_for(torch.device(DEVICE), "fp32")
+    triton_net = nets.build("mobilenetv1", 10, alpha=1 / 32)
+    params, state = init(triton_net, cfg, DEVICE)
+    x, y = torch.randn(K, B, 3, 16, 16, device=DEVICE), torch.randint(0, 10, (K, B), device=DEVICE)
+    lr = torch.tensor(cfg.lr, device=DEVICE)
+    ts = as_leaves(TrainState(params, state, init_state(cfg.optimizer, params)))
+    folded, folded_metrics = make_train_step(triton_net, cfg, precision, "autograd")(ts, (x, y), lr)
+    assert len(forward_launches) == 13  # one per depthwise layer, over both members' channels
+    reference_net = nets.build("mobilenetv1", 10, alpha=1 / 32, kernels="reference")
+    single64 = make_train_step(reference_net, Config(**{**vars(cfg), "members": 1}), precision, "func")
+    for k in range(K):
+        before = TrainState(*({n: t.detach().double() if t.is_floating_point() else t.clone()
+                               for n, t in member(tree, k).items()} for tree in ts[:3]))  # fmt: skip
+        exact, exact_metrics = single64(before, (x[k].double(), y[k]), lr.double())
+        assert abs(folded_metrics["loss"][k].item() - exact_metrics["loss"].item()) < 1e-5
+        got, want = [], []
+        for tree, exact_tree, before_tree in zip(folded[:2], exact[:2], before[:2]):
+            for name, t in exact_tree.items():
+                if t.is_floating_point():
+                    got.append((tree[name][k].detach().double() - before_tree[name]).flatten())
+                    want.append((t - before_tree[name]).flatten())
+                else:
+                    assert torch.equal(tree[name][k], t), name
+        assert rel_err(torch.cat(got), torch.cat(want)) < 2e-4

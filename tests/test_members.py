@@ -6,6 +6,7 @@ import pytest
 import torch
 from runs import TINY, one_thread
 
+import nets
 from train.cli import main
 from train.config import Config, ConfigError, from_json, parse
 from train.loop import run
@@ -120,11 +121,17 @@ def test_bad_members_are_one_line_errors(word, message, capsys):
 
 
 def test_members_refuse_what_they_cannot_do_yet():
+    """sync BN, and the Triton kernels in a net that does not fold (the ViT's attention under vmap), are one-line
+    errors; the kernels in a net that folds (MobileNetV1's depthwise layers) are not."""
     from train.members import check_supported
 
+    vit, mobilenet = nets.build("vit_tiny", 10), nets.build("mobilenetv1", 10, alpha=0.25)
     with pytest.raises(ConfigError, match="drop sync_bn=true"):
-        check_supported(Config(members=2, sync_bn=True), "autograd")
-    check_supported(Config(members=2), "func")
+        check_supported(Config(members=2, sync_bn=True), mobilenet, True, False)
+    with pytest.raises(ConfigError, match="members=2 of vit_tiny cannot take the Triton kernels yet"):
+        check_supported(Config(model="vit_tiny", members=2), vit, False, True)
+    check_supported(Config(model="mobilenetv1", members=2), mobilenet, False, True)
+    check_supported(Config(model="vit_tiny", members=2), vit, False, False)
 
 
 def test_a_members_run_on_a_gpu_takes_pytorchs_convolution_where_the_net_would_take_its_kernels():

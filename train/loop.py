@@ -67,6 +67,7 @@ from train.step import (
     choose_cudnn_algorithms,
     copy_into,
     eval_weights,
+    gradients_for,
     init_ema,
     make_eval_step,
     make_train_step,
@@ -207,13 +208,10 @@ def set_up(cfg: Config, device: torch.device, rank: int, world: int, log) -> tup
     split = device_split(cfg, data, saved, out, device, rank, world, net.num_classes)
     progress = starting_point(cfg, device, net, precision, split.train, saved, out)
 
-    # The "autograd" form where torch.func.grad cannot be compiled around: Triton kernels with custom backwards,
-    # and sync BN's collectives (a graph break inside func.grad leaves the whole gradient eager; with autograd
-    # the pieces between BatchNorm layers still compile: train/sync_bn.py).
     synced = world > 1 and cfg.sync_bn
-    gradients = "autograd" if uses_custom_kernels(net, device) or synced else "func"
+    gradients = gradients_for(net, device, synced)
     if cfg.members > 1:
-        members.check_supported(cfg, gradients)
+        members.check_supported(cfg, net, synced, uses_custom_kernels(net, device))
     grad_hook = collectives.all_reduce_mean_ if world > 1 else None  # every rank takes the same averaged step
     # With graphs, ts's tensors are the state's persistent buffers, which each replay overwrites.
     step, progress.ts = prepare_step(make_train_step(net, cfg, precision, gradients, grad_hook), progress.ts,

@@ -30,6 +30,7 @@ import nets
 from data import DeviceBatches
 from data.cifar import NUM_CLASSES
 from nets import blocks
+from nets.fold import foldable
 from train.config import ConfigError
 from train.step import scores
 
@@ -180,9 +181,10 @@ def batchnorm_for_members(net) -> None:
 def build_net(cfg, device: torch.device, log) -> nets.Net:
     """The run's net. A members run's on a GPU takes PyTorch's convolution and attention where the net would
     choose its Triton kernels (net.kernels=auto; the log says so): torch.compile cannot trace their gradients
-    under vmap (the ViT's members), and a folded members run (nets/fold.py: MobileNetV1, Xception) has not been
-    checked with them on a GPU yet (docs/kernels.md); its BatchNorm layers are written out in float32 for the
-    vmapped steps (batchnorm_for_members)."""
+    under vmap (the ViT's members), and a folded members run (nets/fold.py: MobileNetV1, Xception), which takes
+    them with net.kernels=triton (its depthwise layers over K times the channels, the gradient by
+    torch.autograd.grad), has not been checked with them on a GPU yet (docs/kernels.md); its BatchNorm layers
+    are written out in float32 for the vmapped steps (batchnorm_for_members)."""
     options = dict(cfg.net)
     if cfg.members > 1 and device.type == "cuda" and "kernels" in nets.options(cfg.model) \
             and options.get("kernels", "auto") == "auto":
@@ -195,11 +197,14 @@ def build_net(cfg, device: torch.device, log) -> nets.Net:
     return net
 
 
-def check_supported(cfg, gradients: str) -> None:
+def check_supported(cfg, net, synced: bool, custom_kernels: bool) -> None:
     """What a members run cannot do yet, as one-line errors (ConfigError)."""
-    if gradients != "func":
+    if synced:
         raise ConfigError(f"members={cfg.members} cannot train with sync_bn=true yet (its BatchNorm collectives "
                           "need torch.autograd.grad, which vmap cannot map); drop sync_bn=true")
+    if custom_kernels and not foldable(net):
+        raise ConfigError(f"members={cfg.members} of {cfg.model} cannot take the Triton kernels yet (torch.compile "
+                          "cannot trace their gradients under vmap); use net.kernels=reference or auto")
 
 
 def per_member(f, value):

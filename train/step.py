@@ -168,25 +168,18 @@ def make_train_step(net, cfg, precision: Precision, gradients: str = "func", gra
                                reduction="none").unflatten(0, (cfg.members, -1)).mean(1)  # (K,)
         return each.sum(), (each.detach(), (new_state, logits.detach()))
 
-    def folded_grad_and_loss(params, bn_state, x, y, key):
-        grads, (_, aux) = torch.func.grad_and_value(folded_loss, has_aux=True)(params, bn_state, x, y)
-        return grads, aux
+    form = {"func": lambda f: torch.func.grad_and_value(f, has_aux=True), "autograd": autograd_form}[gradients]
+    grad_and_loss = form(loss_fn)
+    if folded is not None:  # Triton kernels' custom backwards (gradients="autograd") run folded as they are
+        folded_grad_and_value = form(folded_loss)
 
-    def autograd_grad_and_loss(params, bn_state, x, y, key):
-        with torch.enable_grad():
-            loss, aux = loss_fn(params, bn_state, x, y, key)
-            grads = torch.autograd.grad(loss, list(params.values()))
-        return dict(zip(params, grads)), (loss.detach(), aux)
-
-    grad_and_loss = {
-        "func": torch.func.grad_and_value(loss_fn, has_aux=True),
-        "autograd": autograd_grad_and_loss,
-    }[gradients]
-    if members and gradients != "func":
-        raise ValueError("a members run needs gradients='func': torch.func.vmap cannot map torch.autograd.grad")
-    if folded is not None:
-        grad_and_loss = folded_grad_and_loss
+        def grad_and_loss(params, bn_state, x, y, key):
+            grads, (_, aux) = folded_grad_and_value(params, bn_state, x, y)
+            return grads, aux
     elif members:  # the stacked trees and batches of a members run, member by member (train/members.py)
+        if gradients != "func":
+            raise ValueError("a members run of a net that does not fold needs gradients='func': torch.func.vmap "
+                             "cannot map torch.autograd.grad")
         per_member = grad_and_loss
         keyed = torch.func.vmap(per_member, randomness="different")
         unkeyed = torch.func.vmap(per_member, in_dims=(0, 0, 0, 0, None), randomness="different")  # key None
@@ -212,6 +205,20 @@ def make_train_step(net, cfg, precision: Precision, gradients: str = "func", gra
     return step
 
 
+def autograd_form(f):
+    """f(params, *args) -> (loss, aux) as (gradient with respect to params, (loss, aux)) by torch.autograd.grad:
+    the form for where torch.func.grad cannot be compiled around (Triton kernels with custom backwards, sync
+    BN's collectives); params must require grad (as_leaves)."""
+
+    def grad_and_value(params, *args):
+        with torch.enable_grad():
+            loss, aux = f(params, *args)
+            grads = torch.autograd.grad(loss, list(params.values()))
+        return dict(zip(params, grads)), (loss.detach(), aux)
+
+    return grad_and_value
+
+
 def as_leaves(ts: TrainState) -> TrainState:
     """For gradients="autograd": the params become leaf tensors that require grad (in place, no copies)."""
     for p in ts.params.values():
@@ -234,6 +241,14 @@ def uses_custom_kernels(net, device: torch.device) -> bool:
     """Whether the net will run Triton kernels with custom backwards (blocks with a `kernels` switch) here."""
     modules = net.module.modules()
     return device.type == "cuda" and any(getattr(m, "kernels", "reference") != "reference" for m in modules)
+
+
+def gradients_for(net, device: torch.device, synced: bool = False) -> str:
+    """The step's gradient form: "autograd" where torch.func.grad cannot be compiled around (Triton kernels with
+    custom backwards; sync BN's collectives, synced: a graph break inside func.grad leaves the whole gradient
+    eager, while with autograd the pieces between BatchNorm layers still compile, train/sync_bn.py), else
+    "func"."""
+    return "autograd" if uses_custom_kernels(net, device) or synced else "func"
 
 
 # Test-time augmentation, one rule for the trainer's eval step and the tools (train/run_dir.py):
