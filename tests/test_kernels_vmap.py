@@ -68,6 +68,19 @@ def watch(monkeypatch, name, calls):
     monkeypatch.setattr(launchers, name, watched)
 
 
+def depthwise_by_the_kernels(monkeypatch) -> list:
+    """The nets' depthwise layers sent to the Triton kernels (their kernels="auto" takes the reference for CPU
+    tensors); returns the list that records each forward launch (watch)."""
+    forward_launches = []
+    watch(monkeypatch, "launch_fwd", forward_launches)
+
+    def depthwise(x, weight, stride, impl="auto"):  # nets.blocks.depthwise with "auto" sent to the kernels
+        return depthwise_conv2d(x, weight, stride=stride, impl="triton" if impl == "auto" else impl)
+
+    monkeypatch.setattr(nets.blocks, "depthwise", depthwise)
+    return forward_launches
+
+
 def float64_member_grads(loss, args, in_dims):
     """The reference's gradients member by member, in float64: (K, ...) per argument, shared ones included."""
     K = next(a.shape[d] for a, d in zip(args, in_dims, strict=True) if d is not None)
@@ -210,13 +223,7 @@ def test_mobilenet_members_step(monkeypatch):
     here. Eval mode: train-mode BatchNorm over two 1x1 maps makes the float32 gradients ill-conditioned (the
     float32 reference itself differs from float64 by ~1e-2 in some BatchNorm gradients), which would test the
     conditioning, not the kernels."""
-    forward_launches = []
-    watch(monkeypatch, "launch_fwd", forward_launches)
-
-    def depthwise(x, weight, stride, impl="auto"):  # nets.blocks.depthwise with "auto" sent to the kernels
-        return depthwise_conv2d(x, weight, stride=stride, impl="triton" if impl == "auto" else impl)
-
-    monkeypatch.setattr(nets.blocks, "depthwise", depthwise)
+    forward_launches = depthwise_by_the_kernels(monkeypatch)
     K, B = 2, 2
     triton_net = nets.build("mobilenetv1", 10, alpha=1 / 32)
     reference_net = nets.build("mobilenetv1", 10, alpha=1 / 32, kernels="reference")
@@ -254,13 +261,7 @@ def test_folded_mobilenet_members_step_runs_the_kernels_in_the_autograd_form(mon
     from train.optim import init_state
     from train.step import TrainState, as_leaves, make_train_step, precision_for
 
-    forward_launches = []
-    watch(monkeypatch, "launch_fwd", forward_launches)
-
-    def depthwise(x, weight, stride, impl="auto"):  # nets.blocks.depthwise with "auto" sent to the kernels
-        return depthwise_conv2d(x, weight, stride=stride, impl="triton" if impl == "auto" else impl)
-
-    monkeypatch.setattr(nets.blocks, "depthwise", depthwise)
+    forward_launches = depthwise_by_the_kernels(monkeypatch)
     K, B = 2, 8
     cfg = Config(model="mobilenetv1", members=K, batch_size=B, lr=0.1, momentum=0.9, weight_decay=5e-4, seed=3)
     precision = precision_for(torch.device(DEVICE), "fp32")
