@@ -89,27 +89,35 @@ def members_step(model: str, options: dict, k: int, device, batch: int = BATCH, 
     return run
 
 
-def prepare(model: str, options: dict, ks, device, batch: int = BATCH) -> tuple[dict, dict, list[dict]]:
-    """(steps by K, warm-up seconds by K, rows for the K that did not fit in the GPU's memory)."""
-    steps, warm_s, missing = {}, {}, []
+def prepare(model: str, options: dict, ks, device, batch: int = BATCH, ceiling: bool = False) -> tuple:
+    """(steps by K, warm-up seconds by K, rows for the K that did not fit in the GPU's memory, and with ceiling
+    the single net's step at K times the batch by K > 1)."""
+    steps, warm_s, missing, wide = {}, {}, [], {}
     for k in ks:
         torch._dynamo.reset()
         try:
             steps[k] = members_step(model, options, k, device, batch)
             warm_s[k] = warm(steps[k], device)
+            if ceiling and k > 1:  # what one net gains from K times the images per step: the members' bound
+                torch._dynamo.reset()
+                wide[k] = members_step(model, options, 1, device, k * batch)
+                warm(wide[k], device)
         except torch.OutOfMemoryError:
             steps.pop(k, None)
+            wide.pop(k, None)
             missing.append({"K": k, "images/s (all members)": None, "vs K=1": None, "per member vs K=1": None,
                             "warm-up s (compile)": None, "note": "out of GPU memory"})
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    return steps, warm_s, missing
+    return steps, warm_s, missing, wide
 
 
 def time_steps(label: str, prepared, device, calls: int, rounds: int, batch: int = BATCH) -> list[dict]:
-    """The prepared Ks timed in alternation, each against the K = 1 timed beside it."""
-    steps, warm_s, missing = prepared
-    medians = alternating_medians({str(k): f for k, f in steps.items()}, device, calls, rounds)
+    """The prepared Ks timed in alternation, each against the K = 1 timed beside it; with the ceiling's steps,
+    the single net at K times the batch too, against the same K = 1."""
+    steps, warm_s, missing, wide = prepared
+    medians = alternating_medians({**{str(k): f for k, f in steps.items()},
+                                   **{f"1 x {k}": f for k, f in wide.items()}}, device, calls, rounds)
     base = batch / medians["1"] if "1" in medians else None
     rows = [{"net": label, **row} for row in missing]
     for k in steps:
@@ -117,24 +125,27 @@ def time_steps(label: str, prepared, device, calls: int, rounds: int, batch: int
         rows.append({"net": label, "K": k, "images/s (all members)": ips, "vs K=1": ips / base if base else None,
                      "per member vs K=1": ips / k / base if base else None, "warm-up s (compile)": warm_s[k],
                      "note": ""})
+        if k in wide and base:
+            rows[-1]["one net, K x batch, vs K=1"] = k * batch / medians[f"1 x {k}"] / base
     return sorted(rows, key=lambda r: r["K"])
 
 
 def measure_net(label: str, model: str, options: dict, ks, device, calls: int, rounds: int,
-                batch: int = BATCH) -> list[dict]:
-    return time_steps(label, prepare(model, options, ks, device, batch), device, calls, rounds, batch)
+                batch: int = BATCH, ceiling: bool = False) -> list[dict]:
+    return time_steps(label, prepare(model, options, ks, device, batch, ceiling), device, calls, rounds, batch)
 
 
-def parallel_jobs(chosen: list[int], ks) -> list[list[str]]:
-    """[net's index in NETS, "1,2,4,8"] per process: a net's Ks in one process, timed in alternation."""
-    return [[str(i), ",".join(str(k) for k in ks)] for i in chosen]
+def parallel_jobs(chosen: list[int], ks, ceiling: bool = False) -> list[list[str]]:
+    """[net's index in NETS, "1,2,4,8", ceiling] per process: a net's Ks in one process, timed in alternation."""
+    return [[str(i), ",".join(str(k) for k in ks), str(ceiling).lower()] for i in chosen]
 
 
-def job_prepare(index, ks, calls, rounds, turn):
+def job_prepare(index, ks, ceiling, calls, rounds, turn):
     """A parallel job's compile half (bench.parallel.work)."""
     label, model, options = NETS[int(index)]
     device = torch.device("cuda")
-    return label, prepare(model, options, [int(k) for k in ks.split(",")], device), device, int(calls), int(rounds)
+    prepared = prepare(model, options, [int(k) for k in ks.split(",")], device, ceiling=ceiling == "true")
+    return label, prepared, device, int(calls), int(rounds)
 
 
 def job_measure(job) -> list[dict]:
@@ -178,28 +189,32 @@ def end_to_end(label: str, model: str, options: dict, k: int, epochs: int | None
 
 def measure(device: str = "cuda", quick: bool = False, names=None, ks=KS, e2e: bool = False,
             epochs: int | None = 3, data: str = ".data/cifar10-jpeg.tar.gz", parallel: bool = False,
-            deadline_s: float = 3600, runs: list | None = None, cache: str | None = None) -> dict:
+            deadline_s: float = 3600, runs: list | None = None, cache: str | None = None,
+            ceiling: bool = False) -> dict:
     """parallel=True (CUDA): one process per net (parallel_jobs), compiled side by side, then each timed alone
-    (bench.parallel)."""
+    (bench.parallel). ceiling=True adds, beside each K > 1, the single net at K times the batch against K = 1:
+    the most that filling the GPU with K times the images per step gives that net, which bounds what K members
+    can gain (they add the grouped convolutions' own cost)."""
     device = torch.device(device)
     calls, rounds = (3, 3) if quick else (10, 5)
     chosen = [i for i, n in enumerate(NETS) if names is None or n[0] in names or n[1] in names]
     problems = []
     if parallel and device.type == "cuda":
-        jobs = [[*job, str(calls), str(rounds)] for job in parallel_jobs(chosen, ks)]
+        jobs = [[*job, str(calls), str(rounds)] for job in parallel_jobs(chosen, ks, ceiling)]
         results, problems = run_jobs("bench.members", jobs, deadline_s)
         rows = [row for job_rows in results if job_rows for row in job_rows]
     else:
-        rows = [row for i in chosen for row in measure_net(*NETS[i], ks, device, calls, rounds)]
+        rows = [row for i in chosen for row in measure_net(*NETS[i], ks, device, calls, rounds, ceiling=ceiling)]
     result = {
         "title": f"Members in one step, batch {BATCH} per member, bf16 autocast, on {device_name(device)}",
         "columns": ["net", "K", "images/s (all members)", "vs K=1", "per member vs K=1", "warm-up s (compile)",
-                    "note"],
+                    *(["one net, K x batch, vs K=1"] if ceiling else []), "note"],
         "rows": rows,
         "summary": {f"{r['net']} K={r['K']}/K=1": r["vs K=1"] for r in rows if r["vs K=1"] and r["K"] > 1},
         "notes": [f"Median of {rounds} alternating rounds of {calls} steps per K after 3 warm-up steps (their time, "
                   "compilation included, is the warm-up column); PyTorch's convolution and attention "
-                  "(net.kernels=reference) at every K, cudnn.benchmark on as in the trainer."] + ([
+                  "(net.kernels=reference) at every K (\"mobilenetv1 triton\": its depthwise kernel), "
+                  "cudnn.benchmark on as in the trainer."] + ([
         "parallel=true: one process per net, compiled side by side, then each timed alone; warm-up seconds "
         "overlap other processes' compiling."] if parallel else []) + problems,
     }

@@ -259,7 +259,32 @@ def test_members_section_times_each_k_against_k1_in_one_run(monkeypatch):
 def test_members_jobs_are_one_per_net_with_all_its_ks():
     from bench import members
 
-    assert members.parallel_jobs([0, 2], (1, 2, 4, 8)) == [["0", "1,2,4,8"], ["2", "1,2,4,8"]]
+    assert members.parallel_jobs([0, 2], (1, 2, 4, 8)) == [["0", "1,2,4,8", "false"], ["2", "1,2,4,8", "false"]]
+    assert members.parallel_jobs([1], (1, 8), ceiling=True) == [["1", "1,8", "true"]]
+
+
+def test_members_ceiling_times_one_net_at_k_times_the_batch_beside_each_k(monkeypatch):
+    """ceiling=true: beside each K > 1, the single net's step at K times the batch, timed in the same alternation,
+    as images/s against K = 1 (a fake clock: every step takes 1 s, so the single net at 2 x batch does twice
+    K = 1's images/s and the members step of K = 2 as much)."""
+    from bench import members
+
+    built = []
+
+    def step(model, options, k, device, batch=members.BATCH, graphs=True):
+        built.append((k, batch))
+        return lambda: None
+
+    monkeypatch.setattr(members, "members_step", step)
+    monkeypatch.setattr(members, "warm", lambda f, device: 0.0)
+    monkeypatch.setattr(members, "alternating_medians", lambda steps, device, calls, rounds: dict.fromkeys(steps, 1.0))
+    rows = members.measure_net("toy", "resnet18", {}, (1, 2), torch.device("cpu"), 1, 1, batch=4, ceiling=True)
+    assert built == [(1, 4), (2, 4), (1, 8)]
+    one, two = rows
+    assert "one net, K x batch, vs K=1" not in one
+    assert two["one net, K x batch, vs K=1"] == pytest.approx(2.0) and two["vs K=1"] == pytest.approx(2.0)
+    assert [r["K"] for r in members.measure_net("toy", "resnet18", {}, (1, 2), torch.device("cpu"), 1, 1,
+                                                batch=4)] == [1, 2] and built[3:] == [(1, 4), (2, 4)]
 
 
 JOB_MODULE = """
@@ -328,6 +353,7 @@ def test_members_end_to_end_runs_each_command_and_can_be_made_in_parts(monkeypat
 
     options = section_options("members", {"e2e": "true", "epochs": "recipe", "runs": "members,0", "cache": "c"})
     assert options["epochs"] is None and options["runs"] == ["members", "0"] and options["cache"] == "c"
+    assert options["ceiling"] is False and section_options("members", {"ceiling": "true"})["ceiling"] is True
 
 
 @pytest.mark.parametrize("timed", [True, False])
