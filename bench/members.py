@@ -35,7 +35,7 @@ from bench.common import alternating_medians, device_name
 from bench.parallel import run_jobs, work
 from bench.step import warm
 from train.config import Config
-from train.members import batchnorm_for_members, init
+from train.members import batchnorm_where_vmapped, init
 from train.optim import init_state
 from train.step import (
     TrainState,
@@ -61,14 +61,16 @@ def build(model: str, options: dict):
     return nets.build(model, 10, **{**reference, **options})
 
 
-def members_step(model: str, options: dict, k: int, device, batch: int = BATCH, graphs: bool = True):
-    """A zero-argument function that runs one step of K members as the trainer does, its state carried over."""
-    cfg = Config(model=model, members=k, batch_size=batch, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+def members_step(model: str, options: dict, k: int, device, batch: int = BATCH, graphs: bool = True,
+                 form: str = "auto"):
+    """A zero-argument function that runs one step of K members as the trainer does (members_form=form), its
+    state carried over."""
+    cfg = Config(model=model, members=k, batch_size=batch, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                 members_form=form)
     precision = precision_for(device, "auto")
     choose_cudnn_algorithms(device, cfg.cudnn_benchmark)  # as the trainer: cuDNN times its algorithms per shape
     net = build(model, options)
-    if k > 1:
-        batchnorm_for_members(net)  # as the trainer's members runs (train/members.py)
+    batchnorm_where_vmapped(cfg, net)  # as the trainer's members runs (train/members.py)
     params, state = init(net, cfg, device)
     params = to_memory_format(params, precision)
     ts = TrainState(params, state, init_state(cfg.optimizer, params))
@@ -89,14 +91,15 @@ def members_step(model: str, options: dict, k: int, device, batch: int = BATCH, 
     return run
 
 
-def prepare(model: str, options: dict, ks, device, batch: int = BATCH, ceiling: bool = False) -> tuple:
+def prepare(model: str, options: dict, ks, device, batch: int = BATCH, ceiling: bool = False,
+            form: str = "auto") -> tuple:
     """(steps by K, warm-up seconds by K, rows for the K that did not fit in the GPU's memory, and with ceiling
     the single net's step at K times the batch by K > 1)."""
     steps, warm_s, missing, wide = {}, {}, [], {}
     for k in ks:
         torch._dynamo.reset()
         try:
-            steps[k] = members_step(model, options, k, device, batch)
+            steps[k] = members_step(model, options, k, device, batch, form=form)
             warm_s[k] = warm(steps[k], device)
             if ceiling and k > 1:  # what one net gains from K times the images per step: the members' bound
                 torch._dynamo.reset()
@@ -131,20 +134,23 @@ def time_steps(label: str, prepared, device, calls: int, rounds: int, batch: int
 
 
 def measure_net(label: str, model: str, options: dict, ks, device, calls: int, rounds: int,
-                batch: int = BATCH, ceiling: bool = False) -> list[dict]:
-    return time_steps(label, prepare(model, options, ks, device, batch, ceiling), device, calls, rounds, batch)
+                batch: int = BATCH, ceiling: bool = False, form: str = "auto") -> list[dict]:
+    prepared = prepare(model, options, ks, device, batch, ceiling, form)
+    return time_steps(label, prepared, device, calls, rounds, batch)
 
 
-def parallel_jobs(chosen: list[int], ks, ceiling: bool = False) -> list[list[str]]:
-    """[net's index in NETS, "1,2,4,8", ceiling] per process: a net's Ks in one process, timed in alternation."""
-    return [[str(i), ",".join(str(k) for k in ks), str(ceiling).lower()] for i in chosen]
+def parallel_jobs(chosen: list[int], ks, ceiling: bool = False, form: str = "auto") -> list[list[str]]:
+    """[net's index in NETS, "1,2,4,8", ceiling, form] per process: a net's Ks in one process, timed in
+    alternation."""
+    return [[str(i), ",".join(str(k) for k in ks), str(ceiling).lower(), form] for i in chosen]
 
 
-def job_prepare(index, ks, ceiling, calls, rounds, turn):
+def job_prepare(index, ks, ceiling, form, calls, rounds, turn):
     """A parallel job's compile half (bench.parallel.work)."""
     label, model, options = NETS[int(index)]
     device = torch.device("cuda")
-    prepared = prepare(model, options, [int(k) for k in ks.split(",")], device, ceiling=ceiling == "true")
+    prepared = prepare(model, options, [int(k) for k in ks.split(",")], device, ceiling=ceiling == "true",
+                       form=form)
     return label, prepared, device, int(calls), int(rounds)
 
 
@@ -190,23 +196,25 @@ def end_to_end(label: str, model: str, options: dict, k: int, epochs: int | None
 def measure(device: str = "cuda", quick: bool = False, names=None, ks=KS, e2e: bool = False,
             epochs: int | None = 3, data: str = ".data/cifar10-jpeg.tar.gz", parallel: bool = False,
             deadline_s: float = 3600, runs: list | None = None, cache: str | None = None,
-            ceiling: bool = False) -> dict:
+            ceiling: bool = False, form: str = "auto") -> dict:
     """parallel=True (CUDA): one process per net (parallel_jobs), compiled side by side, then each timed alone
     (bench.parallel). ceiling=True adds, beside each K > 1, the single net at K times the batch against K = 1:
     the most that filling the GPU with K times the images per step gives that net, which bounds what K members
-    can gain (they add the grouped convolutions' own cost)."""
+    can gain (they add the grouped convolutions' own cost). form: the members step's members_form at every K."""
     device = torch.device(device)
     calls, rounds = (3, 3) if quick else (10, 5)
     chosen = [i for i, n in enumerate(NETS) if names is None or n[0] in names or n[1] in names]
     problems = []
     if parallel and device.type == "cuda":
-        jobs = [[*job, str(calls), str(rounds)] for job in parallel_jobs(chosen, ks, ceiling)]
+        jobs = [[*job, str(calls), str(rounds)] for job in parallel_jobs(chosen, ks, ceiling, form)]
         results, problems = run_jobs("bench.members", jobs, deadline_s)
         rows = [row for job_rows in results if job_rows for row in job_rows]
     else:
-        rows = [row for i in chosen for row in measure_net(*NETS[i], ks, device, calls, rounds, ceiling=ceiling)]
+        rows = [row for i in chosen
+                for row in measure_net(*NETS[i], ks, device, calls, rounds, ceiling=ceiling, form=form)]
     result = {
-        "title": f"Members in one step, batch {BATCH} per member, bf16 autocast, on {device_name(device)}",
+        "title": f"Members in one step (members_form={form}), batch {BATCH} per member, bf16 autocast, on "
+                 f"{device_name(device)}",
         "columns": ["net", "K", "images/s (all members)", "vs K=1", "per member vs K=1", "warm-up s (compile)",
                     *(["one net, K x batch, vs K=1"] if ceiling else []), "note"],
         "rows": rows,

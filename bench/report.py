@@ -70,7 +70,8 @@ def section_options(name: str, opts: dict) -> dict:
                   "parallel": opts.get("parallel", "false").lower() == "true",
                   "deadline_s": float(opts.get("deadline", 3600)), "cache": opts.get("cache"),
                   "runs": opts["runs"].split(",") if "runs" in opts else None,
-                  "ceiling": opts.get("ceiling", "false").lower() == "true"}
+                  "ceiling": opts.get("ceiling", "false").lower() == "true",
+                  "form": opts.get("members_form", "auto")}
         if "ks" in opts:
             kwargs["ks"] = tuple(int(k) for k in opts["ks"].split(","))
         if "data" in opts:

@@ -235,20 +235,22 @@ def test_each_section_writes_its_own_file_where_out_says(monkeypatch, tmp_path):
     assert "command:" in (tmp_path / "loader-cpu.md").read_text()
 
 
-def test_members_section_times_each_k_against_k1_in_one_run(monkeypatch):
+@pytest.mark.parametrize("form", ["auto", "unroll"])
+def test_members_section_times_each_k_against_k1_in_one_run(monkeypatch, form):
     """bench.members on the CPU at a toy size: one row per K with images/s summed over members and the ratios
     to K = 1 of the same run; a K that runs out of memory is a row saying so, not a crash."""
     from bench import members
 
     real = members.members_step
 
-    def step(model, options, k, device, batch=members.BATCH, graphs=True):
+    def step(model, options, k, device, batch=members.BATCH, graphs=True, form="auto"):
         if k == 4:
             raise torch.OutOfMemoryError("fake")
-        return real(model, {"width": 4}, k, device, batch=4, graphs=graphs)
+        return real(model, {"width": 4}, k, device, batch=4, graphs=graphs, form=form)
 
     monkeypatch.setattr(members, "members_step", step)
-    rows = members.measure_net("toy", "resnet18", {}, (1, 2, 4), torch.device("cpu"), calls=1, rounds=1, batch=4)
+    rows = members.measure_net("toy", "resnet18", {}, (1, 2, 4), torch.device("cpu"), calls=1, rounds=1, batch=4,
+                               form=form)
     assert [r["K"] for r in rows] == [1, 2, 4]
     one, two, oom = rows
     assert one["vs K=1"] == 1 and two["images/s (all members)"] > 0 and oom["note"] == "out of GPU memory"
@@ -259,8 +261,9 @@ def test_members_section_times_each_k_against_k1_in_one_run(monkeypatch):
 def test_members_jobs_are_one_per_net_with_all_its_ks():
     from bench import members
 
-    assert members.parallel_jobs([0, 2], (1, 2, 4, 8)) == [["0", "1,2,4,8", "false"], ["2", "1,2,4,8", "false"]]
-    assert members.parallel_jobs([1], (1, 8), ceiling=True) == [["1", "1,8", "true"]]
+    assert members.parallel_jobs([0, 2], (1, 2, 4, 8)) == [["0", "1,2,4,8", "false", "auto"],
+                                                           ["2", "1,2,4,8", "false", "auto"]]
+    assert members.parallel_jobs([1], (1, 8), ceiling=True, form="unroll") == [["1", "1,8", "true", "unroll"]]
 
 
 def test_members_ceiling_times_one_net_at_k_times_the_batch_beside_each_k(monkeypatch):
@@ -271,7 +274,7 @@ def test_members_ceiling_times_one_net_at_k_times_the_batch_beside_each_k(monkey
 
     built = []
 
-    def step(model, options, k, device, batch=members.BATCH, graphs=True):
+    def step(model, options, k, device, batch=members.BATCH, graphs=True, form="auto"):
         built.append((k, batch))
         return lambda: None
 
@@ -354,6 +357,7 @@ def test_members_end_to_end_runs_each_command_and_can_be_made_in_parts(monkeypat
     options = section_options("members", {"e2e": "true", "epochs": "recipe", "runs": "members,0", "cache": "c"})
     assert options["epochs"] is None and options["runs"] == ["members", "0"] and options["cache"] == "c"
     assert options["ceiling"] is False and section_options("members", {"ceiling": "true"})["ceiling"] is True
+    assert options["form"] == "auto" and section_options("members", {"members_form": "unroll"})["form"] == "unroll"
 
 
 @pytest.mark.parametrize("timed", [True, False])

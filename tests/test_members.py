@@ -58,6 +58,21 @@ def test_each_member_is_the_single_run_of_its_seed(members_run):
         assert together["members"][k]["seed"] == 5 + k
 
 
+def test_an_unrolled_members_run_is_its_single_runs_to_float_noise(members_run, cifar10_pickles, tmp_path):
+    """members_form=unroll: each member runs its own net's forward and backward (one graph when compiled), so
+    every member's per-epoch losses and top-1 are its single run's to float noise, not only member 0's."""
+    root, _, singles = members_run
+    with one_thread():
+        run(parse([*SMALL, f"data={cifar10_pickles}", f"out={tmp_path / 'u3'}", "members=3", "seed=5",
+                   "members_form=unroll"]), log=quiet)
+    lines = metrics(tmp_path / "u3")
+    for k in range(len(singles)):
+        alone = metrics(root / f"s{5 + k}")
+        for key in ("train_loss", "val_loss", "train_top1", "val_top1"):
+            torch.testing.assert_close(torch.tensor([line["members"][key][k] for line in lines]),
+                                       torch.tensor([line[key] for line in alone]), rtol=1e-5, atol=1e-6)
+
+
 def test_members_differ_and_the_ensemble_is_the_mean_of_their_probabilities(members_run, cifar10_pickles):
     """The members are not copies; results.json holds each member, their mean and std, and the ensemble's
     scores, which an independent float64 average of the members' softmax outputs on the test set reproduces."""
@@ -128,9 +143,12 @@ def test_members_refuse_what_they_cannot_do_yet():
     vit, mobilenet = nets.build("vit_tiny", 10), nets.build("mobilenetv1", 10, alpha=0.25)
     with pytest.raises(ConfigError, match="drop sync_bn=true"):
         check_supported(Config(members=2, sync_bn=True), mobilenet, True, False)
-    with pytest.raises(ConfigError, match="members=2 of vit_tiny cannot take the Triton kernels yet"):
+    with pytest.raises(ConfigError, match="members=2 of vit_tiny cannot take the Triton kernels vmapped"):
         check_supported(Config(model="vit_tiny", members=2), vit, False, True)
+    with pytest.raises(ConfigError, match="members_form=fold: vit_tiny does not fold"):
+        check_supported(Config(model="vit_tiny", members=2, members_form="fold"), vit, False, False)
     check_supported(Config(model="mobilenetv1", members=2), mobilenet, False, True)
+    check_supported(Config(model="vit_tiny", members=2, members_form="unroll"), vit, False, True)
     check_supported(Config(model="vit_tiny", members=2), vit, False, False)
 
 
@@ -170,10 +188,13 @@ def test_the_update_of_stacked_members_is_each_members_update(optimizer):
             torch.testing.assert_close(p[name][k], t1[name], rtol=1e-12, atol=1e-12)
 
 
-def test_a_compiled_members_run_is_one_graph_and_trains_as_the_eager_one(cifar10_pickles, tmp_path, monkeypatch):
+@pytest.mark.parametrize("form", ["auto", "unroll"])
+def test_a_compiled_members_run_is_one_graph_and_trains_as_the_eager_one(cifar10_pickles, tmp_path, monkeypatch,
+                                                                          form):
     """compile=true on the trainer's CUDA-graph path, forced on the CPU with dynamo's aot_eager backend (as
-    tests/test_train_e2e.py does for single runs): the vmapped train step is one graph, the members' eval step
-    (each member and the ensemble) another, both built in the warm-up; the epochs equal the eager members run's."""
+    tests/test_train_e2e.py does for single runs): the train step (bn_net's members vmapped, or unrolled) is one
+    graph, the members' eval step (each member and the ensemble) another, both built in the warm-up; the epochs
+    equal the eager members run's."""
     from runs import bn_net
     from torch._dynamo.testing import CompileCounterWithBackend
 
@@ -190,7 +211,8 @@ def test_a_compiled_members_run_is_one_graph_and_trains_as_the_eager_one(cifar10
         torch._dynamo.reset()
         out = tmp_path / compiled
         cfg = parse([*SMALL, f"data={cifar10_pickles}", f"out={out}", f"compile={compiled}", "model=bn_net",
-                     "net.width=8", "members=2", "eval_batch_size=16", "ema=0.9", "epochs=1"])
+                     "net.width=8", "members=2", "eval_batch_size=16", "ema=0.9", "epochs=1",
+                     f"members_form={form}"])
         with one_thread():
             results = run(cfg, log=quiet)
         runs[compiled] = [[m[k] for k in ("train_loss", "val_loss")] for m in metrics(out)], results["test_loss"]

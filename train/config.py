@@ -79,8 +79,11 @@ class Config:
     seed: int = 0  # seeds the split, the init, the shuffling and the augmentation
     split_seed: int = -1  # seeds the train/val split alone when >= 0 (-1: `seed` does); a seed sweep's runs can
     #                       then share one validation set, as the members of one run do
-    members: int = 1  # K copies of the net trained together in one vmapped step, seeds seed, seed + 1, ...
+    members: int = 1  # K copies of the net trained together in one step, seeds seed, seed + 1, ...
     #                   (member_seeds), sharing the split of `split_seed` (or `seed`); train/members.py
+    members_form: str = "auto"  # how the step computes them (train.step.members_form): fold (one net K times as
+    #                             wide, nets/fold.py) | unroll (each member's own net, one after another in one
+    #                             graph) | vmap | auto (fold where the net folds, else vmap)
     # Machinery (the trainer owns device, precision and memory format; nets never choose them).
     device: str = "auto"  # auto | cpu | cuda
     compile: str = "auto"  # auto (= on CUDA) | true | false: torch.compile around the whole step
@@ -184,6 +187,7 @@ CHOICES = {
     "compile": ("auto", "true", "false"),
     "cudagraphs": ("auto", "true", "false"),
     "precision": ("auto", "fp32", "bf16"),
+    "members_form": ("auto", "fold", "unroll", "vmap"),
 }
 # Keys that may differ from the saved run on resume=true (train/resume.py checks the conditions):
 #   epochs                   how far to train; with schedule=plateau only (the others' lr curves span all epochs)
@@ -192,9 +196,10 @@ CHOICES = {
 #   eval_batch_size, device, change float rounding only; cudnn_benchmark picks among algorithms for the same
 #   cudnn_benchmark,         convolution, cudagraphs replays the same kernels); device may be respelled (auto for
 #   cudagraphs               cuda) but must resolve to the same kind, as the loader's random stream lives on the device
+#   members_form             the same members computed another way (float rounding only)
 #   resume, overwrite        what this command does with the run directory, not what the run computes
 RESUMABLE = ("epochs", "progress", "device", "compile", "eval_batch_size", "data", "download", "out", "resume",
-             "cudnn_benchmark", "cudagraphs", "overwrite")
+             "cudnn_benchmark", "cudagraphs", "overwrite", "members_form")
 # Keys of one command, not of the run: a resumed run takes them from the words or the defaults, never from its
 # saved configuration (a run started with overwrite=true resumes without replacing itself).
 PER_COMMAND = ("resume", "overwrite")

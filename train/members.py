@@ -32,7 +32,7 @@ from data.cifar import NUM_CLASSES
 from nets import blocks
 from nets.fold import foldable
 from train.config import ConfigError
-from train.step import scores
+from train.step import members_form, scores
 
 Tree = dict[str, torch.Tensor]
 
@@ -180,21 +180,28 @@ def batchnorm_for_members(net) -> None:
 
 def build_net(cfg, device: torch.device, log) -> nets.Net:
     """The run's net. A members run's on a GPU takes PyTorch's convolution and attention where the net would
-    choose its Triton kernels (net.kernels=auto; the log says so): torch.compile cannot trace their gradients
-    under vmap (the ViT's members), and a folded members run (nets/fold.py: MobileNetV1, Xception), which takes
-    them with net.kernels=triton (its depthwise layers over K times the channels, the gradient by
-    torch.autograd.grad), has not been checked with them on a GPU yet (docs/kernels.md); its BatchNorm layers
-    are written out in float32 for the vmapped steps (batchnorm_for_members)."""
+    choose its Triton kernels (net.kernels=auto; the log says so), except with members_form=unroll, whose members
+    run the kernels as single runs do: torch.compile cannot trace their gradients under vmap (the ViT's members),
+    and folded members (nets/fold.py: MobileNetV1, Xception), whose depthwise layers the kernel could run over K
+    times the channels (train.step's autograd form, tests/test_kernels_vmap.py), have not been checked with them
+    on a GPU yet (docs/kernels.md). BatchNorm layers are written out in float32 for the vmapped steps
+    (batchnorm_for_members)."""
     options = dict(cfg.net)
-    if cfg.members > 1 and device.type == "cuda" and "kernels" in nets.options(cfg.model) \
-            and options.get("kernels", "auto") == "auto":
+    if cfg.members > 1 and cfg.members_form != "unroll" and device.type == "cuda" \
+            and "kernels" in nets.options(cfg.model) and options.get("kernels", "auto") == "auto":
         options["kernels"] = "reference"
         log(f"members={cfg.members}: PyTorch's convolution and attention in place of the Triton kernels "
             "(docs/kernels.md, members)")
     net = nets.build(cfg.model, num_classes=NUM_CLASSES[(cfg.dataset, cfg.labels)], **options)
-    if cfg.members > 1:
-        batchnorm_for_members(net)
+    batchnorm_where_vmapped(cfg, net)
     return net
+
+
+def batchnorm_where_vmapped(cfg, net) -> None:
+    """batchnorm_for_members where cfg's members step is vmapped (train.step.members_form); folded and unrolled
+    members keep torch's BatchNorm, as single runs."""
+    if cfg.members > 1 and cfg.members_form != "fold" and members_form(cfg, net) == "vmap":
+        batchnorm_for_members(net)
 
 
 def check_supported(cfg, net, synced: bool, custom_kernels: bool) -> None:
@@ -202,9 +209,12 @@ def check_supported(cfg, net, synced: bool, custom_kernels: bool) -> None:
     if synced:
         raise ConfigError(f"members={cfg.members} cannot train with sync_bn=true yet (its BatchNorm collectives "
                           "need torch.autograd.grad, which vmap cannot map); drop sync_bn=true")
-    if custom_kernels and not foldable(net):
-        raise ConfigError(f"members={cfg.members} of {cfg.model} cannot take the Triton kernels yet (torch.compile "
-                          "cannot trace their gradients under vmap); use net.kernels=reference or auto")
+    if cfg.members_form == "fold" and not foldable(net):
+        raise ConfigError(f"members_form=fold: {cfg.model} does not fold into members (nets/fold.py says which "
+                          "nets do); use members_form=unroll or vmap")
+    if custom_kernels and members_form(cfg, net) == "vmap":
+        raise ConfigError(f"members={cfg.members} of {cfg.model} cannot take the Triton kernels vmapped (torch.compile "
+                          "cannot trace their gradients under vmap); use members_form=unroll or net.kernels=reference")
 
 
 def per_member(f, value):

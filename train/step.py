@@ -143,10 +143,10 @@ def make_train_step(net, cfg, precision: Precision, gradients: str = "func", gra
     every rank, as the params are."""
     members = cfg.members > 1
     update = make_update(cfg, member_dims=int(members))
-    # A members run lays its stacked images out before vmap (stacked_channels_last); one run, inside the step.
+    # A members run lays its stacked images out first (stacked_channels_last); one run, inside the step.
     prepare = (lambda x: x) if members else precision.prepare
-    # A members run of a net that folds (nets/fold.py) runs its K members as one net K times as wide, no vmap.
-    folded = Folded(net, cfg.members) if members and foldable(net) else None
+    form_name = members_form(cfg, net) if members else None
+    folded = Folded(net, cfg.members) if form_name == "fold" else None
 
     def loss_fn(params, bn_state, x, y, key):
         with precision.context():
@@ -176,6 +176,20 @@ def make_train_step(net, cfg, precision: Precision, gradients: str = "func", gra
         def grad_and_loss(params, bn_state, x, y, key):
             grads, (_, aux) = folded_grad_and_value(params, bn_state, x, y)
             return grads, aux
+    elif form_name == "unroll":
+        def unrolled_loss(params, bn_state, x, y, key):
+            """The members' summed losses, each member's own loss_fn on its views of the stacked trees."""
+            outs = [loss_fn({n: p[k] for n, p in params.items()}, {n: v[k] for n, v in bn_state.items()}, x[k],
+                            y[k], None if key is None else key[k]) for k in range(cfg.members)]
+            each = torch.stack([loss for loss, _ in outs])
+            new_state = {n: torch.stack([aux[0][n] for _, aux in outs]) for n in bn_state}
+            return each.sum(), (each.detach(), (new_state, torch.stack([aux[1] for _, aux in outs])))
+
+        unrolled_grad_and_value = form(unrolled_loss)
+
+        def grad_and_loss(params, bn_state, x, y, key):
+            grads, (_, aux) = unrolled_grad_and_value(params, bn_state, x, y, key)
+            return grads, aux
     elif members:  # the stacked trees and batches of a members run, member by member (train/members.py)
         if gradients != "func":
             raise ValueError("a members run of a net that does not fold needs gradients='func': torch.func.vmap "
@@ -203,6 +217,18 @@ def make_train_step(net, cfg, precision: Precision, gradients: str = "func", gra
         return TrainState(params, new_state, momentum, ema), metrics
 
     return step
+
+
+def members_form(cfg, net) -> str:
+    """How a members step computes its K members (cfg.members_form; auto: "fold" where the net folds, else
+    "vmap"). "fold": one net K times as wide (nets/fold.py), grouped convolutions; "unroll": each member's own
+    forward and backward, one after another in one graph, its kernels a single run's; "vmap": torch.func.vmap
+    over the members (BatchNorm written out, train.members.batchnorm_for_members)."""
+    if cfg.members_form == "auto":
+        return "fold" if foldable(net) else "vmap"
+    if cfg.members_form == "fold" and not foldable(net):  # the trainer says so first (train.members.check_supported)
+        raise ValueError(f"{cfg.model} does not fold into members")
+    return cfg.members_form
 
 
 def autograd_form(f):
