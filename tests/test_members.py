@@ -125,12 +125,17 @@ def test_a_stopped_members_run_resumes_bit_for_bit(members_run, cifar10_pickles,
         assert again[key] == together[key], key
 
 
-@pytest.mark.parametrize("word,message", [
-    ("members=0", "members must be positive, got 0"),
-    ("members=two", "members='two' is not a valid int"),
+@pytest.mark.parametrize("words,message", [
+    (["members=0"], "members must be positive, got 0"),
+    (["members=two"], "members='two' is not a valid int"),
+    (["members_form=wide"], "members_form='wide' is not one of: auto, fold, unroll, vmap"),
+    # Before any data is read (there is none at data=); TINY's net.width is dropped with ResNet-18.
+    (["model=vgg11", "net.dropout=0.5", "members=2", "members_form=fold", "data=/nonexistent"],
+     "members_form=fold: vgg11 does not fold into members"),
 ])
-def test_bad_members_are_one_line_errors(word, message, capsys):
-    assert main([*TINY, word]) == 2
+def test_bad_members_are_one_line_errors(words, message, capsys):
+    tiny = [w for w in TINY if not w.startswith(("model=", "net.")) or not any(v.startswith("model=") for v in words)]
+    assert main([*tiny, *words]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
 

@@ -199,8 +199,11 @@ def set_up(cfg: Config, device: torch.device, rank: int, world: int, log) -> tup
 
     # The net first: a wrong model name or option fails before any data is read; then the checkpoint to resume.
     net = members.build_net(cfg, device, log)
-    if world > 1 and cfg.sync_bn:  # BatchNorm statistics over all ranks' images (1 rank: it has them all)
+    synced = world > 1 and cfg.sync_bn
+    if synced:  # BatchNorm statistics over all ranks' images (1 rank: it has them all)
         sync_bn.synchronise_batchnorm(net)
+    if cfg.members > 1:
+        members.check_supported(cfg, net, synced, uses_custom_kernels(net, device))
     saved = resume_point(cfg, out, device) if cfg.resume else None
 
     # Data: split and statistics from the training images only; everything then lives on the device.
@@ -208,10 +211,7 @@ def set_up(cfg: Config, device: torch.device, rank: int, world: int, log) -> tup
     split = device_split(cfg, data, saved, out, device, rank, world, net.num_classes)
     progress = starting_point(cfg, device, net, precision, split.train, saved, out)
 
-    synced = world > 1 and cfg.sync_bn
     gradients = gradients_for(net, device, synced)
-    if cfg.members > 1:
-        members.check_supported(cfg, net, synced, uses_custom_kernels(net, device))
     grad_hook = collectives.all_reduce_mean_ if world > 1 else None  # every rank takes the same averaged step
     # With graphs, ts's tensors are the state's persistent buffers, which each replay overwrites.
     step, progress.ts = prepare_step(make_train_step(net, cfg, precision, gradients, grad_hook), progress.ts,
