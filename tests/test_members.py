@@ -458,8 +458,10 @@ def _single(words, root, seed):
     # differ by up to 2.2% on the CPU with the same operators (precision=bf16 device=cpu, lr 0.05, seeds 5 and
     # 6), 3.3% on an H100 against the single run's Triton kernels; float64 agrees to 1e-7 (tests/test_fold.py).
     (["model=mobilenetv1", "net.alpha=0.25", "lr=0.05"], 5e-2),
+    # Unrolled: each member its own net with the Triton depthwise kernel, as its single run (build_net).
+    (["model=mobilenetv1", "net.alpha=0.25", "lr=0.05", "members_form=unroll"], 5e-2),
     (["model=vit_tiny", "lr=0.0005"], 2e-2)],  # vmapped
-    ids=["resnet18", "mobilenetv1", "vit_tiny"])
+    ids=["resnet18", "mobilenetv1", "mobilenetv1-unroll", "vit_tiny"])
 def test_a_members_run_on_the_gpu_compiles_graphs_and_trains_as_its_single_runs(cifar10_pickles, tmp_path, net,
                                                                                    second_epoch_rtol):
     """members=2 as the trainer runs it on a GPU: Inductor, CUDA graphs with the stacked state in place, bf16
