@@ -200,7 +200,7 @@ def build_net(cfg, device: torch.device, log) -> nets.Net:
 def batchnorm_where_vmapped(cfg, net) -> None:
     """batchnorm_for_members where cfg's members step is vmapped (train.step.members_form); folded and unrolled
     members keep torch's BatchNorm, as single runs."""
-    if cfg.members > 1 and cfg.members_form != "fold" and members_form(cfg, net) == "vmap":
+    if cfg.members > 1 and members_form(cfg, net) == "vmap":
         batchnorm_for_members(net)
 
 

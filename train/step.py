@@ -160,7 +160,7 @@ def make_train_step(net, cfg, precision: Precision, gradients: str = "func", gra
             loss = loss + AUX_LOSS_WEIGHT * F.cross_entropy(a.float(), y, label_smoothing=cfg.label_smoothing)
         return loss, (new_state, logits.detach())
 
-    def folded_loss(params, bn_state, x, y):
+    def folded_loss(params, bn_state, x, y, key):
         """The members' summed losses: its gradient is each member's own. (Folded nets draw nothing at random.)"""
         with precision.context():
             logits, new_state = folded.apply(params, bn_state, precision.prepare(fold_images(x)), train=True)
@@ -168,31 +168,25 @@ def make_train_step(net, cfg, precision: Precision, gradients: str = "func", gra
                                reduction="none").unflatten(0, (cfg.members, -1)).mean(1)  # (K,)
         return each.sum(), (each.detach(), (new_state, logits.detach()))
 
+    def unrolled_loss(params, bn_state, x, y, key):
+        """The members' summed losses, each member's own loss_fn on its views of the stacked trees."""
+        outs = [loss_fn({n: p[k] for n, p in params.items()}, {n: v[k] for n, v in bn_state.items()}, x[k], y[k],
+                        None if key is None else key[k]) for k in range(cfg.members)]
+        each = torch.stack([loss for loss, _ in outs])
+        new_state = {n: torch.stack([aux[0][n] for _, aux in outs]) for n in bn_state}
+        return each.sum(), (each.detach(), (new_state, torch.stack([aux[1] for _, aux in outs])))
+
     form = {"func": lambda f: torch.func.grad_and_value(f, has_aux=True), "autograd": autograd_form}[gradients]
     grad_and_loss = form(loss_fn)
-    if folded is not None:  # Triton kernels' custom backwards (gradients="autograd") run folded as they are
-        folded_grad_and_value = form(folded_loss)
+    if form_name in ("fold", "unroll"):  # either gradient form: the Triton kernels' custom backwards run as they are
+        summed = form(folded_loss if form_name == "fold" else unrolled_loss)
 
         def grad_and_loss(params, bn_state, x, y, key):
-            grads, (_, aux) = folded_grad_and_value(params, bn_state, x, y)
-            return grads, aux
-    elif form_name == "unroll":
-        def unrolled_loss(params, bn_state, x, y, key):
-            """The members' summed losses, each member's own loss_fn on its views of the stacked trees."""
-            outs = [loss_fn({n: p[k] for n, p in params.items()}, {n: v[k] for n, v in bn_state.items()}, x[k],
-                            y[k], None if key is None else key[k]) for k in range(cfg.members)]
-            each = torch.stack([loss for loss, _ in outs])
-            new_state = {n: torch.stack([aux[0][n] for _, aux in outs]) for n in bn_state}
-            return each.sum(), (each.detach(), (new_state, torch.stack([aux[1] for _, aux in outs])))
-
-        unrolled_grad_and_value = form(unrolled_loss)
-
-        def grad_and_loss(params, bn_state, x, y, key):
-            grads, (_, aux) = unrolled_grad_and_value(params, bn_state, x, y, key)
+            grads, (_, aux) = summed(params, bn_state, x, y, key)  # aux: each member's loss, (state, logits)
             return grads, aux
     elif members:  # the stacked trees and batches of a members run, member by member (train/members.py)
         if gradients != "func":
-            raise ValueError("a members run of a net that does not fold needs gradients='func': torch.func.vmap "
+            raise ValueError("a vmapped members run needs gradients='func': torch.func.vmap "
                              "cannot map torch.autograd.grad")
         per_member = grad_and_loss
         keyed = torch.func.vmap(per_member, randomness="different")
@@ -226,9 +220,7 @@ def members_form(cfg, net) -> str:
     over the members (BatchNorm written out, train.members.batchnorm_for_members)."""
     if cfg.members_form == "auto":
         return "fold" if foldable(net) else "vmap"
-    if cfg.members_form == "fold" and not foldable(net):  # the trainer says so first (train.members.check_supported)
-        raise ValueError(f"{cfg.model} does not fold into members")
-    return cfg.members_form
+    return cfg.members_form  # "fold" of a net that does not fold: Folded refuses (the trainer says so first)
 
 
 def autograd_form(f):
