@@ -133,6 +133,14 @@ def time_steps(label: str, prepared, device, calls: int, rounds: int, batch: int
     return sorted(rows, key=lambda r: r["K"])
 
 
+def chosen_rows(names) -> list[int]:
+    """Indices in NETS named by `names` (None: all): a name picks the row of that label ("mobilenetv1": not its
+    "mobilenetv1 triton" row), or, where no row has that label, every row of that model."""
+    labels = {n[0] for n in NETS}
+    return [i for i, n in enumerate(NETS)
+            if names is None or n[0] in names or (n[1] in names and n[1] not in labels)]
+
+
 def measure_net(label: str, model: str, options: dict, ks, device, calls: int, rounds: int,
                 batch: int = BATCH, ceiling: bool = False, form: str = "auto") -> list[dict]:
     prepared = prepare(model, options, ks, device, batch, ceiling, form)
@@ -203,7 +211,7 @@ def measure(device: str = "cuda", quick: bool = False, names=None, ks=KS, e2e: b
     can gain (they add the grouped convolutions' own cost). form: the members step's members_form at every K."""
     device = torch.device(device)
     calls, rounds = (3, 3) if quick else (10, 5)
-    chosen = [i for i, n in enumerate(NETS) if names is None or n[0] in names or n[1] in names]
+    chosen = chosen_rows(names)
     problems = []
     if parallel and device.type == "cuda":
         jobs = [[*job, str(calls), str(rounds)] for job in parallel_jobs(chosen, ks, ceiling, form)]

@@ -21,6 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 POLL_S = 0.5  # seconds between tries while every lock file is held, or while jobs are still compiling
+# Seconds kept per job at the end of the deadline for its timing: bench/members.py times 3-5 steps of 10 calls
+# in 5 rounds (a few seconds on an H100); the rest is slack for the processes' exit.
+TIMING_RESERVE_S = 15
 
 
 @contextlib.contextmanager
@@ -67,16 +70,28 @@ def gpu_turn(tmp: Path):
 
 
 def run_jobs(module: str, jobs: list[list[str]], deadline_s: float) -> tuple[list[list[dict] | None], list[str]]:
-    """Each job's rows (None for a job that failed or missed the deadline) and one note per such job. Jobs not
-    done `deadline_s` after the start are stopped; the others' rows are kept. Jobs take compile slots in their
-    order, so the ones that matter most go first."""
-    start, results, problems = time.monotonic(), [], []
+    """Each job's rows (None for a job that failed or missed the deadline) and one note per such job. Jobs take
+    compile slots in their order, so the ones that matter most go first. Every job waits for the others to be
+    ready before it is timed, so one slow compile would hold back the rows of all: a job still compiling
+    TIMING_RESERVE_S per job before the deadline is stopped and named, and the ready ones are timed; jobs not
+    done at the deadline are stopped too."""
+    start, problems = time.monotonic(), {}
     slots, threads = compile_slots(len(jobs))
+    cutoff = deadline_s - TIMING_RESERVE_S * len(jobs)
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": str(threads)}
         procs = [subprocess.Popen([sys.executable, "-m", module, tmp, str(i), str(len(jobs)), str(slots), *job],
                                   env=env, stderr=subprocess.PIPE, text=True)
                  for i, job in enumerate(jobs)]
+        ready = [Path(tmp) / f"{i}.ready" for i in range(len(jobs))]
+        while not all(r.exists() for r in ready) and time.monotonic() - start < cutoff:
+            time.sleep(POLL_S)
+        for i, (proc, job) in enumerate(zip(procs, jobs)):
+            if not ready[i].exists():
+                proc.kill()
+                ready[i].touch()  # the others no longer wait for it
+                problems[i] = f"{' '.join(job)}: not compiled within {cutoff:.0f} s of the {deadline_s:.0f} s deadline"
+        results = []
         for i, (proc, job) in enumerate(zip(procs, jobs)):
             results.append(None)
             try:
@@ -84,15 +99,17 @@ def run_jobs(module: str, jobs: list[list[str]], deadline_s: float) -> tuple[lis
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.communicate()
-                problems.append(f"{' '.join(job)}: not measured within the {deadline_s:.0f} s deadline")
+                problems[i] = f"{' '.join(job)}: not measured within the {deadline_s:.0f} s deadline"
                 continue
             result = Path(tmp) / f"{i}.json"
+            if i in problems:
+                continue
             if proc.returncode or not result.exists():
-                problems.append(f"{' '.join(job)}: failed (exit {proc.returncode}): "
-                                f"{err.strip().splitlines()[-1] if err.strip() else '?'}")
+                problems[i] = (f"{' '.join(job)}: failed (exit {proc.returncode}): "
+                               f"{err.strip().splitlines()[-1] if err.strip() else '?'}")
                 continue
             results[-1] = json.loads(result.read_text())
-    return results, problems
+    return results, [problems[i] for i in sorted(problems)]
 
 
 def work(argv: list[str], prepare: Callable[..., object], measure: Callable[[object], list[dict]]) -> None:

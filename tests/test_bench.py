@@ -313,12 +313,14 @@ if __name__ == "__main__":
 def test_parallel_jobs_are_timed_one_at_a_time_after_the_last_is_ready(monkeypatch, tmp_path):
     """bench.parallel end to end with a toy job module: every job's rows come back in job order, no two timings
     overlap (the GPU lock) and every timing starts after the last job is ready (the barrier); a job whose
-    prepare raises is named with its error's last line, and one past the deadline is stopped and named."""
+    prepare raises is named with its error's last line, and one still compiling when only the timings' reserve
+    is left before the deadline is stopped and named while the ready ones are timed."""
     from bench import parallel
 
     (tmp_path / "toyjob.py").write_text(JOB_MODULE)
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{parallel.Path(parallel.__file__).parents[1]}")
     monkeypatch.setattr(parallel, "compile_slots", lambda jobs: (jobs, 1))  # all compile at once
+    monkeypatch.setattr(parallel, "TIMING_RESERVE_S", 1.0)  # seconds per job kept for its timing
     jobs = [["a", "0.1"], ["b", "0.5"], ["broken", "0"], ["c", "0.1"]]
     results, problems = parallel.run_jobs("toyjob", jobs, deadline_s=10)
     rows = [r[0] for r in results if r]
@@ -327,9 +329,9 @@ def test_parallel_jobs_are_timed_one_at_a_time_after_the_last_is_ready(monkeypat
     assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:]))
     assert min(r["start"] for r in rows) >= max(r["ready"] for r in rows)
     assert problems == ["broken 0: failed (exit 1): ValueError: cannot build broken"]
-    results, problems = parallel.run_jobs("toyjob", [["a", "0"], ["slow", "60"]], deadline_s=2)
-    assert results == [None, None]  # a waits for slow at the barrier: both stopped
-    assert problems == ["a 0: not measured within the 2 s deadline", "slow 60: not measured within the 2 s deadline"]
+    results, problems = parallel.run_jobs("toyjob", [["a", "0"], ["slow", "60"]], deadline_s=5)
+    assert [r[0]["job"] if r else None for r in results] == ["a", None]  # a is timed once slow is stopped
+    assert problems == ["slow 60: not compiled within 3 s of the 5 s deadline"]
 
 
 def test_members_end_to_end_runs_each_command_and_can_be_made_in_parts(monkeypatch, tmp_path):
@@ -377,3 +379,14 @@ def test_members_step_chooses_cudnn_algorithms_as_the_trainer(monkeypatch, timed
     monkeypatch.setattr(members, "choose_cudnn_algorithms", lambda device, b: seen.append((device.type, b)))
     members.members_step("resnet18", {"width": 4}, 1, torch.device("cpu"), batch=2)
     assert seen == [("cpu", Config().cudnn_benchmark)] and Config().cudnn_benchmark is True
+
+
+def test_members_nets_pick_rows_by_label_before_model():
+    """nets= for the members section: a label picks its row only ("mobilenetv1", not "mobilenetv1 triton")."""
+    from bench import members
+
+    labels = [n[0] for n in members.NETS]
+    assert [labels[i] for i in members.chosen_rows(["mobilenetv1"])] == ["mobilenetv1"]
+    assert [labels[i] for i in members.chosen_rows(["resnet18 width 16", "vit"])] == ["resnet18 width 16", "vit"]
+    assert members.chosen_rows(None) == list(range(len(labels)))
+    assert members.chosen_rows(["alexnet"]) == []
