@@ -82,8 +82,8 @@ class Config:
     members: int = 1  # K copies of the net trained together in one step, seeds seed, seed + 1, ...
     #                   (member_seeds), sharing the split of `split_seed` (or `seed`); train/members.py
     members_form: str = "auto"  # how the step computes them (train.step.members_form): fold (one net K times as
-    #                             wide, nets/fold.py) | unroll (each member's own net, one after another in one
-    #                             graph) | vmap | auto (fold where the net folds, else vmap)
+    #                             wide, nets/fold.py) | unroll (the single run's step, compiled once, for each
+    #                             member in turn) | vmap | auto (fold where the net folds, else vmap)
     # Machinery (the trainer owns device, precision and memory format; nets never choose them).
     device: str = "auto"  # auto | cpu | cuda
     compile: str = "auto"  # auto (= on CUDA) | true | false: torch.compile around the whole step

@@ -1,10 +1,12 @@
-"""Several members of one net trained together: K copies, each with its own seed, in one vmapped step.
+"""Several members of one net trained together: K copies, each with its own seed, in one step.
 
 A members run (`members=K`, K > 1) holds every tensor of the train state stacked along a new leading dimension
-of size K: params, BatchNorm statistics, the optimizer's state and the EMA. The step maps the per-member
-gradient over that dimension with torch.func.vmap (train/step.py make_train_step), so one compiled graph, one
-CUDA graph and one pass over the kernels train all K; the optimizer's update and the EMA are elementwise, so
-they run on the stacked tensors as they are (train/optim.py, member_dims=1). Member k draws its init, its data
+of size K: params, BatchNorm statistics, the optimizer's state and the EMA. The step computes all K in one
+compiled graph, one CUDA graph: the nets that fold as one net K times as wide (nets/fold.py), the others with
+the per-member gradient mapped over that dimension by torch.func.vmap (train/step.py make_train_step); the
+optimizer's update and the EMA are elementwise, so they run on the stacked tensors as they are
+(train/optim.py, member_dims=1). members_form=unroll instead runs the single run's step, compiled once, for
+each member in turn on its views of the stacked tensors (train.step.member_by_member). Member k draws its init, its data
 order and its augmentation from seed + k (Config.member_seeds), and all members share the train/val split of
 `split_seed` (or `seed`); member k is therefore the single run `seed=<seed + k> split_seed=<that seed>`, step
 for step, up to floating-point reassociation (tests/test_members.py).

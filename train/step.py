@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -142,10 +142,12 @@ def make_train_step(net, cfg, precision: Precision, gradients: str = "func", gra
     the EMA tree is updated after the optimizer's step, from the new params and BatchNorm statistics: the same on
     every rank, as the params are."""
     members = cfg.members > 1
+    if members and members_form(cfg, net) == "unroll":
+        return PerMember(make_train_step(net, replace(cfg, members=1), precision, gradients, grad_hook), cfg.members)
     update = make_update(cfg, member_dims=int(members))
     # A members run lays its stacked images out first (stacked_channels_last); one run, inside the step.
     prepare = (lambda x: x) if members else precision.prepare
-    form_name = members_form(cfg, net) if members else None
+    form_name = members_form(cfg, net) if members else None  # "fold" or "vmap"
     folded = Folded(net, cfg.members) if form_name == "fold" else None
 
     def loss_fn(params, bn_state, x, y, key):
@@ -168,18 +170,10 @@ def make_train_step(net, cfg, precision: Precision, gradients: str = "func", gra
                                reduction="none").unflatten(0, (cfg.members, -1)).mean(1)  # (K,)
         return each.sum(), (each.detach(), (new_state, logits.detach()))
 
-    def unrolled_loss(params, bn_state, x, y, key):
-        """The members' summed losses, each member's own loss_fn on its views of the stacked trees."""
-        outs = [loss_fn({n: p[k] for n, p in params.items()}, {n: v[k] for n, v in bn_state.items()}, x[k], y[k],
-                        None if key is None else key[k]) for k in range(cfg.members)]
-        each = torch.stack([loss for loss, _ in outs])
-        new_state = {n: torch.stack([aux[0][n] for _, aux in outs]) for n in bn_state}
-        return each.sum(), (each.detach(), (new_state, torch.stack([aux[1] for _, aux in outs])))
-
     form = {"func": lambda f: torch.func.grad_and_value(f, has_aux=True), "autograd": autograd_form}[gradients]
     grad_and_loss = form(loss_fn)
-    if form_name in ("fold", "unroll"):  # either gradient form: the Triton kernels' custom backwards run as they are
-        summed = form(folded_loss if form_name == "fold" else unrolled_loss)
+    if folded is not None:  # either gradient form: the Triton kernels' custom backwards run as they are
+        summed = form(folded_loss)
 
         def grad_and_loss(params, bn_state, x, y, key):
             grads, (_, aux) = summed(params, bn_state, x, y, key)  # aux: each member's loss, (state, logits)
@@ -215,9 +209,9 @@ def make_train_step(net, cfg, precision: Precision, gradients: str = "func", gra
 
 def members_form(cfg, net) -> str:
     """How a members step computes its K members (cfg.members_form; auto: "fold" where the net folds, else
-    "vmap"). "fold": one net K times as wide (nets/fold.py), grouped convolutions; "unroll": each member's own
-    forward and backward, one after another in one graph, its kernels a single run's; "vmap": torch.func.vmap
-    over the members (BatchNorm written out, train.members.batchnorm_for_members)."""
+    "vmap"). "fold": one net K times as wide (nets/fold.py), grouped convolutions; "unroll": the single run's
+    step, compiled once, run for each member in turn (PerMember), its kernels a single run's; "vmap":
+    torch.func.vmap over the members (BatchNorm written out, train.members.batchnorm_for_members)."""
     if cfg.members_form == "auto":
         return "fold" if foldable(net) else "vmap"
     return cfg.members_form  # "fold" of a net that does not fold: Folded refuses (the trainer says so first)
@@ -441,10 +435,55 @@ def compile_in_place(step, ts: TrainState, gradients: str = "func"):
     return lambda state, batch, lr, key=None: (state, compiled(state, batch, lr, key))
 
 
+class PerMember(NamedTuple):
+    """A members step taken member by member (members_form=unroll): `step` is one member's, the single run's
+    step, which prepare_step compiles once and runs for each of the `members` in turn on that member's views of
+    the stacked train state (member_by_member)."""
+
+    step: object
+    members: int
+
+
+def member_by_member(per_member: PerMember, ts: TrainState, gradients: str, compiled: bool, cudagraphs: bool):
+    """The members step of `per_member`, as prepare_step gives it: a call runs the single run's step (one
+    compile, shape for shape the same for every member) for member k on its views of ts's stacked tensors, its
+    batch (x[k], y[k]) and key[k], writing member k's new state into those views, so ts stays the state's
+    tensors; the metrics are stacked (K,). With CUDA graphs every member's views are static addresses (one
+    recording each; torch's graph trees replay the one whose addresses match), so no state is copied."""
+    with torch.no_grad():  # views that are leaves, so that the "autograd" form can make them require grad
+        views = [TrainState(*({n: t[k] for n, t in tree.items()} for tree in ts)) for k in range(per_member.members)]
+    for view in views:
+        if gradients == "autograd":
+            as_leaves(view)
+        if cudagraphs:
+            for tree in view:
+                for t in tree.values():
+                    torch._dynamo.mark_static_address(t)
+    if cudagraphs:
+        one = compile_in_place(per_member.step, views[0], gradients)
+    else:
+        pure = maybe_compile(per_member.step, compiled, gradients)
+
+        def one(state: TrainState, batch, lr, key=None):
+            new, metrics = pure(state, batch, lr, key)
+            copy_into(state, new)
+            return state, metrics
+
+    def call(state: TrainState, batch, lr, key=None):
+        x, y = batch
+        metrics = [one(view, (x[k], y[k]), lr, None if key is None else key[k])[1] for k, view in enumerate(views)]
+        return state, {name: torch.stack([m[name] for m in metrics]) for name in metrics[0]}
+
+    return call
+
+
 def prepare_step(step, ts: TrainState, gradients: str, compiled: bool, cudagraphs: bool):
     """(the step to call, ts to call it with) from the pure `step`, as the trainer runs it: with CUDA graphs,
-    compile_in_place (ts's own tensors become the state's buffers); else maybe_compile. For the "autograd"
-    form ts's params become leaves that require grad, and stay so after each call."""
+    compile_in_place (ts's own tensors become the state's buffers); else maybe_compile; a PerMember step,
+    member_by_member (ts's tensors hold the members' state, written in place). For the "autograd" form ts's
+    params become leaves that require grad, and stay so after each call."""
+    if isinstance(step, PerMember):
+        return member_by_member(step, ts, gradients, compiled, cudagraphs), ts
     if gradients == "autograd":
         ts = as_leaves(ts)
     if cudagraphs:
