@@ -3,12 +3,13 @@
 For each net, the trainer's step as `members=K` builds it (the conv nets folded into one net K times as wide,
 nets/fold.py, the ViT's gradient vmapped; the stacked update; compiled and replayed as a CUDA graph with the
 state in place), at batch 512 per member, bf16 autocast, channels_last, cudnn.benchmark on (as the trainer),
-SGD with Nesterov momentum, for K in `ks` (default 1, 2, 4, 8), timed in alternation
+SGD with Nesterov momentum, for K in `ks` (default 1, 2, 4, 8) and each members_form in `forms` (default the
+trainer's auto; K = 1 is the single run's step, one for all forms), timed in alternation
 (common.alternating_medians) on fixed random batches already on the device. The nets run PyTorch's own
 convolution and attention (net.kernels=reference) at every K, so K = 1 runs the same code as the other K; the
 row "mobilenetv1 triton" runs its depthwise layers by the Triton kernel at every K, as a single run does (the
-trainer's members runs do not take it yet: train.members.build_net). A K that does not fit in the GPU's memory
-is reported as such, not timed.
+trainer's members runs take it only with members_form=unroll: train.members.build_net). A K that does not fit
+in the GPU's memory is reported as such, not timed.
 
 parallel=true compiles the nets in parallel processes, then times each alone (bench.parallel).
 
@@ -92,26 +93,28 @@ def members_step(model: str, options: dict, k: int, device, batch: int = BATCH, 
 
 
 def prepare(model: str, options: dict, ks, device, batch: int = BATCH, ceiling: bool = False,
-            form: str = "auto") -> tuple:
-    """(steps by K, warm-up seconds by K, rows for the K that did not fit in the GPU's memory, and with ceiling
-    the single net's step at K times the batch by K > 1)."""
+            forms=("auto",)) -> tuple:
+    """(steps by (form, K), warm-up seconds by (form, K), rows for those that did not fit in the GPU's memory,
+    and with ceiling the single net's step at K times the batch by K > 1). K = 1 is the single run's step
+    whatever the form: built once, as ("single", 1)."""
     steps, warm_s, missing, wide = {}, {}, [], {}
     for k in ks:
-        torch._dynamo.reset()
-        try:
-            steps[k] = members_step(model, options, k, device, batch, form=form)
-            warm_s[k] = warm(steps[k], device)
-            if ceiling and k > 1:  # what one net gains from K times the images per step: the members' bound
-                torch._dynamo.reset()
-                wide[k] = members_step(model, options, 1, device, k * batch)
-                warm(wide[k], device)
-        except torch.OutOfMemoryError:
-            steps.pop(k, None)
-            wide.pop(k, None)
-            missing.append({"K": k, "images/s (all members)": None, "vs K=1": None, "per member vs K=1": None,
-                            "warm-up s (compile)": None, "note": "out of GPU memory"})
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+        for form in ("single",) if k == 1 else forms:
+            torch._dynamo.reset()
+            try:
+                steps[form, k] = members_step(model, options, k, device, batch, form=form if k > 1 else "auto")
+                warm_s[form, k] = warm(steps[form, k], device)
+                if ceiling and k > 1 and k not in wide:  # one net at K times the images: the members' bound
+                    torch._dynamo.reset()
+                    wide[k] = members_step(model, options, 1, device, k * batch)
+                    warm(wide[k], device)
+            except torch.OutOfMemoryError:
+                steps.pop((form, k), None)
+                wide.pop(k, None)
+                missing.append({"form": form, "K": k, "images/s (all members)": None, "vs K=1": None,
+                                "per member vs K=1": None, "warm-up s (compile)": None, "note": "out of GPU memory"})
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
     return steps, warm_s, missing, wide
 
 
@@ -119,18 +122,18 @@ def time_steps(label: str, prepared, device, calls: int, rounds: int, batch: int
     """The prepared Ks timed in alternation, each against the K = 1 timed beside it; with the ceiling's steps,
     the single net at K times the batch too, against the same K = 1."""
     steps, warm_s, missing, wide = prepared
-    medians = alternating_medians({**{str(k): f for k, f in steps.items()},
+    medians = alternating_medians({**{f"{form} {k}": f for (form, k), f in steps.items()},
                                    **{f"1 x {k}": f for k, f in wide.items()}}, device, calls, rounds)
-    base = batch / medians["1"] if "1" in medians else None
+    base = batch / medians["single 1"] if "single 1" in medians else None
     rows = [{"net": label, **row} for row in missing]
-    for k in steps:
-        ips = k * batch / medians[str(k)]
-        rows.append({"net": label, "K": k, "images/s (all members)": ips, "vs K=1": ips / base if base else None,
-                     "per member vs K=1": ips / k / base if base else None, "warm-up s (compile)": warm_s[k],
-                     "note": ""})
+    for form, k in steps:
+        ips = k * batch / medians[f"{form} {k}"]
+        rows.append({"net": label, "form": form, "K": k, "images/s (all members)": ips,
+                     "vs K=1": ips / base if base else None, "per member vs K=1": ips / k / base if base else None,
+                     "warm-up s (compile)": warm_s[form, k], "note": ""})
         if k in wide and base:
             rows[-1]["one net, K x batch, vs K=1"] = k * batch / medians[f"1 x {k}"] / base
-    return sorted(rows, key=lambda r: r["K"])
+    return sorted(rows, key=lambda r: (r["K"], r["form"]))
 
 
 def chosen_rows(names) -> list[int]:
@@ -142,23 +145,23 @@ def chosen_rows(names) -> list[int]:
 
 
 def measure_net(label: str, model: str, options: dict, ks, device, calls: int, rounds: int,
-                batch: int = BATCH, ceiling: bool = False, form: str = "auto") -> list[dict]:
-    prepared = prepare(model, options, ks, device, batch, ceiling, form)
+                batch: int = BATCH, ceiling: bool = False, forms=("auto",)) -> list[dict]:
+    prepared = prepare(model, options, ks, device, batch, ceiling, forms)
     return time_steps(label, prepared, device, calls, rounds, batch)
 
 
-def parallel_jobs(chosen: list[int], ks, ceiling: bool = False, form: str = "auto") -> list[list[str]]:
-    """[net's index in NETS, "1,2,4,8", ceiling, form] per process: a net's Ks in one process, timed in
-    alternation."""
-    return [[str(i), ",".join(str(k) for k in ks), str(ceiling).lower(), form] for i in chosen]
+def parallel_jobs(chosen: list[int], ks, ceiling: bool = False, forms=("auto",)) -> list[list[str]]:
+    """[net's index in NETS, "1,2,4,8", ceiling, "fold,unroll"] per process: a net's Ks and forms in one
+    process, timed in alternation."""
+    return [[str(i), ",".join(str(k) for k in ks), str(ceiling).lower(), ",".join(forms)] for i in chosen]
 
 
-def job_prepare(index, ks, ceiling, form, calls, rounds, turn):
+def job_prepare(index, ks, ceiling, forms, calls, rounds, turn):
     """A parallel job's compile half (bench.parallel.work)."""
     label, model, options = NETS[int(index)]
     device = torch.device("cuda")
     prepared = prepare(model, options, [int(k) for k in ks.split(",")], device, ceiling=ceiling == "true",
-                       form=form)
+                       forms=forms.split(","))
     return label, prepared, device, int(calls), int(rounds)
 
 
@@ -204,29 +207,32 @@ def end_to_end(label: str, model: str, options: dict, k: int, epochs: int | None
 def measure(device: str = "cuda", quick: bool = False, names=None, ks=KS, e2e: bool = False,
             epochs: int | None = 3, data: str = ".data/cifar10-jpeg.tar.gz", parallel: bool = False,
             deadline_s: float = 3600, runs: list | None = None, cache: str | None = None,
-            ceiling: bool = False, form: str = "auto") -> dict:
+            ceiling: bool = False, forms=("auto",)) -> dict:
     """parallel=True (CUDA): one process per net (parallel_jobs), compiled side by side, then each timed alone
     (bench.parallel). ceiling=True adds, beside each K > 1, the single net at K times the batch against K = 1:
     the most that filling the GPU with K times the images per step gives that net, which bounds what K members
-    can gain (they add the grouped convolutions' own cost). form: the members step's members_form at every K."""
+    can gain (they add the grouped convolutions' own cost). forms: the members step's members_form (each
+    timed at every K > 1 against the same K = 1)."""
     device = torch.device(device)
     calls, rounds = (3, 3) if quick else (10, 5)
     chosen = chosen_rows(names)
     problems = []
     if parallel and device.type == "cuda":
-        jobs = [[*job, str(calls), str(rounds)] for job in parallel_jobs(chosen, ks, ceiling, form)]
+        jobs = [[*job, str(calls), str(rounds)] for job in parallel_jobs(chosen, ks, ceiling, forms)]
         results, problems = run_jobs("bench.members", jobs, deadline_s)
         rows = [row for job_rows in results if job_rows for row in job_rows]
     else:
         rows = [row for i in chosen
-                for row in measure_net(*NETS[i], ks, device, calls, rounds, ceiling=ceiling, form=form)]
+                for row in measure_net(*NETS[i], ks, device, calls, rounds, ceiling=ceiling, forms=forms)]
     result = {
-        "title": f"Members in one step (members_form={form}), batch {BATCH} per member, bf16 autocast, on "
+        "title": f"Members in one step (members_form={','.join(forms)}), batch {BATCH} per member, bf16 autocast, on "
                  f"{device_name(device)}",
-        "columns": ["net", "K", "images/s (all members)", "vs K=1", "per member vs K=1", "warm-up s (compile)",
+        "columns": ["net", "form", "K", "images/s (all members)", "vs K=1", "per member vs K=1",
+                    "warm-up s (compile)",
                     *(["one net, K x batch, vs K=1"] if ceiling else []), "note"],
         "rows": rows,
-        "summary": {f"{r['net']} K={r['K']}/K=1": r["vs K=1"] for r in rows if r["vs K=1"] and r["K"] > 1},
+        "summary": {f"{r['net']} {r['form']} K={r['K']}/K=1": r["vs K=1"] for r in rows
+                    if r["vs K=1"] and r["K"] > 1},
         "notes": [f"Median of {rounds} alternating rounds of {calls} steps per K after 3 warm-up steps (their time, "
                   "compilation included, is the warm-up column); PyTorch's convolution and attention "
                   "(net.kernels=reference) at every K (\"mobilenetv1 triton\": its depthwise kernel), "

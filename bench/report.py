@@ -71,7 +71,7 @@ def section_options(name: str, opts: dict) -> dict:
                   "deadline_s": float(opts.get("deadline", 3600)), "cache": opts.get("cache"),
                   "runs": opts["runs"].split(",") if "runs" in opts else None,
                   "ceiling": opts.get("ceiling", "false").lower() == "true",
-                  "form": opts.get("members_form", "auto")}
+                  "forms": tuple(opts.get("members_form", "auto").split(","))}
         if "ks" in opts:
             kwargs["ks"] = tuple(int(k) for k in opts["ks"].split(","))
         if "data" in opts:

@@ -235,10 +235,10 @@ def test_each_section_writes_its_own_file_where_out_says(monkeypatch, tmp_path):
     assert "command:" in (tmp_path / "loader-cpu.md").read_text()
 
 
-@pytest.mark.parametrize("form", ["auto", "unroll"])
-def test_members_section_times_each_k_against_k1_in_one_run(monkeypatch, form):
-    """bench.members on the CPU at a toy size: one row per K with images/s summed over members and the ratios
-    to K = 1 of the same run; a K that runs out of memory is a row saying so, not a crash."""
+def test_members_section_times_each_k_and_form_against_k1_in_one_run(monkeypatch):
+    """bench.members on the CPU at a toy size: one row per K and form (K = 1 once, the single run's step) with
+    images/s summed over members and the ratios to K = 1 of the same run; a K that runs out of memory is a row
+    saying so, not a crash."""
     from bench import members
 
     real = members.members_step
@@ -250,12 +250,15 @@ def test_members_section_times_each_k_against_k1_in_one_run(monkeypatch, form):
 
     monkeypatch.setattr(members, "members_step", step)
     rows = members.measure_net("toy", "resnet18", {}, (1, 2, 4), torch.device("cpu"), calls=1, rounds=1, batch=4,
-                               form=form)
-    assert [r["K"] for r in rows] == [1, 2, 4]
-    one, two, oom = rows
-    assert one["vs K=1"] == 1 and two["images/s (all members)"] > 0 and oom["note"] == "out of GPU memory"
-    assert two["vs K=1"] == pytest.approx(two["images/s (all members)"] / one["images/s (all members)"])
-    assert two["per member vs K=1"] == pytest.approx(two["vs K=1"] / 2)
+                               forms=("fold", "unroll"))
+    assert [(r["form"], r["K"]) for r in rows] == [("single", 1), ("fold", 2), ("unroll", 2), ("fold", 4),
+                                                   ("unroll", 4)]
+    one, *twos, oom, _ = rows
+    assert one["vs K=1"] == 1 and oom["note"] == "out of GPU memory"
+    for two in twos:
+        assert two["images/s (all members)"] > 0
+        assert two["vs K=1"] == pytest.approx(two["images/s (all members)"] / one["images/s (all members)"])
+        assert two["per member vs K=1"] == pytest.approx(two["vs K=1"] / 2)
 
 
 def test_members_jobs_are_one_per_net_with_all_its_ks():
@@ -263,7 +266,8 @@ def test_members_jobs_are_one_per_net_with_all_its_ks():
 
     assert members.parallel_jobs([0, 2], (1, 2, 4, 8)) == [["0", "1,2,4,8", "false", "auto"],
                                                            ["2", "1,2,4,8", "false", "auto"]]
-    assert members.parallel_jobs([1], (1, 8), ceiling=True, form="unroll") == [["1", "1,8", "true", "unroll"]]
+    assert members.parallel_jobs([1], (1, 8), ceiling=True, forms=("fold", "unroll")) == [
+        ["1", "1,8", "true", "fold,unroll"]]
 
 
 def test_members_ceiling_times_one_net_at_k_times_the_batch_beside_each_k(monkeypatch):
@@ -359,7 +363,8 @@ def test_members_end_to_end_runs_each_command_and_can_be_made_in_parts(monkeypat
     options = section_options("members", {"e2e": "true", "epochs": "recipe", "runs": "members,0", "cache": "c"})
     assert options["epochs"] is None and options["runs"] == ["members", "0"] and options["cache"] == "c"
     assert options["ceiling"] is False and section_options("members", {"ceiling": "true"})["ceiling"] is True
-    assert options["form"] == "auto" and section_options("members", {"members_form": "unroll"})["form"] == "unroll"
+    assert options["forms"] == ("auto",)
+    assert section_options("members", {"members_form": "fold,unroll"})["forms"] == ("fold", "unroll")
 
 
 @pytest.mark.parametrize("timed", [True, False])
