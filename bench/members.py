@@ -16,8 +16,9 @@ parallel=true compiles the nets in parallel processes, then times each alone (be
 e2e=true adds the end-to-end comparison: `python -m train` with members=K against K single runs of the same
 seeds one after another (each with the net's Triton kernels where it has them), wall seconds from each
 command's start to its exit, compile included, with `epochs=` (default 3; `recipe`: the default recipe's own)
-on data= (default .data/cifar10-jpeg.tar.gz); runs=members or runs=0,1 (seeds) makes some of those runs only,
-and cache=<folder> names the compile cache that parts made one after another share (end_to_end).
+on data= (default .data/cifar10-jpeg.tar.gz), one members run per form; runs=members or runs=0,1 (seeds)
+makes some of those runs only, and cache=<folder> names the folder of compile caches that parts made one after
+another share (end_to_end).
 """
 
 from __future__ import annotations
@@ -172,36 +173,47 @@ def job_measure(job) -> list[dict]:
 
 
 def end_to_end(label: str, model: str, options: dict, k: int, epochs: int | None, data: str,
-               runs: list | None = None, cache: str | None = None) -> dict:
-    """Wall seconds of one `members=k` run against k single runs of its seeds one after another, as a user
-    would run them: the single runs take the net's Triton kernels where it has them (a members run takes
-    PyTorch's own, train.members.build_net). All of them share one compile cache, empty at the start, so the
-    first single run compiles and the next ones find its kernels. epochs=None: the recipe's own.
+               runs: list | None = None, cache: str | None = None, forms=("auto",)) -> list[dict]:
+    """Wall seconds of one `members=k` run per members_form in `forms` against k single runs of its seeds one
+    after another, as a user would run them (one row per form, the single runs shared): the single runs take
+    the net's Triton kernels where they have them (a members run, only with unroll: train.members.build_net).
+    Each members run has a compile cache of its own and the single runs one between them, each empty at the
+    start, so the first single run compiles and the next ones find its kernels. epochs=None: the recipe's own.
 
-    runs: which to make, "members" and the single runs' seeds 0..k-1 (default: all, in that order), so that a
-    comparison longer than one sitting can be made in parts, one after another on one machine; they then name
-    the compile cache folder they share (`cache`; default: a fresh one, removed afterwards). The totals and
-    their ratio are given when one call made all k + 1 runs."""
+    runs: which to make, "members" (one run per form) and the single runs' seeds 0..k-1 (default: all, in that
+    order), so that a comparison longer than one sitting can be made in parts, one after another on one
+    machine; they then name the folder holding the compile caches (`cache`; default: a fresh one, removed
+    afterwards). The totals and their ratio are given when one call made the members run and all k singles."""
     words = [f"model={model}", f"data={data}", "download=false", "progress=false",
              *([f"epochs={epochs}"] if epochs else []), *(f"net.{key}={value}" for key, value in options.items())]
-    runs = [str(r) for r in (runs or ["members", *range(k)])]
+    names = []
+    for run in (str(r) for r in (runs or ["members", *range(k)])):
+        names += [f"members-{form}" for form in forms] if run == "members" else [run]
     walls = {}
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(tempfile.TemporaryDirectory())
         root = cache or stack.enter_context(tempfile.TemporaryDirectory())
-        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": f"{root}/inductor", "TRITON_CACHE_DIR": f"{root}/triton"}
-        for run in runs:
-            more = [f"members={k}"] if run == "members" else [f"seed={run}", "split_seed=0"]
+        for name in names:
+            form = name.removeprefix("members-") if name.startswith("members-") else None
+            more = [f"members={k}", f"members_form={form}"] if form else [f"seed={name}", "split_seed=0"]
+            folder = f"{root}/{name if form else 'singles'}"
+            env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": f"{folder}/inductor",
+                   "TRITON_CACHE_DIR": f"{folder}/triton"}
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "train", *words, *more, f"out={out}/{run}"], check=True,
+            subprocess.run([sys.executable, "-m", "train", *words, *more, f"out={out}/{name}"], check=True,
                            stdout=subprocess.DEVNULL, env=env)
-            walls[run] = time.perf_counter() - t0
-    row = {"net": label, "K": k, "epochs": epochs or "recipe",
-           **{("members=K s" if run == "members" else f"seed {run} s"): w for run, w in walls.items()}}
-    if sorted(walls) == sorted(["members", *map(str, range(k))]):
-        apart = sum(walls[str(s)] for s in range(k))
-        row.update({"K single runs s": apart, "ratio": walls["members"] / apart})
-    return row
+            walls[name] = time.perf_counter() - t0
+    singles = {s: walls[str(s)] for s in range(k) if str(s) in walls}
+    rows = []
+    for form in forms:
+        row = {"net": label, "form": form, "K": k, "epochs": epochs or "recipe",
+               **({"members=K s": walls[f"members-{form}"]} if f"members-{form}" in walls else {}),
+               **{f"seed {s} s": w for s, w in singles.items()}}
+        if "members=K s" in row and len(singles) == k:
+            apart = sum(singles.values())
+            row.update({"K single runs s": apart, "ratio": row["members=K s"] / apart})
+        rows.append(row)
+    return rows
 
 
 def measure(device: str = "cuda", quick: bool = False, names=None, ks=KS, e2e: bool = False,
@@ -241,11 +253,13 @@ def measure(device: str = "cuda", quick: bool = False, names=None, ks=KS, e2e: b
         "overlap other processes' compiling."] if parallel else []) + problems,
     }
     if e2e:
-        result["end_to_end"] = [end_to_end(*NETS[i], k, epochs, data, runs, cache)
-                                for i in chosen for k in ks if k > 1]
-        result["notes"].append(f"end_to_end: `python -m train members=K{f' epochs={epochs}' if epochs else ''}` "
-                               "against K single runs `seed=s split_seed=0` one after another, wall seconds from "
-                               "the command to its exit, compile included, one compile cache empty at the start.")
+        result["end_to_end"] = [row for i in chosen for k in ks if k > 1
+                                for row in end_to_end(*NETS[i], k, epochs, data, runs, cache, forms)]
+        result["notes"].append(f"end_to_end: `python -m train members=K members_form=<form>"
+                               f"{f' epochs={epochs}' if epochs else ''}` against K single runs `seed=s "
+                               "split_seed=0` one after another, wall seconds from the command to its exit, "
+                               "compile included; each members run and the single runs together start from an "
+                               "empty compile cache.")
     return result
 
 

@@ -339,25 +339,30 @@ def test_parallel_jobs_are_timed_one_at_a_time_after_the_last_is_ready(monkeypat
 
 
 def test_members_end_to_end_runs_each_command_and_can_be_made_in_parts(monkeypatch, tmp_path):
-    """bench.members.end_to_end with the trainer's command recorded, not run: the members run and the K single
-    runs (seed s, the members' split), each timed; the ratio of the totals only when one call made all K + 1;
-    runs= makes some of them, sharing the compile cache folder named by cache=."""
+    """bench.members.end_to_end with the trainer's command recorded, not run: a members run per form and the K
+    single runs (seed s, the members' split), each timed; a row per form, the ratio of the totals only when
+    one call made that form's members run and all K singles; each members run starts from a compile cache of
+    its own and the single runs share one; runs= makes some of them, in the folder of caches named by cache=."""
     from bench import members
 
     calls, clock = [], iter(range(0, 1000, 10))
     monkeypatch.setattr(members.time, "perf_counter", lambda: float(next(clock)))
     monkeypatch.setattr(members.subprocess, "run", lambda cmd, **kw: calls.append((cmd, kw["env"])))
-    row = members.end_to_end("mobilenetv1", "mobilenetv1", {}, 2, None, "data.tar.gz")
+    rows = members.end_to_end("mobilenetv1", "mobilenetv1", {}, 2, None, "data.tar.gz", forms=("fold", "unroll"))
     words = [cmd[3:] for cmd, _ in calls]
-    assert [w[-3:-1] for w in words[1:]] == [["seed=0", "split_seed=0"], ["seed=1", "split_seed=0"]]
-    assert "members=2" in words[0] and not any(w.startswith("epochs=") for w in words[0])  # the recipe's epochs
-    assert len({env["TORCHINDUCTOR_CACHE_DIR"] for _, env in calls}) == 1  # one cache for all three
-    assert row["members=K s"] == 10 and row["K single runs s"] == 20 and row["ratio"] == 0.5
+    assert [w[-3:-1] for w in words] == [["members=2", "members_form=fold"], ["members=2", "members_form=unroll"],
+                                         ["seed=0", "split_seed=0"], ["seed=1", "split_seed=0"]]
+    assert not any(w.startswith("epochs=") for w in words[0])  # the recipe's epochs
+    caches = [env["TORCHINDUCTOR_CACHE_DIR"] for _, env in calls]
+    assert len(set(caches[:3])) == 3 and caches[3] == caches[2]
+    assert [r["form"] for r in rows] == ["fold", "unroll"]
+    assert [r["members=K s"] for r in rows] == [10, 10] and rows[1]["K single runs s"] == 20
+    assert rows[0]["ratio"] == rows[1]["ratio"] == 0.5
     calls.clear()
-    part = members.end_to_end("mobilenetv1", "mobilenetv1", {}, 2, 3, "data.tar.gz", runs=["1"], cache=str(tmp_path))
+    part, = members.end_to_end("mobilenetv1", "mobilenetv1", {}, 2, 3, "data.tar.gz", runs=["1"], cache=str(tmp_path))
     assert len(calls) == 1 and "seed=1" in calls[0][0] and "epochs=3" in calls[0][0]
-    assert calls[0][1]["TORCHINDUCTOR_CACHE_DIR"] == f"{tmp_path}/inductor"
-    assert part["seed 1 s"] == 10 and "ratio" not in part
+    assert calls[0][1]["TORCHINDUCTOR_CACHE_DIR"] == f"{tmp_path}/singles/inductor"
+    assert part["seed 1 s"] == 10 and "ratio" not in part and "members=K s" not in part
     from bench.report import section_options
 
     options = section_options("members", {"e2e": "true", "epochs": "recipe", "runs": "members,0", "cache": "c"})
