@@ -76,11 +76,13 @@ def train(step, ts, data):
 
 
 def loop_config(data, out: Path, sync_bn: bool):
-    """One epoch of a narrow ResNet-18 (with BatchNorm, per rank or synchronised) on the synthetic pickles; with
-    per-rank BatchNorm, two members (train/members.py: every rank holds both)."""
+    """One epoch of two members (train/members.py: every rank holds both) of a narrow ResNet-18 (with BatchNorm,
+    per rank or synchronised) on the synthetic pickles; with sync BN the members unrolled (members_form=unroll:
+    each member's step a single run's, its BatchNorm collectives included)."""
     return parse(["model=resnet18", "net.width=4", "recipe=seed", "device=cpu", "compile=false", "download=false",
                   "progress=false", f"data={data}", f"out={out}", "epochs=1", "batch_size=20",
-                  "val_fraction=0.2", "seed=3", f"sync_bn={str(sync_bn).lower()}", f"members={1 if sync_bn else 2}"])
+                  "val_fraction=0.2", "seed=3", f"sync_bn={str(sync_bn).lower()}", "members=2",
+                  f"members_form={'unroll' if sync_bn else 'auto'}"])
 
 
 def assert_same_on_every_rank(tree, rank: int) -> None:

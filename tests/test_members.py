@@ -145,8 +145,9 @@ def test_bad_members_are_one_line_errors(words, message, capsys):
 
 
 def test_members_refuse_what_they_cannot_do_yet():
-    """sync BN, and the Triton kernels in a net that does not fold (the ViT's attention under vmap), are one-line
-    errors; the kernels in a net that folds (MobileNetV1's depthwise layers) are not."""
+    """sync BN (but with members_form=unroll), and the Triton kernels in a net that does not fold (the ViT's
+    attention under vmap), are one-line errors; the kernels in a net that folds (MobileNetV1's depthwise layers)
+    are not."""
     from train.members import check_supported
 
     vit, mobilenet = nets.build("vit_tiny", 10), nets.build("mobilenetv1", 10, alpha=0.25)
@@ -158,6 +159,7 @@ def test_members_refuse_what_they_cannot_do_yet():
         check_supported(Config(model="vit_tiny", members=2, members_form="fold"), vit, False, False)
     check_supported(Config(model="mobilenetv1", members=2), mobilenet, False, True)
     check_supported(Config(model="vit_tiny", members=2, members_form="unroll"), vit, False, True)
+    check_supported(Config(members=2, sync_bn=True, members_form="unroll"), mobilenet, True, False)
     check_supported(Config(model="vit_tiny", members=2), vit, False, False)
 
 

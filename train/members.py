@@ -208,9 +208,10 @@ def batchnorm_where_vmapped(cfg, net) -> None:
 
 def check_supported(cfg, net, synced: bool, custom_kernels: bool) -> None:
     """What a members run cannot do yet, as one-line errors (ConfigError)."""
-    if synced:
-        raise ConfigError(f"members={cfg.members} cannot train with sync_bn=true yet (its BatchNorm collectives "
-                          "need torch.autograd.grad, which vmap cannot map); drop sync_bn=true")
+    if synced and members_form(cfg, net) != "unroll":
+        raise ConfigError(f"members={cfg.members} trains with sync_bn=true only with members_form=unroll (its "
+                          "BatchNorm collectives are a single run's, not a folded or vmapped net's); add "
+                          "members_form=unroll or drop sync_bn=true")
     if cfg.members_form == "fold" and not foldable(net):
         raise ConfigError(f"members_form=fold: {cfg.model} does not fold into members (nets/fold.py says which "
                           "nets do); use members_form=unroll or vmap")
