@@ -452,26 +452,24 @@ def member_by_member(per_member: PerMember, ts: TrainState, gradients: str, comp
     recording each; torch's graph trees replay the one whose addresses match), so no state is copied."""
     with torch.no_grad():  # views that are leaves, so that the "autograd" form can make them require grad
         views = [TrainState(*({n: t[k] for n, t in tree.items()} for tree in ts)) for k in range(per_member.members)]
-    for view in views:
+    for view in views[1:]:  # as prepare_step readies views[0]
         if gradients == "autograd":
             as_leaves(view)
         if cudagraphs:
             for tree in view:
                 for t in tree.values():
                     torch._dynamo.mark_static_address(t)
-    if cudagraphs:
-        one = compile_in_place(per_member.step, views[0], gradients)
-    else:
-        pure = maybe_compile(per_member.step, compiled, gradients)
+    prepared, _ = prepare_step(per_member.step, views[0], gradients, compiled, cudagraphs)
 
-        def one(state: TrainState, batch, lr, key=None):
-            new, metrics = pure(state, batch, lr, key)
-            copy_into(state, new)
-            return state, metrics
+    def one(view: TrainState, batch, lr, key=None) -> dict:
+        new, metrics = prepared(view, batch, lr, key)
+        if new is not view:  # a pure step's new state, into the member's views (in place already with graphs)
+            copy_into(view, new)
+        return metrics
 
     def call(state: TrainState, batch, lr, key=None):
         x, y = batch
-        metrics = [one(view, (x[k], y[k]), lr, None if key is None else key[k])[1] for k, view in enumerate(views)]
+        metrics = [one(view, (x[k], y[k]), lr, None if key is None else key[k]) for k, view in enumerate(views)]
         return state, {name: torch.stack([m[name] for m in metrics]) for name in metrics[0]}
 
     return call
