@@ -177,5 +177,9 @@ def to_markdown(result: dict) -> str:
     lines = [f"### {result['title']}", ""] + table(result["columns"], result["rows"])
     if result.get("summary"):
         lines += ["", "Summary: " + "; ".join(f"{k} {cell(v)}" for k, v in result["summary"].items())]
+    if result.get("end_to_end"):  # bench/members.py's whole runs: every key any row has, in first-seen order
+        rows = result["end_to_end"]
+        lines += ["", "End to end, wall seconds (compile included):", ""]
+        lines += table(list(dict.fromkeys(key for row in rows for key in row)), rows)
     notes = result.get("notes")
     return "\n".join(lines + ([""] + notes if notes else []) + [""])

@@ -400,3 +400,16 @@ def test_members_nets_pick_rows_by_label_before_model():
     assert [labels[i] for i in members.chosen_rows(["resnet18 width 16", "vit"])] == ["resnet18 width 16", "vit"]
     assert members.chosen_rows(None) == list(range(len(labels)))
     assert members.chosen_rows(["alexnet"]) == []
+
+
+def test_members_end_to_end_rows_are_rendered_in_the_markdown():
+    """The .md of a members result with e2e=true shows the whole runs' table (every key of its rows), not only
+    the throughput rows."""
+    from bench.common import to_markdown
+
+    result = {"title": "t", "columns": ["net", "K"], "rows": [{"net": "a", "K": 2}],
+              "end_to_end": [{"net": "a", "form": "unroll", "K": 2, "members=K s": 100.0, "seed 0 s": 60.0},
+                             {"net": "a", "form": "fold", "K": 2, "seed 1 s": 70.0}]}
+    md = to_markdown(result)
+    assert "| net | form | K | members=K s | seed 0 s | seed 1 s |" in md
+    assert "| a | fold | 2 | n/a | n/a | 70.00 |" in md
