@@ -101,9 +101,9 @@ def run_jobs(module: str, jobs: list[list[str]], deadline_s: float) -> tuple[lis
                 proc.communicate()
                 problems[i] = f"{' '.join(job)}: not measured within the {deadline_s:.0f} s deadline"
                 continue
-            result = Path(tmp) / f"{i}.json"
             if i in problems:
                 continue
+            result = Path(tmp) / f"{i}.json"
             if proc.returncode or not result.exists():
                 problems[i] = (f"{' '.join(job)}: failed (exit {proc.returncode}): "
                                f"{err.strip().splitlines()[-1] if err.strip() else '?'}")

@@ -263,9 +263,9 @@ def test_folded_mobilenet_members_step_runs_the_kernels_in_the_autograd_form(mon
     two-channel layers made float32 itself chaotic, its median error against float64 up to 1e-3), 16x16
     images, batch 8."""
     from train.config import Config
-    from train.members import init, member
+    from train.members import init
     from train.optim import init_state
-    from train.step import TrainState, as_leaves, make_train_step, precision_for
+    from train.step import TrainState, as_leaves, make_train_step, member, precision_for
 
     forward_launches = depthwise_by_the_kernels(monkeypatch)
     K, B = 2, 8

@@ -383,8 +383,8 @@ def test_members_train_under_bf16_autocast_as_single_steps_do(monkeypatch, fold)
     batched tensor refuses that memory format). The eval step, vmapped, likewise."""
     import nets
     import train.step
-    from train.members import batchnorm_for_members, member, stack
-    from train.step import Precision, TrainState, make_eval_step, make_train_step, to_memory_format
+    from train.members import batchnorm_for_members, stack
+    from train.step import Precision, TrainState, make_eval_step, make_train_step, member, to_memory_format
 
     folded_calls = []
     if fold:  # count the folded forwards, so the test knows which way ran

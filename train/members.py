@@ -58,11 +58,6 @@ def stack(trees: list[Tree]) -> Tree:
     return {k: torch.stack([t[k] for t in trees]) for k in trees[0]} if trees[0] else {}
 
 
-def member(tree: Tree, k: int) -> Tree:
-    """Member k's tree out of a stacked one (views)."""
-    return {name: t[k] for name, t in tree.items()}
-
-
 class GeneratorGroup:
     """The members' loader generators seen as one: get_state stacks their states, set_state deals a stacked state
     out again, so a checkpoint saves and restores all of them as it does one."""

@@ -33,9 +33,9 @@ from nets import Net
 from train import checkpoint as ckpt
 from train.config import Config, from_json
 from train.members import Ensemble, alive, alive_view, ensemble_log_probs
-from train.members import member as member_of
 from train.resume import with_added_keys
 from train.step import TTA, eval_weights, tta_averaged
+from train.step import member as member_of
 
 
 class ToolError(ValueError):

@@ -147,8 +147,7 @@ def make_train_step(net, cfg, precision: Precision, gradients: str = "func", gra
     update = make_update(cfg, member_dims=int(members))
     # A members run lays its stacked images out first (stacked_channels_last); one run, inside the step.
     prepare = (lambda x: x) if members else precision.prepare
-    form_name = members_form(cfg, net) if members else None  # "fold" or "vmap"
-    folded = Folded(net, cfg.members) if form_name == "fold" else None
+    folded = Folded(net, cfg.members) if members and members_form(cfg, net) == "fold" else None  # else vmap
 
     def loss_fn(params, bn_state, x, y, key):
         with precision.context():
@@ -435,6 +434,11 @@ def compile_in_place(step, ts: TrainState, gradients: str = "func"):
     return lambda state, batch, lr, key=None: (state, compiled(state, batch, lr, key))
 
 
+def member(tree: Tree, k: int) -> Tree:
+    """Member k's tree out of a stacked one (views)."""
+    return {name: t[k] for name, t in tree.items()}
+
+
 class PerMember(NamedTuple):
     """A members step taken member by member (members_form=unroll): `step` is one member's, the single run's
     step, which prepare_step compiles once and runs for each of the `members` in turn on that member's views of
@@ -451,7 +455,7 @@ def member_by_member(per_member: PerMember, ts: TrainState, gradients: str, comp
     tensors; the metrics are stacked (K,). With CUDA graphs every member's views are static addresses (one
     recording each; torch's graph trees replay the one whose addresses match), so no state is copied."""
     with torch.no_grad():  # views that are leaves, so that the "autograd" form can make them require grad
-        views = [TrainState(*({n: t[k] for n, t in tree.items()} for tree in ts)) for k in range(per_member.members)]
+        views = [TrainState(*(member(tree, k) for tree in ts)) for k in range(per_member.members)]
     for view in views[1:]:  # as prepare_step readies views[0]
         if gradients == "autograd":
             as_leaves(view)
