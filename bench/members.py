@@ -1,8 +1,9 @@
 """Members in one step (train/members.py): images/s summed over K members against K = 1 of the same net.
 
-For each net, the trainer's step as `members=K` builds it (the conv nets folded into one net K times as wide,
-nets/fold.py, the ViT's gradient vmapped; the stacked update; compiled and replayed as a CUDA graph with the
-state in place), at batch 512 per member, bf16 autocast, channels_last, cudnn.benchmark on (as the trainer),
+For each net, the trainer's step as `members=K` builds it (members_form: fold, one net K times as wide,
+nets/fold.py; vmap; unroll, the single run's step per member; auto, the trainer's choice among them,
+train.step.auto_members_form, which the rows name; compiled and replayed as a CUDA graph with the state in
+place), at batch 512 per member, bf16 autocast, channels_last, cudnn.benchmark on (as the trainer),
 SGD with Nesterov momentum, for K in `ks` (default 1, 2, 4, 8) and each members_form in `forms` (default the
 trainer's auto; K = 1 is the single run's step, one for all forms), timed in alternation
 (common.alternating_medians) on fixed random batches already on the device. The nets run PyTorch's own
@@ -44,6 +45,7 @@ from train.step import (
     choose_cudnn_algorithms,
     gradients_for,
     make_train_step,
+    members_form,
     precision_for,
     prepare_step,
     to_memory_format,
@@ -52,8 +54,9 @@ from train.step import (
 BATCH = 512  # per member
 KS = (1, 2, 4, 8)
 # (label, model, net options): the issue's four, PyTorch's operators at every K; ResNet-18 at width 16 is the
-# small net members help most. "mobilenetv1 triton": its depthwise layers by the Triton kernel at every K (folded
-# members: one kernel over K times the channels, the gradient by torch.autograd.grad, train.step.gradients_for).
+# small net members help most. "mobilenetv1 triton": its depthwise layers by the Triton kernel at every K (with
+# members_form=fold: one kernel over K times the channels, the gradient by torch.autograd.grad,
+# train.step.gradients_for).
 NETS = (("resnet18 width 16", "resnet18", {"width": 16}), ("mobilenetv1", "mobilenetv1", {}),
         ("resnet18", "resnet18", {}), ("vit", "vit", {}), ("mobilenetv1 triton", "mobilenetv1", {"kernels": "auto"}))
 
@@ -61,6 +64,11 @@ NETS = (("resnet18 width 16", "resnet18", {"width": 16}), ("mobilenetv1", "mobil
 def build(model: str, options: dict):
     reference = {"kernels": "reference"} if "kernels" in nets.options(model) else {}
     return nets.build(model, 10, **{**reference, **options})
+
+
+def form_label(model: str, options: dict, k: int, form: str) -> str:
+    """A row's form: `form`, or for auto the form the trainer chooses for this net, "auto (fold)"."""
+    return f"auto ({members_form(Config(members=k), build(model, options))})" if form == "auto" else form
 
 
 def members_step(model: str, options: dict, k: int, device, batch: int = BATCH, graphs: bool = True,
@@ -100,10 +108,11 @@ def prepare(model: str, options: dict, ks, device, batch: int = BATCH, ceiling: 
     whatever the form: built once, as ("single", 1)."""
     steps, warm_s, missing, wide = {}, {}, [], {}
     for k in ks:
-        for form in ("single",) if k == 1 else forms:
+        for asked in ("single",) if k == 1 else forms:
+            form = form_label(model, options, k, asked)
             torch._dynamo.reset()
             try:
-                steps[form, k] = members_step(model, options, k, device, batch, form=form if k > 1 else "auto")
+                steps[form, k] = members_step(model, options, k, device, batch, form=asked if k > 1 else "auto")
                 warm_s[form, k] = warm(steps[form, k], device)
                 if ceiling and k > 1 and k not in wide:  # one net at K times the images: the members' bound
                     torch._dynamo.reset()
@@ -206,7 +215,7 @@ def end_to_end(label: str, model: str, options: dict, k: int, epochs: int | None
     singles = {s: walls[str(s)] for s in range(k) if str(s) in walls}
     rows = []
     for form in forms:
-        row = {"net": label, "form": form, "K": k, "epochs": epochs or "recipe",
+        row = {"net": label, "form": form_label(model, options, k, form), "K": k, "epochs": epochs or "recipe",
                **({"members=K s": walls[f"members-{form}"]} if f"members-{form}" in walls else {}),
                **{f"seed {s} s": w for s, w in singles.items()}}
         if "members=K s" in row and len(singles) == k:

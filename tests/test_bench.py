@@ -250,10 +250,11 @@ def test_members_section_times_each_k_and_form_against_k1_in_one_run(monkeypatch
 
     monkeypatch.setattr(members, "members_step", step)
     rows = members.measure_net("toy", "resnet18", {}, (1, 2, 4), torch.device("cpu"), calls=1, rounds=1, batch=4,
-                               forms=("fold", "unroll"))
-    assert [(r["form"], r["K"]) for r in rows] == [("single", 1), ("fold", 2), ("unroll", 2), ("fold", 4),
-                                                   ("unroll", 4)]
-    one, *twos, oom, _ = rows
+                               forms=("fold", "unroll", "auto"))
+    # auto's row names the trainer's choice for the net (full-width ResNet-18: unroll).
+    assert [(r["form"], r["K"]) for r in rows] == [("single", 1), ("auto (unroll)", 2), ("fold", 2), ("unroll", 2),
+                                                   ("auto (unroll)", 4), ("fold", 4), ("unroll", 4)]
+    one, *twos, _, oom, _ = rows
     assert one["vs K=1"] == 1 and oom["note"] == "out of GPU memory"
     for two in twos:
         assert two["images/s (all members)"] > 0

@@ -2,6 +2,7 @@
 rules; TensorBoard logging."""
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -173,9 +174,10 @@ def test_sigint_at_an_epoch_end_then_resume_from_the_run_dir_alone(reference, ci
                                                                    capsys, monkeypatch):
     """Ctrl-C during the last step of epoch 1: the epoch's checkpoint is the safe point; exit code 130.
     `out=<run dir> resume=true` alone then continues (the rest of the config comes from config.json), and a
-    leftover metrics line of a later epoch is dropped."""
+    leftover metrics line of a later epoch is dropped. results.json's compile seconds are both commands'."""
     out = tmp_path / "run"
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake_tensorboard_module())
+    monkeypatch.setattr(train.loop, "compile_steps", lambda ctx, ts: 1.25)  # seconds, each command's compile
     with pytest.MonkeyPatch.context() as mp, one_thread():
         stop_after(mp, STEPS_PER_EPOCH, lambda: signal.raise_signal(signal.SIGINT))
         assert main(train_args(cifar10_pickles, out)) == 130
@@ -188,6 +190,7 @@ def test_sigint_at_an_epoch_end_then_resume_from_the_run_dir_alone(reference, ci
     with one_thread():
         assert main([f"out={out}", "resume=true"]) == 0
     assert_same_run(reference[0], out)
+    assert json.loads((out / "results.json").read_text())["compile_seconds"] == 2.5
     writer = FakeSummaryWriter.instances[-1]
     assert writer.purge_step == 2 and {s for _, _, s in writer.scalars} == {2} and writer.closed
 

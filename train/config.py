@@ -83,7 +83,8 @@ class Config:
     #                   (member_seeds), sharing the split of `split_seed` (or `seed`); train/members.py
     members_form: str = "auto"  # how the step computes them (train.step.members_form): fold (one net K times as
     #                             wide, nets/fold.py) | unroll (the single run's step, compiled once, for each
-    #                             member in turn) | vmap | auto (fold where the net folds, else vmap)
+    #                             member in turn) | vmap | auto (fold for nets that fold and are narrow, else
+    #                             unroll: train.step.auto_members_form)
     # Machinery (the trainer owns device, precision and memory format; nets never choose them).
     device: str = "auto"  # auto | cpu | cuda
     compile: str = "auto"  # auto (= on CUDA) | true | false: torch.compile around the whole step

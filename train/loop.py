@@ -69,13 +69,11 @@ from train.step import (
     eval_weights,
     gradients_for,
     init_ema,
-    make_eval_step,
     make_train_step,
-    maybe_compile,
-    padded_to,
     precision_for,
     prepare_step,
     to_memory_format,
+    trainer_eval_step,
     uses_custom_kernels,
 )
 
@@ -137,6 +135,7 @@ class Progress:
     train_seconds: float
     kept: str
     stopped: list = field(default_factory=list)  # a members run's: per member None, or why it stopped alone
+    compile_seconds: float = 0.0  # summed over the run's commands, as train_seconds (a resumed run compiles again)
 
 
 def run(cfg: Config, log=print) -> dict:
@@ -159,9 +158,9 @@ def train(cfg: Config, device: torch.device, rank: int, world: int, log) -> dict
     with out_dir.claim(cfg, main=rank == 0):  # before anything is read or written
         ctx, progress = set_up(cfg, device, rank, world, log)
         start_run_dir(ctx, progress)
-        compile_seconds = compile_steps(ctx, progress.ts)
+        progress.compile_seconds += compile_steps(ctx, progress.ts)
         train_epochs(ctx, progress)
-        return final_test(ctx, progress, compile_seconds)
+        return final_test(ctx, progress)
 
 
 def train_epochs(ctx: RunContext, progress: Progress) -> None:
@@ -216,9 +215,7 @@ def set_up(cfg: Config, device: torch.device, rank: int, world: int, log) -> tup
     # With graphs, ts's tensors are the state's persistent buffers, which each replay overwrites.
     step, progress.ts = prepare_step(make_train_step(net, cfg, precision, gradients, grad_hook), progress.ts,
                                      gradients, use_compile, use_graphs)
-    eval_step = maybe_compile(make_eval_step(net, precision, cfg.tta, cfg.members), use_compile)
-    if use_compile:  # one graph for every evaluation batch, the partial last ones included
-        eval_step = padded_to(eval_step, cfg.eval_batch_size)
+    eval_step = trainer_eval_step(net, cfg, precision, use_compile)
     ctx = RunContext(cfg, device, out, rank == 0, world, log, net, data, split, precision, use_compile, use_graphs,
                      gradients, step, eval_step, checkpoint.Writer())
     return ctx, progress
@@ -255,6 +252,7 @@ def restore(progress: Progress, saved: dict, cfg: Config, device: torch.device, 
         torch.cuda.set_rng_state(saved["cuda_rng"], device)
     progress.schedule = load_schedule(cfg, saved["schedule"])
     progress.best, progress.train_seconds = dict(saved["best"]), saved["train_seconds"]
+    progress.compile_seconds = saved["compile_seconds"]
     progress.stopped = list(saved["stopped"]) or progress.stopped
     progress.epoch, progress.step = saved["epoch"], saved["step"]
     if progress.step:  # the stopped epoch's partial sums, so its metrics line is the uninterrupted one
@@ -497,13 +495,14 @@ def payload(ctx: RunContext, progress: Progress, epoch_generator: torch.Tensor, 
         "classes": list(ctx.data.classes), "mean": split.train.mean, "std": split.train.std,
         "train_idx": torch.from_numpy(split.train_idx), "val_idx": torch.from_numpy(split.val_idx),
         "data_sha256": split.digest, "train_seconds": progress.train_seconds, "stopped": list(progress.stopped),
+        "compile_seconds": progress.compile_seconds,
     }
 
 
 # --- the final test -----------------------------------------------------------------------------------------
 
 
-def final_test(ctx: RunContext, progress: Progress, compile_seconds: float) -> dict:
+def final_test(ctx: RunContext, progress: Progress) -> dict:
     """The best-validation checkpoint, evaluated once on the test set: rank 0 writes results.json and every
     rank returns its dict."""
     if not ctx.main:
@@ -520,8 +519,8 @@ def final_test(ctx: RunContext, progress: Progress, compile_seconds: float) -> d
         "model": cfg.model, "dataset": cfg.dataset, "test_top1": test["top1"], "test_top5": test["top5"],
         "test_loss": test["loss"], "best_val_top1": best["val_top1"] if ctx.split.val_idx.size else None,
         "best_epoch": best["epoch"], "epochs_run": cfg.epochs, "train_seconds": progress.train_seconds,
-        "compile_seconds": compile_seconds, "params": ctx.net.param_count(), "recipe": cfg.recipe, "tta": cfg.tta,
-        "weights": weights,
+        "compile_seconds": progress.compile_seconds, "params": ctx.net.param_count(), "recipe": cfg.recipe,
+        "tta": cfg.tta, "weights": weights,
         "device": torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else "cpu",
         "torch": torch.__version__, "data_source": ctx.data.source,
     }
@@ -532,7 +531,7 @@ def final_test(ctx: RunContext, progress: Progress, compile_seconds: float) -> d
     averaged = ", EMA weights" if weights == "ema" else ""
     ctx.log(f"test (best val epoch {best['epoch']}{averaged}): top1 {results['test_top1']:.2f}  top5 "
             f"{results['test_top5']:.2f}{members.test_words(results)}  | {progress.train_seconds:.1f} s training, "
-            f"{compile_seconds:.1f} s compiling")
+            f"{progress.compile_seconds:.1f} s compiling")
     return distributed.from_main(results)
 
 

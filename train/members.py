@@ -177,19 +177,22 @@ def batchnorm_for_members(net) -> None:
 
 def build_net(cfg, device: torch.device, log) -> nets.Net:
     """The run's net. A members run's on a GPU takes PyTorch's convolution and attention where the net would
-    choose its Triton kernels (net.kernels=auto; the log says so), except with members_form=unroll, whose members
-    run the kernels as single runs do: torch.compile cannot trace their gradients under vmap (the ViT's members),
-    and folded members (nets/fold.py: MobileNetV1, Xception), whose depthwise layers the kernel could run over K
-    times the channels (train.step's autograd form, tests/test_kernels_vmap.py), have not been checked with them
-    on a GPU yet (docs/kernels.md). BatchNorm layers are written out in float32 for the vmapped steps
+    choose its Triton kernels (net.kernels=auto; the log says so), unless its members are unrolled
+    (members_form=unroll: auto's choice for every net but the narrow ones that fold, MobileNetV1, Xception and
+    the ViT included; train.step.auto_members_form), whose members run the kernels as single runs do.
+    torch.compile cannot trace the kernels' gradients under vmap (the ViT's members), and folded members
+    (nets/fold.py: MobileNetV1, Xception), whose depthwise layers the kernel could run over K times the
+    channels (train.step's autograd form, tests/test_kernels_vmap.py), have not been checked with them on a
+    GPU yet (docs/kernels.md). BatchNorm layers are written out in float32 for the vmapped steps
     (batchnorm_for_members)."""
     options = dict(cfg.net)
-    if cfg.members > 1 and cfg.members_form != "unroll" and device.type == "cuda" \
+    classes = NUM_CLASSES[(cfg.dataset, cfg.labels)]
+    net = nets.build(cfg.model, num_classes=classes, **options)
+    if cfg.members > 1 and members_form(cfg, net) != "unroll" and device.type == "cuda" \
             and "kernels" in nets.options(cfg.model) and options.get("kernels", "auto") == "auto":
-        options["kernels"] = "reference"
         log(f"members={cfg.members}: PyTorch's convolution and attention in place of the Triton kernels "
             "(docs/kernels.md, members)")
-    net = nets.build(cfg.model, num_classes=NUM_CLASSES[(cfg.dataset, cfg.labels)], **options)
+        net = nets.build(cfg.model, num_classes=classes, **{**options, "kernels": "reference"})
     batchnorm_where_vmapped(cfg, net)
     return net
 

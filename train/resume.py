@@ -16,13 +16,13 @@ from train.config import RESUMABLE, Config, ConfigError, from_json, resume_diffe
 CHECKPOINT_KEYS = (
     "params", "state", "momentum", "ema", "epoch", "step", "generator", "torch_rng", "cuda_rng", "epoch_losses",
     "epoch_correct", "epoch_seconds", "schedule", "best", "config", "model", "device_type", "classes", "mean",
-    "std", "train_idx", "val_idx", "data_sha256", "train_seconds", "stopped",
+    "std", "train_idx", "val_idx", "data_sha256", "train_seconds", "stopped", "compile_seconds",
 )
 
 # Keys added to the checkpoint within its format (train.checkpoint.FORMAT), with what a checkpoint written without
-# them stands for: a run that kept no EMA (ema=0, the default of every run before the key existed), and no member
-# stopped alone (every run before members existed had one).
-ADDED_KEYS = {"ema": {}, "stopped": []}
+# them stands for: a run that kept no EMA (ema=0, the default of every run before the key existed), no member
+# stopped alone (every run before members existed had one), and no compile seconds counted before the resume.
+ADDED_KEYS = {"ema": {}, "stopped": [], "compile_seconds": 0.0}
 
 
 def with_added_keys(saved: dict) -> dict:

@@ -207,13 +207,36 @@ def make_train_step(net, cfg, precision: Precision, gradients: str = "func", gra
 
 
 def members_form(cfg, net) -> str:
-    """How a members step computes its K members (cfg.members_form; auto: "fold" where the net folds, else
-    "vmap"). "fold": one net K times as wide (nets/fold.py), grouped convolutions; "unroll": the single run's
-    step, compiled once, run for each member in turn (PerMember), its kernels a single run's; "vmap":
-    torch.func.vmap over the members (BatchNorm written out, train.members.batchnorm_for_members)."""
+    """How a members step computes its K members (cfg.members_form; auto: auto_members_form). "fold": one net K
+    times as wide (nets/fold.py), grouped convolutions; "unroll": the single run's step, compiled once, run for
+    each member in turn (PerMember), its kernels a single run's; "vmap": torch.func.vmap over the members
+    (BatchNorm written out, train.members.batchnorm_for_members)."""
     if cfg.members_form == "auto":
-        return "fold" if foldable(net) else "vmap"
+        return auto_members_form(net)
     return cfg.members_form  # "fold" of a net that does not fold: Folded refuses (the trainer says so first)
+
+
+# Widest convolution (output channels per member) of a net that auto folds. Images/s summed over the members
+# against K = 1 on an H100 (bf16, batch 512 per member, cudnn.benchmark on; `python -m bench members
+# parallel=true 'nets=resnet18 width 16,mobilenetv1,resnet18,vit' ks=1,8 members_form=auto,unroll ceiling=true`
+# and the same with ks=1,2,4; bench/results/members-h100.md):
+#   fold pays for ResNet-18 width 16 (widest 128: 1.09 / 1.40 / 1.51 at K = 2 / 4 / 8, against unroll's 1.02-1.03),
+#     where one member leaves the GPU idle (one net at 8 x 512 images: 1.52x K = 1);
+#   it loses for MobileNetV1 (widest 1,024: 0.82-0.91) and ResNet-18 (512: 0.76-0.80), which fill the GPU at
+#     K = 1 (one net at 8 x 512 images: 1.21x and 1.24x), so the grouped convolutions' slower kernels cost more
+#     than the idle share gives back;
+#   unroll is 1.00-1.04 for every net at every K: a single run's step K times, never below K = 1.
+# The ViT vmapped ran 1.18-1.28x K = 1 with PyTorch's attention, but its single run trains with the Triton
+# attention kernel, 1.39x PyTorch's (`python -m bench step`, bench/results/step-h100.md), which vmap cannot train
+# (train.members.check_supported): unrolled, its members keep the kernel.
+FOLD_MAX_CHANNELS = 128
+
+
+def auto_members_form(net) -> str:
+    """members_form=auto's choice for `net`: "fold" where it folds and its widest convolution has at most
+    FOLD_MAX_CHANNELS channels (the nets that leave an H100 idle at batch 512), else "unroll"."""
+    widths = [m.out_channels for m in net.module.modules() if isinstance(m, torch.nn.Conv2d)]
+    return "fold" if foldable(net) and widths and max(widths) <= FOLD_MAX_CHANNELS else "unroll"
 
 
 def autograd_form(f):
@@ -347,6 +370,29 @@ def make_eval_step(net, precision: Precision, tta: str = "none", members: int = 
         return scores(per_member, y), per_member
 
     return evaluate if members == 1 else evaluate_members
+
+
+def eval_member_by_member(eval_step, members: int):
+    """A members eval step (make_eval_step's with members > 1) that runs the single run's `eval_step` for each
+    member in turn on its views of the stacked params and state: members_form=unroll's, whose members then
+    evaluate exactly as their single runs do (the Triton kernels included), one compile for all of them."""
+
+    def evaluate_members(params, bn_state, x, y):
+        outs = [eval_step(member(params, k), member(bn_state, k), x, y) for k in range(members)]
+        return ({name: torch.stack([s[name] for s, _ in outs]) for name in outs[0][0]},
+                torch.stack([logits for _, logits in outs]))  # (K, B, classes)
+
+    return evaluate_members
+
+
+def trainer_eval_step(net, cfg, precision: Precision, compiled: bool):
+    """The trainer's eval step: make_eval_step's for cfg, compiled when `compiled`, one graph for every batch
+    (padded_to cfg.eval_batch_size); a members_form=unroll run's, eval_member_by_member of the single run's."""
+    unrolled = cfg.members > 1 and members_form(cfg, net) == "unroll"
+    eval_step = maybe_compile(make_eval_step(net, precision, cfg.tta, 1 if unrolled else cfg.members), compiled)
+    if compiled:  # one graph for every evaluation batch, the partial last ones included
+        eval_step = padded_to(eval_step, cfg.eval_batch_size)
+    return eval_member_by_member(eval_step, cfg.members) if unrolled else eval_step
 
 
 IGNORED = -100  # F.cross_entropy's default ignore_index: a row with this label adds nothing to the loss or the hits
