@@ -243,13 +243,14 @@ def test_mobilenet_members_step(monkeypatch):
                     for tree in (params, state))  # fmt: skip
         ref_grads, ref_loss = grad_and_value(lambda *a: loss_fn(reference_net, *a))(p64, s64, x[k].double(), y[k])
         assert abs(loss[k].item() - ref_loss.item()) < TOL[torch.float32]
-        # All gradients together, and the median tensor, to float32's tolerance (measured over 30 member-draws:
-        # at most 6.5e-8 and 4.7e-6). Not every tensor: with one- and two-channel layers a rounding can flip a
-        # ReLU, which moves the few tensors behind it far more (one BatchNorm bias by 6.4e-4 in one draw).
+        # All gradients together to float32's tolerance, and the median tensor within 1e-3 (measured over 110
+        # member-draws: at most 7.5e-8 and 6.7e-6; another member's gradients are off by order 1). Not every
+        # tensor: with one- and two-channel layers a rounding can flip a ReLU, which moves the few tensors behind
+        # it far more (one BatchNorm bias by 6.4e-4 in one draw).
         assert rel_err(torch.cat([grads[n][k].flatten() for n in ref_grads]),
                        torch.cat([g.flatten() for g in ref_grads.values()])) < TOL[torch.float32]
         errors = torch.tensor([rel_err(grads[n][k], g) for n, g in ref_grads.items()])
-        assert errors.median() < TOL[torch.float32], errors
+        assert errors.median() < 1e-3, errors
 
 
 @needs_triton
@@ -258,10 +259,13 @@ def test_folded_mobilenet_members_step_runs_the_kernels_in_the_autograd_form(mon
     torch.func.grad cannot be compiled around their custom backwards: gradients="autograd", one depthwise
     launch per layer over both members' channels, and each member's step (the change of its parameters and
     BatchNorm statistics, which the starting point would dwarf) its single step's in float64 with PyTorch's
-    operators: the median over tensors within 1e-4 (measured 5e-6 to 1.1e-5 over 16 draws; a member's step mixed
-    with another's is off by order 1). MobileNetV1 at alpha 1/8 (4 to 128 channels: at 1/32 its one- and
-    two-channel layers made float32 itself chaotic, its median error against float64 up to 1e-3), 16x16
-    images, batch 8."""
+    operators, and not the other member's. A float32 step is chaotic against float64 here: a rounding can flip
+    a ReLU, after which the tensors upstream of it move by up to a few percent. Measured over 32 member-draws
+    (scratch script, this test's body with fresh seeds): the median tensor's relative error 7e-6 to 1.2e-5, in
+    one draw 4.0e-4 (a flip; 56% of tensors off by more than 1e-4), the whole update concatenated at most
+    6.5e-3; with the other member's single step as reference, the median 1.24 to 1.5 and the whole 12.9 or
+    more. So: the median under 1e-2, the whole under 0.1. MobileNetV1 at alpha 1/8 (4 to 128 channels; at 1/32
+    its one- and two-channel layers flip far more often), 16x16 images, batch 8."""
     from train.config import Config
     from train.members import init
     from train.optim import init_state
@@ -293,7 +297,7 @@ def test_folded_mobilenet_members_step_runs_the_kernels_in_the_autograd_form(mon
                     want.append((t - before_tree[name]).flatten())
                 else:
                     assert torch.equal(tree[name][k], t), name
-        # Per tensor, the median: a rounding that flips a ReLU moves the few tensors behind it by far more than
-        # float noise, in a single float32 step against float64 as well; mixed members are off everywhere.
+        # Bounds between float32's chaos (a flipped ReLU) and another member's step (the docstring's figures).
         errors = torch.tensor([rel_err(g, w) for g, w in zip(got, want)])
-        assert errors.median() < 1e-4, errors
+        assert errors.median() < 1e-2, errors
+        assert rel_err(torch.cat(got), torch.cat(want)) < 0.1
