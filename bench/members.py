@@ -8,8 +8,8 @@ SGD with Nesterov momentum, for K in `ks` (default 1, 2, 4, 8) and each members_
 trainer's auto; K = 1 is the single run's step, one for all forms), timed in alternation
 (common.alternating_medians) on fixed random batches already on the device. The nets run PyTorch's own
 convolution and attention (net.kernels=reference) at every K, so K = 1 runs the same code as the other K; the
-row "mobilenetv1 triton" runs its depthwise layers by the Triton kernel at every K, as a single run does (the
-trainer's members runs take it only with members_form=unroll: train.members.build_net). A K that does not fit
+rows "mobilenetv1 triton" and "vit triton" run the Triton kernels at every K, as a single run does (the
+trainer's members runs take them only when unrolled: train.members.build_net). A K that does not fit
 in the GPU's memory is reported as such, not timed.
 
 parallel=true compiles the nets in parallel processes, then times each alone (bench.parallel).
@@ -56,9 +56,11 @@ KS = (1, 2, 4, 8)
 # (label, model, net options): the issue's four, PyTorch's operators at every K; ResNet-18 at width 16 is the
 # small net members help most. "mobilenetv1 triton": its depthwise layers by the Triton kernel at every K (with
 # members_form=fold: one kernel over K times the channels, the gradient by torch.autograd.grad,
-# train.step.gradients_for).
+# train.step.gradients_for). "vit triton": the Triton attention at every K, as a single ViT run and unrolled
+# members take it (vmap cannot train it: train.members.check_supported).
 NETS = (("resnet18 width 16", "resnet18", {"width": 16}), ("mobilenetv1", "mobilenetv1", {}),
-        ("resnet18", "resnet18", {}), ("vit", "vit", {}), ("mobilenetv1 triton", "mobilenetv1", {"kernels": "auto"}))
+        ("resnet18", "resnet18", {}), ("vit", "vit", {}), ("mobilenetv1 triton", "mobilenetv1", {"kernels": "auto"}),
+        ("vit triton", "vit", {"kernels": "auto"}))
 
 
 def build(model: str, options: dict):
@@ -256,7 +258,7 @@ def measure(device: str = "cuda", quick: bool = False, names=None, ks=KS, e2e: b
                     if r["vs K=1"] and r["K"] > 1},
         "notes": [f"Median of {rounds} alternating rounds of {calls} steps per K after 3 warm-up steps (their time, "
                   "compilation included, is the warm-up column); PyTorch's convolution and attention "
-                  "(net.kernels=reference) at every K (\"mobilenetv1 triton\": its depthwise kernel), "
+                  "(net.kernels=reference) at every K (\"... triton\" rows: the Triton kernels), "
                   "cudnn.benchmark on as in the trainer."] + ([
         "parallel=true: one process per net, compiled side by side, then each timed alone; warm-up seconds "
         "overlap other processes' compiling."] if parallel else []) + problems,
