@@ -1,13 +1,14 @@
 """Several members of one net trained together: K copies, each with its own seed, in one step.
 
 A members run (`members=K`, K > 1) holds every tensor of the train state stacked along a new leading dimension
-of size K: params, BatchNorm statistics, the optimizer's state and the EMA. The step computes all K in one
-compiled graph, one CUDA graph: the nets that fold as one net K times as wide (nets/fold.py), the others with
-the per-member gradient mapped over that dimension by torch.func.vmap (train/step.py make_train_step); the
-optimizer's update and the EMA are elementwise, so they run on the stacked tensors as they are
-(train/optim.py, member_dims=1). members_form=unroll instead runs the single run's step, compiled once, for
-each member in turn on its views of the stacked tensors (train.step.member_by_member). Member k draws its init, its data
-order and its augmentation from seed + k (Config.member_seeds), and all members share the train/val split of
+of size K: params, BatchNorm statistics, the optimizer's state and the EMA. How the step computes the K is
+members_form's (train.step.members_form; auto: the measured best per net, train.step.auto_members_form):
+"fold" and "vmap" compute all K in one compiled graph, one CUDA graph, the nets that fold as one net K times
+as wide (nets/fold.py), or the per-member gradient mapped over that dimension by torch.func.vmap, the
+optimizer's update and the EMA elementwise on the stacked tensors as they are (train/optim.py,
+member_dims=1); "unroll" runs the single run's step, compiled once, for each member in turn on its views of
+the stacked tensors (train.step.member_by_member). Member k draws its init, its data order and its
+augmentation from seed + k (Config.member_seeds), and all members share the train/val split of
 `split_seed` (or `seed`); member k is therefore the single run `seed=<seed + k> split_seed=<that seed>`, step
 for step, up to floating-point reassociation (tests/test_members.py).
 
@@ -16,7 +17,7 @@ TTA average), the usual way to combine the members of a deep ensemble (Lakshmina
 
 A member whose loss or weights stop being finite is stopped alone: the epoch's check names it in the log and in
 the checkpoints ("stopped": a note per member, None while it trains); it goes on through the step (its NaNs
-stay in its own slice: vmap keeps members apart, BatchNorm included), but the ensemble, the means and the best
+stay in its own slice: every form keeps members apart, BatchNorm included), but the ensemble, the means and the best
 checkpoint's choice leave it out from then on. The run stops only when every member has.
 """
 
