@@ -35,7 +35,7 @@ from data.cifar import NUM_CLASSES
 from nets import blocks
 from nets.fold import foldable
 from train.config import ConfigError
-from train.step import members_form, scores
+from train.step import members_form, scores, stack
 
 Tree = dict[str, torch.Tensor]
 
@@ -52,11 +52,6 @@ def init(net, cfg, device) -> tuple[Tree, Tree]:
     """The run's fresh (params, state): the net's init from `seed`, or each member's from its own seed, stacked."""
     inits = [net.init(torch.Generator().manual_seed(seed), device) for seed in cfg.member_seeds()]
     return inits[0] if cfg.members == 1 else (stack([t[0] for t in inits]), stack([t[1] for t in inits]))
-
-
-def stack(trees: list[Tree]) -> Tree:
-    """One tree of the members' trees, each tensor stacked along a new leading dimension (member k at index k)."""
-    return {k: torch.stack([t[k] for t in trees]) for k in trees[0]} if trees[0] else {}
 
 
 class GeneratorGroup:

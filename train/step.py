@@ -379,8 +379,7 @@ def eval_member_by_member(eval_step, members: int):
 
     def evaluate_members(params, bn_state, x, y):
         outs = [eval_step(member(params, k), member(bn_state, k), x, y) for k in range(members)]
-        return ({name: torch.stack([s[name] for s, _ in outs]) for name in outs[0][0]},
-                torch.stack([logits for _, logits in outs]))  # (K, B, classes)
+        return stack([metrics for metrics, _ in outs]), torch.stack([logits for _, logits in outs])  # (K, B, classes)
 
     return evaluate_members
 
@@ -467,9 +466,7 @@ def compile_in_place(step, ts: TrainState, gradients: str = "func"):
     same tensors. Not pure: a call changes ts (train.loop.warm_up restores it). gradients="autograd": ts's
     params are the leaves that require grad (as_leaves), written under no_grad as an optimizer writes its
     params."""
-    for tree in ts:
-        for t in tree.values():
-            torch._dynamo.mark_static_address(t)
+    mark_static(ts)
 
     def write(state: TrainState, batch, lr, key=None):
         new, metrics = step(state, batch, lr, key)
@@ -483,6 +480,20 @@ def compile_in_place(step, ts: TrainState, gradients: str = "func"):
 def member(tree: Tree, k: int) -> Tree:
     """Member k's tree out of a stacked one (views)."""
     return {name: t[k] for name, t in tree.items()}
+
+
+def stack(trees: list[Tree]) -> Tree:
+    """One tree of the members' trees, each tensor stacked along a new leading dimension (member k at index k):
+    member's inverse."""
+    return {name: torch.stack([t[name] for t in trees]) for name in trees[0]}
+
+
+def mark_static(ts: TrainState) -> None:
+    """Every tensor of ts a static address for torch.compile's CUDA graphs: the graph reads and writes it where
+    it is (compile_in_place)."""
+    for tree in ts:
+        for t in tree.values():
+            torch._dynamo.mark_static_address(t)
 
 
 class PerMember(NamedTuple):
@@ -506,9 +517,7 @@ def member_by_member(per_member: PerMember, ts: TrainState, gradients: str, comp
         if gradients == "autograd":
             as_leaves(view)
         if cudagraphs:
-            for tree in view:
-                for t in tree.values():
-                    torch._dynamo.mark_static_address(t)
+            mark_static(view)
     prepared, _ = prepare_step(per_member.step, views[0], gradients, compiled, cudagraphs)
 
     def one(view: TrainState, batch, lr, key=None) -> dict:
@@ -519,8 +528,8 @@ def member_by_member(per_member: PerMember, ts: TrainState, gradients: str, comp
 
     def call(state: TrainState, batch, lr, key=None):
         x, y = batch
-        metrics = [one(view, (x[k], y[k]), lr, None if key is None else key[k]) for k, view in enumerate(views)]
-        return state, {name: torch.stack([m[name] for m in metrics]) for name in metrics[0]}
+        return state, stack([one(view, (x[k], y[k]), lr, None if key is None else key[k])
+                             for k, view in enumerate(views)])
 
     return call
 
