@@ -43,6 +43,7 @@ from train.optim import init_state
 from train.step import (
     TrainState,
     choose_cudnn_algorithms,
+    choose_kernel_tuning,
     gradients_for,
     make_train_step,
     members_form,
@@ -81,6 +82,7 @@ def members_step(model: str, options: dict, k: int, device, batch: int = BATCH, 
                  members_form=form)
     precision = precision_for(device, "auto")
     choose_cudnn_algorithms(device, cfg.cudnn_benchmark)  # as the trainer: cuDNN times its algorithms per shape
+    choose_kernel_tuning(cfg.inductor_autotune)  # and Inductor builds its kernels as the trainer's compile does
     net = build(model, options)
     batchnorm_where_vmapped(cfg, net)  # as the trainer's members runs (train/members.py)
     params, state = init(net, cfg, device)
@@ -256,7 +258,8 @@ def measure(device: str = "cuda", quick: bool = False, names=None, ks=KS, e2e: b
         "rows": rows,
         "summary": {f"{r['net']} {r['form']} K={r['K']}/K=1": r["vs K=1"] for r in rows
                     if r["vs K=1"] and r["K"] > 1},
-        "notes": [f"Median of {rounds} alternating rounds of {calls} steps per K after 3 warm-up steps (their time, "
+        "notes": [f"Median of {rounds} alternating rounds of {calls} steps per K (on CUDA, CUDA events around "
+                  "steps queued behind an untimed one) after 3 warm-up steps (their time, "
                   "compilation included, is the warm-up column); PyTorch's convolution and attention "
                   "(net.kernels=reference) at every K (\"... triton\" rows: the Triton kernels), "
                   "cudnn.benchmark on as in the trainer."] + ([

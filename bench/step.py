@@ -33,6 +33,7 @@ from train.config import Config
 from train.optim import zeros_like_tree
 from train.step import (
     TrainState,
+    choose_kernel_tuning,
     gradients_for,
     make_eval_step,
     make_train_step,
@@ -150,6 +151,7 @@ def prepare_net(name, device, variants=None, gpu_turn=None) -> tuple[dict, dict,
     warm-up seconds). `gpu_turn()`, a context manager if given, is held while the eager variants warm up (their
     first steps need the most memory) so that processes compiling side by side do not run them all at once."""
     precision = precision_for(device, "auto")
+    choose_kernel_tuning(CFG.inductor_autotune)  # Inductor's kernels built as the trainer's compile builds them
     makers = {
         BASELINE: lambda: eager_module_step(name, device, precision),
         FUNCTIONAL: lambda: functional_step(name, device, precision, compiled=False, kernels=False),
@@ -275,7 +277,8 @@ def measure(device: str = "cuda", quick: bool = False, names=None, parallel: boo
         "rows": rows,
         "summary": summary,
         "notes": [
-            f"Median of {rounds} alternating rounds of {calls} steps per variant, after 3 warm-up steps "
+            f"Median of {rounds} alternating rounds of {calls} steps per variant (on CUDA, CUDA events around "
+            "steps queued behind an untimed one: bench.common.seconds_per_call), after 3 warm-up steps "
             "(whose time, compilation included, is the last column together with 3 warm-up inference calls).",
             "Inference: the eager module (no_grad) and the last variant's eval step, batch 512.",
         ] + ([

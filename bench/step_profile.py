@@ -22,8 +22,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench.common import device_slug, header, publish, seconds_per_call, to_markdown
-from bench.step import BASELINE, BATCH, COMPILED, KERNELS, eager_module_step, functional_step, variants_of, warm
-from train.step import precision_for
+from bench.step import BASELINE, BATCH, CFG, COMPILED, KERNELS, eager_module_step, functional_step, variants_of, warm
+from train.step import choose_kernel_tuning, precision_for
 
 STEPS = 10
 TOP = 12  # kernels listed per variant
@@ -88,6 +88,7 @@ def measure(names=NETS) -> dict:
     device = torch.device("cuda")
     precision = precision_for(device, "auto")
     torch.backends.cudnn.benchmark = True
+    choose_kernel_tuning(CFG.inductor_autotune)  # as the trainer compiles
     cats, kernels, summary = [], [], {}
     for name in names:
         torch._dynamo.reset()

@@ -303,13 +303,16 @@ def hand_views(x: torch.Tensor, tta: str) -> list[torch.Tensor]:
     return [F.pad(v, (2, 2, 2, 2))[:, :, 2 + d:34 + d, 2 + d:34 + d] for v in mirrors for d in moves]
 
 
+@pytest.mark.parametrize("one_batch", [False, True], ids=["view-by-view", "views-in-one-batch"])
 @pytest.mark.parametrize("tta", ["flip", "translate"])
-def test_eval_step_averages_the_softmax_of_its_views(tta):
+def test_eval_step_averages_the_softmax_of_its_views(tta, one_batch, monkeypatch):
     """The eval step's logits (float64 net and images; the step returns float32 logits) are the log of the mean
     softmax over the views built here in float64, and its loss their cross-entropy. Tolerance per output: the
     float32 rounding of each view's logits (eps/2 of the largest) moves a log-softmax by at most twice that, and
     the float32 log-softmax and logsumexp add a few eps of the log-probabilities' size (16 allowed). With one
-    view fewer (flip for translate, the image alone for flip) the answer moves beyond that tolerance."""
+    view fewer (flip for translate, the image alone for flip) the answer moves beyond that tolerance. Both of
+    tta_averaged's paths: eager's view by view, and the compiled trace's views stacked into one batch."""
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: one_batch)
     net, params, state, x, y = float64_case()
     module = net.to_module(params, state).double()
 

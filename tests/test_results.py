@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 LINKED = re.compile(r"\[(\d+)\]\((results/[^)]+)\)")
 # Keys that say where and how a run was started, not what it trained.
 MACHINERY = {"data", "download", "out", "progress", "resume", "device", "compile", "eval_batch_size",
-             "cudnn_benchmark", "cudagraphs"}
+             "cudnn_benchmark", "cudagraphs", "inductor_autotune"}
 
 
 def table_rows(section: str = "## Accuracy", linked=LINKED) -> list[list[str]]:

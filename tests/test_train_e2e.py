@@ -270,6 +270,26 @@ def test_cudnn_benchmark_key_sets_the_flag_the_convolutions_read(flag, ten_image
         torch.backends.cudnn.benchmark = False
 
 
+@pytest.mark.parametrize("flag", [False, True])
+def test_inductor_autotune_key_sets_what_inductor_reads_when_it_compiles(flag, ten_images, tmp_path):
+    """inductor_autotune=false: pointwise kernels built in their heuristic configuration only, reductions
+    filtered to one; true: Inductor's defaults (both timed at a kernel's first run). Set before the step is
+    built, so the compile of the run sees it."""
+    import torch._inductor.config as inductor
+
+    inductor.triton.autotune_pointwise = not flag
+    inductor.test_configs.force_filter_reduction_configs = flag
+    cfg = parse(["model=resnet18", "net.width=4", "device=cpu", "compile=false", "download=false",
+                 "progress=false", f"data={ten_images}", f"out={tmp_path}", "epochs=1", "batch_size=10",
+                 "val_fraction=0", f"inductor_autotune={str(flag).lower()}"])
+    try:
+        run(cfg, log=lambda line: None)
+        assert inductor.triton.autotune_pointwise is flag
+        assert inductor.test_configs.force_filter_reduction_configs is (not flag)
+    finally:
+        inductor.triton.autotune_pointwise, inductor.test_configs.force_filter_reduction_configs = True, False
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("model", ["resnet18 net.width=4", "mobilenetv1 net.alpha=0.25"])
 def test_cuda_graph_run_trains_as_the_run_without_graphs(model, cifar10_pickles, tmp_path, monkeypatch):

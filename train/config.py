@@ -93,6 +93,9 @@ class Config:
     precision: str = "auto"  # auto (= bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
     cudnn_benchmark: bool = True  # CUDA: cuDNN times its algorithms for each new convolution shape at its first
     #                               call and keeps the fastest (torch.backends.cudnn.benchmark); false: its heuristics
+    inductor_autotune: bool = False  # compiled: Inductor times several configurations of each kernel it writes
+    #                                  and keeps the fastest (true), or builds its heuristics' one (false: a
+    #                                  shorter cold compile, as fast a step; train.step.choose_kernel_tuning)
     eval_batch_size: int = 1024  # images per evaluation batch (no gradients, so larger)
     progress: bool = True  # a progress bar on a terminal (never in logs; one summary line per epoch always)
     resume: bool = False  # continue the run in `out` from its last.pt (the keys below RESUMABLE may change)
@@ -195,12 +198,13 @@ CHOICES = {
 #   data, download, out      where things are; the data's digest must still match the saved one
 #   progress, compile,       machinery that does not change what is computed (compile and the evaluation batch
 #   eval_batch_size, device, change float rounding only; cudnn_benchmark picks among algorithms for the same
-#   cudnn_benchmark,         convolution, cudagraphs replays the same kernels); device may be respelled (auto for
-#   cudagraphs               cuda) but must resolve to the same kind, as the loader's random stream lives on the device
+#   cudnn_benchmark,         convolution, cudagraphs replays the same kernels, inductor_autotune picks among
+#   cudagraphs,              configurations of the same kernels); device may be respelled (auto for cuda) but must
+#   inductor_autotune        resolve to the same kind, as the loader's random stream lives on the device
 #   members_form             the same members computed another way (float rounding only)
 #   resume, overwrite        what this command does with the run directory, not what the run computes
 RESUMABLE = ("epochs", "progress", "device", "compile", "eval_batch_size", "data", "download", "out", "resume",
-             "cudnn_benchmark", "cudagraphs", "overwrite", "members_form")
+             "cudnn_benchmark", "cudagraphs", "overwrite", "members_form", "inductor_autotune")
 # Keys of one command, not of the run: a resumed run takes them from the words or the defaults, never from its
 # saved configuration (a run started with overwrite=true resumes without replacing itself).
 PER_COMMAND = ("resume", "overwrite")

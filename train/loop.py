@@ -65,6 +65,7 @@ from train.step import (
     TrainState,
     all_finite,
     choose_cudnn_algorithms,
+    choose_kernel_tuning,
     copy_into,
     eval_weights,
     gradients_for,
@@ -192,6 +193,7 @@ def set_up(cfg: Config, device: torch.device, rank: int, world: int, log) -> tup
     checked against cfg) and the steps, built but not compiled yet."""
     precision = precision_for(device, cfg.precision)
     choose_cudnn_algorithms(device, cfg.cudnn_benchmark)
+    choose_kernel_tuning(cfg.inductor_autotune)
     use_compile = cfg.compile == "true" or (cfg.compile == "auto" and device.type == "cuda")
     use_graphs = graphs_for(cfg, use_compile, device, world)
     out = Path(cfg.run_dir())

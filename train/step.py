@@ -82,6 +82,23 @@ def choose_cudnn_algorithms(device: torch.device, benchmark: bool) -> None:
         torch.backends.cudnn.benchmark = benchmark
 
 
+def choose_kernel_tuning(autotune: bool) -> None:
+    """Whether Inductor times several configurations (block sizes, warps) of each kernel it generates at the
+    kernel's first run and keeps the fastest (autotune=True, Inductor's default), or compiles only the one its
+    heuristics rank first (False, the config's inductor_autotune default). Every timed configuration is also
+    built: cold, ResNet-18's speedrun step compiled in 60.0 s instead of 76.7 s (171 configurations of 78
+    kernels timed) and trained as fast (73.7k against 73.0k images/s; `python -m bench step nets=resnet18`
+    72.1k against 71.8k), H100 (docs/training.md, "Speed run"). Process-wide, as Inductor's config is, like
+    cudnn.benchmark; read when a graph is compiled (and part of the compile cache's key). Reductions have no
+    other switch than the one torch's tests use (test_configs.force_filter_reduction_configs, which
+    Inductor's deterministic mode also implies); a torch without it keeps timing theirs."""
+    import torch._inductor.config as inductor
+
+    inductor.triton.autotune_pointwise = autotune
+    if hasattr(inductor.test_configs, "force_filter_reduction_configs"):
+        inductor.test_configs.force_filter_reduction_configs = not autotune
+
+
 def stacked_channels_last(t: torch.Tensor) -> torch.Tensor:
     """A members run's stack (K, N, C, H, W) laid out so that each member's (N, C, H, W) is channels_last. Done
     outside vmap: inside it, a batched tensor takes only the contiguous and preserve memory formats."""
@@ -324,6 +341,13 @@ def tta_averaged(forward, x: torch.Tensor, tta: str) -> torch.Tensor:
     views = tta_views(x, tta)
     if len(views) == 1:
         return forward(x)
+    if torch.compiler.is_compiling():
+        # Under torch.compile, one forward over the views stacked along the batch: the graph holds the net once
+        # rather than once per view (ResNet-18's translate eval graph: 26 s of a cold compile on an H100 with
+        # six traced forwards, docs/training.md "Speed run"). Eager, view by view: one view's activations at a
+        # time. The same per-image arithmetic either way, as eval-mode nets treat images independently.
+        logits = forward(torch.cat(views)).unflatten(-2, (len(views), len(x)))  # (..., views, B, classes)
+        return logits.log_softmax(-1).logsumexp(-3) - math.log(len(views))
     log_probs = torch.stack([forward(v).log_softmax(-1) for v in views])  # (views, ..., B, classes)
     return log_probs.logsumexp(0) - math.log(len(views))
 
