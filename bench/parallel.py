@@ -24,6 +24,10 @@ POLL_S = 0.5  # seconds between tries while every lock file is held, or while jo
 # Seconds kept per job at the end of the deadline for its timing: bench/members.py times 3-5 steps of 10 calls
 # in 5 rounds (a few seconds on an H100); the rest is slack for the processes' exit.
 TIMING_RESERVE_S = 15
+# GPU memory per job alive at once (run_jobs' waves): `python -m bench step parallel=true` with all 11 jobs of
+# the 8 families alive together ran out of memory on an H100 (79 GiB): the processes held 2-23 GiB each, about
+# 85 GiB in all (2026-12-06). At one job per 16 GiB a wave of the four largest (23, 17, 9, 9 GiB) still fits.
+GIB_PER_JOB = 16
 
 
 @contextlib.contextmanager
@@ -69,12 +73,35 @@ def gpu_turn(tmp: Path):
     return one_of([str(tmp / "gpu.lock")])
 
 
+def jobs_at_once(jobs: int) -> int:
+    """How many of `jobs` run_jobs keeps alive together: a ready job holds its compiled graphs and their memory
+    while it waits for its turn to be timed. One job per GIB_PER_JOB of the GPU's memory (all jobs off CUDA)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return jobs
+    return max(1, min(jobs, torch.cuda.get_device_properties(0).total_memory // (GIB_PER_JOB << 30)))
+
+
 def run_jobs(module: str, jobs: list[list[str]], deadline_s: float) -> tuple[list[list[dict] | None], list[str]]:
-    """Each job's rows (None for a job that failed or missed the deadline) and one note per such job. Jobs take
-    compile slots in their order, so the ones that matter most go first. Every job waits for the others to be
-    ready before it is timed, so one slow compile would hold back the rows of all: a job still compiling
-    TIMING_RESERVE_S per job before the deadline is stopped and named, and the ready ones are timed; jobs not
-    done at the deadline are stopped too."""
+    """Each job's rows (None for a job that failed or missed the deadline) and one note per such job, the jobs
+    run in waves of jobs_at_once, in their order (so the ones that matter most go first): each wave as
+    run_wave runs it, within its share of the time left (its jobs' share of the jobs left)."""
+    start, results, problems = time.monotonic(), [], []
+    at_once = jobs_at_once(len(jobs))
+    for first in range(0, len(jobs), at_once):
+        wave = jobs[first:first + at_once]
+        left = deadline_s - (time.monotonic() - start)
+        rows, notes = run_wave(module, wave, left * len(wave) / (len(jobs) - first))
+        results, problems = results + rows, problems + notes
+    return results, problems
+
+
+def run_wave(module: str, jobs: list[list[str]], deadline_s: float) -> tuple[list[list[dict] | None], list[str]]:
+    """run_jobs for jobs that are all alive together. Jobs take compile slots in their order. Every job waits
+    for the others to be ready before it is timed, so one slow compile would hold back the rows of all: a job
+    still compiling TIMING_RESERVE_S per job before the deadline is stopped and named, and the ready ones are
+    timed; jobs not done at the deadline are stopped too."""
     start, problems = time.monotonic(), {}
     slots, threads = compile_slots(len(jobs))
     cutoff = deadline_s - TIMING_RESERVE_S * len(jobs)

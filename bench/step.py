@@ -127,6 +127,7 @@ KERNELS = "(4) compiled + kernels"
 GRAPHS = "(3g) compiled + CUDA graphs (state in place)"
 KERNELS_GRAPHS = "(4g) compiled + kernels + CUDA graphs (state in place)"
 WITH_KERNELS = (KERNELS, KERNELS_GRAPHS)  # the variants that run the Triton kernels
+GRAPH_VARIANTS = (GRAPHS, KERNELS_GRAPHS)  # the variants replayed as CUDA graphs
 VARIANTS = (BASELINE, FUNCTIONAL, COMPILED, GRAPHS, KERNELS, KERNELS_GRAPHS)
 
 
@@ -180,6 +181,17 @@ def cudnn_settings(device) -> tuple[bool, ...]:
     return (False, True) if device.type == "cuda" else (False,)
 
 
+def record_graphs_again() -> None:
+    """Drops the recorded CUDA graphs (torch's graph trees), keeping the compiled kernels: each graph is
+    recorded again at its next calls. A graph replays the convolution algorithms cuDNN chose when it was
+    recorded, whatever cudnn.benchmark says later, so each setting's (3g) and (4g) rows need their own recording
+    (recorded once, before the settings, ResNet-18's (3g) ran 73.5k images/s in both rows on an H100, where its
+    recording with cudnn.benchmark on, as the trainer records it, ran 76.9k: 2026-12-06)."""
+    from torch._inductor.cudagraph_trees import reset_cudagraph_trees
+
+    reset_cudagraph_trees()
+
+
 def time_net(name, device, prepared, calls, rounds) -> list[dict]:
     """The steady-state rows of one prepared net, per cudnn.benchmark setting: variants timed in alternation,
     each against the eager module (1) timed beside it with the same setting."""
@@ -189,8 +201,10 @@ def time_net(name, device, prepared, calls, rounds) -> list[dict]:
     try:
         for bench in cudnn_settings(device):
             torch.backends.cudnn.benchmark = bench
+            if any(v in GRAPH_VARIANTS for v in trains):
+                record_graphs_again()
             for fn in (*trains.values(), *shown.values()):  # with it on, cuDNN times algorithms at first calls
-                warm(fn, device, calls=2)
+                warm(fn, device, calls=3)  # graphs: a warm-up run, the recording, a replay
             steady = alternating_medians(trains, device, calls, rounds)
             inference = alternating_medians(shown, device, calls, rounds)
             base = BATCH / steady[BASELINE]

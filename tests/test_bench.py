@@ -325,6 +325,7 @@ def test_parallel_jobs_are_timed_one_at_a_time_after_the_last_is_ready(monkeypat
     (tmp_path / "toyjob.py").write_text(JOB_MODULE)
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{parallel.Path(parallel.__file__).parents[1]}")
     monkeypatch.setattr(parallel, "compile_slots", lambda jobs: (jobs, 1))  # all compile at once
+    monkeypatch.setattr(parallel, "jobs_at_once", lambda jobs: jobs)  # in one wave
     monkeypatch.setattr(parallel, "TIMING_RESERVE_S", 1.0)  # seconds per job kept for its timing
     jobs = [["a", "0.1"], ["b", "0.5"], ["broken", "0"], ["c", "0.1"]]
     results, problems = parallel.run_jobs("toyjob", jobs, deadline_s=10)
@@ -337,6 +338,49 @@ def test_parallel_jobs_are_timed_one_at_a_time_after_the_last_is_ready(monkeypat
     results, problems = parallel.run_jobs("toyjob", [["a", "0"], ["slow", "60"]], deadline_s=5)
     assert [r[0]["job"] if r else None for r in results] == ["a", None]  # a is timed once slow is stopped
     assert problems == ["slow 60: not compiled within 3 s of the 5 s deadline"]
+
+
+def test_graph_variants_are_recorded_again_under_each_cudnn_setting(monkeypatch):
+    """A CUDA graph replays the convolution algorithms chosen when it was recorded, so time_net records the
+    graphs again after setting each cudnn.benchmark value, before that setting's warm-up; a net timed without
+    graph variants records nothing."""
+    from bench import step as bench_step
+
+    seen = []
+    monkeypatch.setattr(bench_step, "cudnn_settings", lambda device: (False, True))
+    monkeypatch.setattr(bench_step, "record_graphs_again", lambda: seen.append(torch.backends.cudnn.benchmark))
+    monkeypatch.setattr(bench_step, "warm", lambda fn, device, calls: seen.append(("warm", calls)))
+    monkeypatch.setattr(bench_step, "alternating_medians", lambda fns, device, calls, rounds: dict.fromkeys(fns, 0.1))
+    f = lambda: None  # noqa: E731
+    for variants, recorded in (((bench_step.BASELINE, bench_step.GRAPHS), [False, True]), ((bench_step.BASELINE,), [])):
+        seen.clear()
+        prepared = (dict.fromkeys(variants, f), dict.fromkeys(variants, f), dict.fromkeys(variants, 0.0))
+        rows = bench_step.time_net("resnet18", torch.device("cpu"), prepared, 1, 1)
+        assert [x for x in seen if not isinstance(x, tuple)] == recorded
+        assert len(rows) == 2 * len(variants)
+        if recorded:  # each recording comes before its setting's warm-up calls
+            assert seen.index(True) < len(seen) - 1 and seen[seen.index(True) + 1] == ("warm", 3)
+    assert torch.backends.cudnn.benchmark is False
+
+
+def test_parallel_jobs_run_in_waves_that_each_end_before_the_next_starts(monkeypatch, tmp_path):
+    """Two jobs at once: the third is built only after the first two were timed and done (it holds no GPU
+    memory beside theirs), the rows still in job order; off CUDA, one wave of every job."""
+    from bench import parallel
+
+    if not torch.cuda.is_available():
+        assert parallel.jobs_at_once(5) == 5
+    (tmp_path / "toyjob.py").write_text(JOB_MODULE)
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{parallel.Path(parallel.__file__).parents[1]}")
+    monkeypatch.setattr(parallel, "compile_slots", lambda jobs: (jobs, 1))
+    monkeypatch.setattr(parallel, "jobs_at_once", lambda jobs: 2)
+    monkeypatch.setattr(parallel, "TIMING_RESERVE_S", 1.0)
+    results, problems = parallel.run_jobs("toyjob", [["a", "0.1"], ["b", "0.1"], ["c", "0.1"]], deadline_s=20)
+    assert problems == [] and None not in results, problems
+    a, b, c = (r[0] for r in results)
+    assert [a["job"], b["job"], c["job"]] == ["a", "b", "c"] and problems == []
+    assert c["ready"] - 0.1 >= max(a["end"], b["end"])  # c's build (0.1 s) began after a and b were timed
+    assert max(a["ready"], b["ready"]) <= min(a["start"], b["start"])
 
 
 def test_members_end_to_end_runs_each_command_and_can_be_made_in_parts(monkeypatch, tmp_path):
