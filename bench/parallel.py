@@ -26,7 +26,7 @@ POLL_S = 0.5  # seconds between tries while every lock file is held, or while jo
 TIMING_RESERVE_S = 15
 # GPU memory per job alive at once (run_jobs' waves): `python -m bench step parallel=true` with all 11 jobs of
 # the 8 families alive together ran out of memory on an H100 (79 GiB): the processes held 2-23 GiB each, about
-# 85 GiB in all (2026-12-06). At one job per 16 GiB a wave of the four largest (23, 17, 9, 9 GiB) still fits.
+# 85 GiB in all. At one job per 16 GiB a wave of the four largest (23, 17, 9, 9 GiB) still fits.
 GIB_PER_JOB = 16
 
 

@@ -185,8 +185,8 @@ def record_graphs_again() -> None:
     """Drops the recorded CUDA graphs (torch's graph trees), keeping the compiled kernels: each graph is
     recorded again at its next calls. A graph replays the convolution algorithms cuDNN chose when it was
     recorded, whatever cudnn.benchmark says later, so each setting's (3g) and (4g) rows need their own recording
-    (recorded once, before the settings, ResNet-18's (3g) ran 73.5k images/s in both rows on an H100, where its
-    recording with cudnn.benchmark on, as the trainer records it, ran 76.9k: 2026-12-06)."""
+    (ResNet-18's (3g) on an H100: 76.9k images/s recorded with cudnn.benchmark on, as the trainer records it,
+    73.5k recorded under cuDNN's heuristics; docs/benchmarks.md)."""
     from torch._inductor.cudagraph_trees import reset_cudagraph_trees
 
     reset_cudagraph_trees()

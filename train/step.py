@@ -347,8 +347,9 @@ def tta_averaged(forward, x: torch.Tensor, tta: str) -> torch.Tensor:
         # six traced forwards, docs/training.md "Speed run"). Eager, view by view: one view's activations at a
         # time. The same per-image arithmetic either way, as eval-mode nets treat images independently.
         logits = forward(torch.cat(views)).unflatten(-2, (len(views), len(x)))  # (..., views, B, classes)
-        return logits.log_softmax(-1).logsumexp(-3) - math.log(len(views))
-    log_probs = torch.stack([forward(v).log_softmax(-1) for v in views])  # (views, ..., B, classes)
+        log_probs = logits.log_softmax(-1).movedim(-3, 0)  # (views, ..., B, classes)
+    else:
+        log_probs = torch.stack([forward(v).log_softmax(-1) for v in views])  # (views, ..., B, classes)
     return log_probs.logsumexp(0) - math.log(len(views))
 
 
