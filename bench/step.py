@@ -14,7 +14,8 @@ timed in alternation (common.alternating_medians) on fixed random batches alread
 every variant is timed twice, with cudnn.benchmark off (PyTorch's default: cuDNN's heuristics choose each
 convolution's algorithm) and on (cuDNN times its algorithms at each new shape's first call, as many CIFAR
 training scripts ask for), each against the (1) of the same setting; compiled graphs call cuDNN for their
-convolutions too, and read the flag at run time.
+convolutions too, and read the flag at run time. CUDA graphs (3g), (4g) keep the algorithms of their recording,
+so they are recorded and timed with it on only (graph_setting).
 """
 
 from __future__ import annotations
@@ -147,29 +148,35 @@ def variants_of(name: str, only: tuple[str, ...] = ()) -> list[str]:
     return [v for v in every if v == BASELINE or not only or label(v) in only]
 
 
-def prepare_net(name, device, variants=None, gpu_turn=None) -> tuple[dict, dict, dict]:
-    """The variants of `name` (default: all) built and warmed up (compiled): (train fns, inference fns,
-    warm-up seconds). `gpu_turn()`, a context manager if given, is held while the eager variants warm up (their
-    first steps need the most memory) so that processes compiling side by side do not run them all at once."""
+def make_variant(name, device, variant) -> tuple:
+    """(train fn, inference fn) of one variant of `name`, not yet called: compiled variants compile, and graph
+    variants record their CUDA graphs, at their first calls."""
     precision = precision_for(device, "auto")
     choose_kernel_tuning(CFG.inductor_autotune)  # Inductor's kernels built as the trainer's compile builds them
-    makers = {
-        BASELINE: lambda: eager_module_step(name, device, precision),
-        FUNCTIONAL: lambda: functional_step(name, device, precision, compiled=False, kernels=False),
-        COMPILED: lambda: functional_step(name, device, precision, compiled=True, kernels=False),
-        GRAPHS: lambda: functional_step(name, device, precision, True, False, cudagraphs=True),
-        KERNELS: lambda: functional_step(name, device, precision, True, True),
-        KERNELS_GRAPHS: lambda: functional_step(name, device, precision, True, True, cudagraphs=True),
-    }
+    torch._dynamo.reset()
+    if variant == BASELINE:
+        return eager_module_step(name, device, precision)
+    compiled, kernels = variant != FUNCTIONAL, variant in WITH_KERNELS
+    return functional_step(name, device, precision, compiled, kernels, cudagraphs=variant in GRAPH_VARIANTS)
+
+
+def prepare_net(name, device, variants=None, gpu_turn=None) -> tuple[dict, dict, dict]:
+    """The variants of `name` (default: all) built and warmed up (compiled): (train fns, inference fns,
+    warm-up seconds). Graph variants record their graphs here, under graph_setting(device). `gpu_turn()`, a
+    context manager if given, is held while the eager variants warm up (their first steps need the most memory)
+    so that processes compiling side by side do not run them all at once."""
     trains, infers, compile_s = {}, {}, {}
-    for variant in variants or variants_of(name):
-        torch._dynamo.reset()
-        trains[variant], infers[variant] = makers[variant]()
-        eager = "compiled" not in variant
-        with gpu_turn() if gpu_turn and eager else contextlib.nullcontext():
-            compile_s[variant] = warm(trains[variant], device) + warm(infers[variant], device)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()  # free the warm-up's activations for other processes
+    try:
+        for variant in variants or variants_of(name):
+            torch.backends.cudnn.benchmark = variant in GRAPH_VARIANTS and graph_setting(device)
+            trains[variant], infers[variant] = make_variant(name, device, variant)
+            eager = "compiled" not in variant
+            with gpu_turn() if gpu_turn and eager else contextlib.nullcontext():
+                compile_s[variant] = warm(trains[variant], device) + warm(infers[variant], device)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()  # free the warm-up's activations for other processes
+    finally:
+        torch.backends.cudnn.benchmark = False
     return trains, infers, compile_s
 
 
@@ -181,30 +188,29 @@ def cudnn_settings(device) -> tuple[bool, ...]:
     return (False, True) if device.type == "cuda" else (False,)
 
 
-def record_graphs_again() -> None:
-    """Drops the recorded CUDA graphs (torch's graph trees), keeping the compiled kernels: each graph is
-    recorded again at its next calls. A graph replays the convolution algorithms cuDNN chose when it was
-    recorded, whatever cudnn.benchmark says later, so each setting's (3g) and (4g) rows need their own recording
-    (ResNet-18's (3g) on an H100: 76.9k images/s recorded with cudnn.benchmark on, as the trainer records it,
-    73.5k recorded under cuDNN's heuristics; docs/benchmarks.md)."""
-    from torch._inductor.cudagraph_trees import reset_cudagraph_trees
-
-    reset_cudagraph_trees()
+def graph_setting(device) -> bool:
+    """The one cudnn.benchmark value graph variants are recorded and timed with: on where cuDNN exists, as the
+    trainer records its graphs (cudnn_benchmark=true). A graph replays the convolution algorithms cuDNN chose
+    when it was recorded, whatever the flag says later, so a graph row under the other setting would time the
+    recording's algorithms (ResNet-18's (3g) on an H100: 76.9k images/s recorded with it on, 73.5k recorded
+    under cuDNN's heuristics; docs/benchmarks.md); recording again would mean compiling again, one net at a
+    time, in the timing half of a parallel run."""
+    return cudnn_settings(device)[-1]
 
 
 def time_net(name, device, prepared, calls, rounds) -> list[dict]:
-    """The steady-state rows of one prepared net, per cudnn.benchmark setting: variants timed in alternation,
-    each against the eager module (1) timed beside it with the same setting."""
-    trains, infers, compile_s = prepared
-    shown = {v: infers[v] for v in (BASELINE, list(infers)[-1])}
+    """The steady-state rows of one prepared net (prepare_net), per cudnn.benchmark setting: variants timed in
+    alternation, each against the eager module (1) timed beside it with the same setting; graph variants under
+    the setting they were recorded with only (graph_setting)."""
+    all_trains, infers, compile_s = prepared
     rows = []
     try:
         for bench in cudnn_settings(device):
             torch.backends.cudnn.benchmark = bench
-            if any(v in GRAPH_VARIANTS for v in trains):
-                record_graphs_again()
+            trains = {v: f for v, f in all_trains.items() if v not in GRAPH_VARIANTS or bench == graph_setting(device)}
+            shown = {v: infers[v] for v in (BASELINE, list(trains)[-1])}
             for fn in (*trains.values(), *shown.values()):  # with it on, cuDNN times algorithms at first calls
-                warm(fn, device, calls=3)  # graphs: a warm-up run, the recording, a replay
+                warm(fn, device, calls=3)
             steady = alternating_medians(trains, device, calls, rounds)
             inference = alternating_medians(shown, device, calls, rounds)
             base = BATCH / steady[BASELINE]
@@ -296,6 +302,9 @@ def measure(device: str = "cuda", quick: bool = False, names=None, parallel: boo
             "(whose time, compilation included, is the last column together with 3 warm-up inference calls).",
             "Inference: the eager module (no_grad) and the last variant's eval step, batch 512.",
         ] + ([
+            "(3g) and (4g) are recorded with cudnn.benchmark on, as the trainer records its graphs, and timed "
+            "under that setting only: a graph replays the convolution algorithms of its recording.",
+        ] if device.type == "cuda" else []) + ([
             "parallel=true: one process per net, compiled a few at a time (compile slots), then each was timed "
             "alone; a net with kernels had two, (1)-(3g) and (1)+(4)+(4g), each variant against the (1) timed "
             "in its own process, so (4)/(3) is the ratio of those two ratios. Warm-up seconds overlap other processes' "
