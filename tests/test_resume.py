@@ -4,6 +4,7 @@ rules; TensorBoard logging."""
 import dataclasses
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -191,6 +192,14 @@ def test_sigint_at_an_epoch_end_then_resume_from_the_run_dir_alone(reference, ci
         assert main([f"out={out}", "resume=true"]) == 0
     assert_same_run(reference[0], out)
     assert json.loads((out / "results.json").read_text())["compile_seconds"] == 2.5
+    # train.log: each command's line, then what it printed; the resumed command's appended to the stopped one's
+    log = (out / "train.log").read_text().splitlines()
+    commands = [i for i, line in enumerate(log) if line.startswith("python -m train ")]
+    assert log[commands[0]] == shlex.join(["python", "-m", "train", *train_args(cifar10_pickles, out)])
+    assert commands[0] == 0 and log[commands[1]] == f"python -m train out={out} resume=true"
+    epochs = [i for i, line in enumerate(log) if line.startswith("epoch")]
+    assert len(epochs) == len(metrics(out)) and commands[0] < epochs[0] < commands[1] < epochs[1]
+    assert log[commands[1] + 2].startswith("resuming from") and log[-1].startswith("test (best val epoch ")
     writer = FakeSummaryWriter.instances[-1]
     assert writer.purge_step == 2 and {s for _, _, s in writer.scalars} == {2} and writer.closed
 

@@ -56,6 +56,9 @@ def test_run_directory_contract(learned_run):
     best = max(lines, key=lambda m: m["val_top1"])
     assert saved["best_val_top1"] == best["val_top1"]
     assert json.loads((out / "config.json").read_text())["epochs"] == 6
+    log = (out / "train.log").read_text().splitlines()  # run() without a command: the header line first
+    assert log[0].startswith("resnet18: ") and log[-1].startswith("test (best val epoch ")
+    assert [line.split("/")[0] for line in log if line.startswith("epoch")] == [f"epoch {e:3d}" for e in range(1, 7)]
 
 
 def test_training_learns(learned_run):

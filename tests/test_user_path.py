@@ -98,7 +98,8 @@ def test_a_new_run_into_a_stopped_run_is_refused_before_the_data_is_read(finishe
     before = snapshot(out)
     proc = cli_here(capsys, *train_args(tmp_path / "no-data", out))
     assert_one_line_error(proc, f"error: {out} holds a run in progress or stopped (config.json, metrics.jsonl, "
-                                "last.pt, best.pt); continue it with resume=true, or start afresh with overwrite=true")
+                                "last.pt, best.pt, train.log); continue it with resume=true, or start afresh with "
+                                "overwrite=true")
     assert snapshot(out) == before
 
 

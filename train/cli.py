@@ -58,7 +58,7 @@ def main(argv: list[str]) -> int:
         # 2-core CPU, `python -X importtime -m train`), which a mistyped key need not wait for.
         from train.loop import run
 
-        run(cfg)
+        run(cfg, command=shlex.join(["python", "-m", "train", *argv]))
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

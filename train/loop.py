@@ -8,6 +8,8 @@ The run directory gets:
     best.pt          the epoch with the best validation top-1 (same layout)
     results.json     the best-validation checkpoint evaluated once on the test set (its EMA weights with ema > 0:
                      "weights": "ema", else "raw")
+    train.log        what each command of the run printed from its header line on, after the command line,
+                     line by line (train/out_dir.py)
     tensorboard/     the per-epoch scalars again, when the tensorboard package is installed
     .lock            held (flock) while a process trains here, removed at its end (train/out_dir.py)
 
@@ -139,26 +141,27 @@ class Progress:
     compile_seconds: float = 0.0  # summed over the run's commands, as train_seconds (a resumed run compiles again)
 
 
-def run(cfg: Config, log=print) -> dict:
+def run(cfg: Config, log=print, command: str = "") -> dict:
     """Train and test `cfg`; under torchrun (WORLD_SIZE set) as one rank of a data-parallel job, in which
-    only rank 0 logs and writes files (see train/distributed.py and the README's "Several GPUs")."""
+    only rank 0 logs and writes files (see train/distributed.py and the README's "Several GPUs"). `command`,
+    the command line that asked for the run, heads its lines in train.log."""
     device = resolve_device(cfg.device)
     rank, world, local_rank = distributed.init_from_env(device.type)
     try:
         if world > 1 and device.type == "cuda":
             device = torch.device("cuda", local_rank)  # one GPU per process
-        return train(cfg, device, rank, world, log if distributed.is_main() else lambda line: None)
+        return train(cfg, device, rank, world, log if distributed.is_main() else lambda line: None, command)
     finally:
         distributed.close()
 
 
-def train(cfg: Config, device: torch.device, rank: int, world: int, log) -> dict:
+def train(cfg: Config, device: torch.device, rank: int, world: int, log, command: str = "") -> dict:
     """One rank's run, top to bottom: set up (fresh, or resumed from last.pt), compile, then epoch by epoch
     train, evaluate and checkpoint, stopping at a safe point on SIGINT/SIGTERM; finally test the best
     checkpoint. Returns results.json's dict."""
     with out_dir.claim(cfg, main=rank == 0):  # before anything is read or written
         ctx, progress = set_up(cfg, device, rank, world, log)
-        start_run_dir(ctx, progress)
+        ctx = start_run_dir(ctx, progress, command)
         progress.compile_seconds += compile_steps(ctx, progress.ts)
         train_epochs(ctx, progress)
         return final_test(ctx, progress)
@@ -265,15 +268,17 @@ def restore(progress: Progress, saved: dict, cfg: Config, device: torch.device, 
     progress.kept = f"the last good checkpoint, {where} ({position}), is kept"
 
 
-def start_run_dir(ctx: RunContext, progress: Progress) -> None:
-    """Rank 0 writes config.json (after removing the old run's files, with overwrite=true) and cuts metrics.jsonl
-    back to the epochs completed; the run's header lines."""
+def start_run_dir(ctx: RunContext, progress: Progress, command: str = "") -> RunContext:
+    """Rank 0 writes config.json (after removing the old run's files, with overwrite=true), cuts metrics.jsonl
+    back to the epochs completed and starts train.log (a fresh run's empty; `command` its next line); the
+    run's header lines. Returns ctx logging to train.log too."""
     cfg, out = ctx.cfg, ctx.out
     if ctx.main:
         if cfg.overwrite:  # here, not when claiming: a run that fails before its first file keeps the old one
             out_dir.start_afresh(out)
         (out / "config.json").write_text(cfg.to_json() + "\n")
         keep_metrics_until(out / "metrics.jsonl", progress.epoch)  # a fresh run: empty
+        ctx = ctx._replace(log=out_dir.logged_to_file(out, ctx.log, fresh=not cfg.resume, command=command))
     split, data = ctx.split, ctx.data
     ranks = f" x {ctx.world} ranks ({len(split.train.images)} train each)" if ctx.world > 1 else ""
     ctx.log(f"{ctx.net.name}: {ctx.net.param_count():,} params | {cfg.dataset} ({data.source}): "
@@ -285,6 +290,7 @@ def start_run_dir(ctx: RunContext, progress: Progress) -> None:
                 f"EMA weights")
     if cfg.resume:
         ctx.log(f"resuming from {out / 'last.pt'} at epoch {progress.epoch + 1}, step {progress.step + 1}")
+    return ctx
 
 
 # --- warm-up (compile) ------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from pathlib import Path
 from train import distributed
 from train.config import Config
 
-RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "results.json")  # what train.loop writes
+RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "results.json", "train.log")  # train.loop's
 RUN_FOLDERS = ("tensorboard", "export", "plots")  # the trainer's TensorBoard logs; train.export's, train.plot's
 LOCK = ".lock"
 
@@ -70,6 +70,27 @@ def _claimed(out: Path, cfg: Config) -> Iterator[None]:
             os.close(lock)
     finally:
         _remove_empty(made)
+
+
+def logged_to_file(out: Path, log, fresh: bool, command: str = ""):
+    """`log`, with each line also appended to <out>/train.log as it comes, so a run that is killed keeps what it
+    printed (opened per line: a few lines an epoch). The file is emptied first when `fresh` (a resumed run's
+    lines follow the stopped run's), then `command`, the command line, is its next line when given."""
+    path = out / "train.log"
+    if fresh:
+        path.write_text("")
+
+    def append(line: str) -> None:
+        with path.open("a") as f:
+            f.write(line + "\n")
+
+    def both(line: str) -> None:
+        log(line)
+        append(line)
+
+    if command:
+        append(command)
+    return both
 
 
 def start_afresh(out: Path) -> None:
