@@ -203,11 +203,12 @@ def time_net(name, device, prepared, calls, rounds) -> list[dict]:
     alternation, each against the eager module (1) timed beside it with the same setting; graph variants under
     the setting they were recorded with only (graph_setting)."""
     all_trains, infers, compile_s = prepared
+    recorded = graph_setting(device)
     rows = []
     try:
         for bench in cudnn_settings(device):
             torch.backends.cudnn.benchmark = bench
-            trains = {v: f for v, f in all_trains.items() if v not in GRAPH_VARIANTS or bench == graph_setting(device)}
+            trains = {v: f for v, f in all_trains.items() if v not in GRAPH_VARIANTS or bench == recorded}
             shown = {v: infers[v] for v in (BASELINE, list(trains)[-1])}
             for fn in (*trains.values(), *shown.values()):  # with it on, cuDNN times algorithms at first calls
                 warm(fn, device, calls=3)

@@ -43,11 +43,16 @@ def parse_command_line(argv: list[str]) -> Config:
     return cfg
 
 
+def train_command(words: list[str], python: str = "python") -> str:
+    """The shell command line `python -m train <words>`, quoted."""
+    return shlex.join([python, "-m", "train", *words])
+
+
 def resume_command(argv: list[str]) -> str:
     """The command line that continues this run: the same words with resume=true, run by this interpreter."""
     python = os.path.relpath(sys.executable)
     python = python if not python.startswith("..") else sys.executable
-    return shlex.join([python, "-m", "train", *(w for w in argv if not w.startswith("resume=")), "resume=true"])
+    return train_command([*(w for w in argv if not w.startswith("resume=")), "resume=true"], python)
 
 
 def main(argv: list[str]) -> int:
@@ -58,7 +63,7 @@ def main(argv: list[str]) -> int:
         # 2-core CPU, `python -X importtime -m train`), which a mistyped key need not wait for.
         from train.loop import run
 
-        run(cfg, command=shlex.join(["python", "-m", "train", *argv]))
+        run(cfg, command=train_command(argv))
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
