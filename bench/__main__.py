@@ -6,8 +6,9 @@ Sections: step (every family's training step, bench/step.py), loader (bench/load
 (bench/depthwise/), attention (bench/attention.py), members (K members in one step against K = 1,
 bench/members.py; ks=1,2,4,8, ceiling=true for the single net at K times the batch beside each K,
 members_form=fold,unroll,vmap for the members step's forms, each against the same K = 1 (auto: the
-trainer's), e2e=true epochs=3 for whole runs against K single runs, epochs=recipe for the recipe's own;
-runs=members or runs=0,1 for some of those runs, cache=<folder> for the compile cache that such parts share).
+trainer's), e2e=true epochs=3 for whole runs against K single runs (e2e=only: those runs without the
+step's timing), epochs=recipe for the recipe's own; runs=members or runs=0,1 for some of those runs,
+cache=<folder> for the compile cache that such parts share).
 Without a GPU, the GPU sections are skipped with the reason and the loader is measured on the CPU.
 parallel=true (step, members): one process per net, compiling a few at a time, then each timed alone on the
 GPU (bench/parallel.py): minutes instead of a quarter hour; deadline=<s> stops the jobs not done by then

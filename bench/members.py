@@ -17,7 +17,8 @@ parallel=true compiles the nets in parallel processes, then times each alone (be
 e2e=true adds the end-to-end comparison: `python -m train` with members=K against K single runs of the same
 seeds one after another (each with the net's Triton kernels where it has them), wall seconds from each
 command's start to its exit, compile included, with `epochs=` (default 3; `recipe`: the default recipe's own)
-on data= (default .data/cifar10-jpeg.tar.gz), one members run per form; runs=members or runs=0,1 (seeds)
+on data= (default .data/cifar10-jpeg.tar.gz), one members run per form (e2e=only: those runs without the
+step's timing); runs=members or runs=0,1 (seeds)
 makes some of those runs only, and cache=<folder> names the folder of compile caches that parts made one after
 another share (end_to_end).
 """
@@ -216,6 +217,8 @@ def end_to_end(label: str, model: str, options: dict, k: int, epochs: int | None
             subprocess.run([sys.executable, "-m", "train", *words, *more, f"out={out}/{name}"], check=True,
                            stdout=subprocess.DEVNULL, env=env)
             walls[name] = time.perf_counter() - t0
+            # One line per finished run: a comparison cut short by a time limit still leaves its walls.
+            print(f"end_to_end {label} K={k}: {name} {walls[name]:.1f} s", file=sys.stderr, flush=True)
     singles = {s: walls[str(s)] for s in range(k) if str(s) in walls}
     rows = []
     for form in forms:
@@ -232,17 +235,20 @@ def end_to_end(label: str, model: str, options: dict, k: int, epochs: int | None
 def measure(device: str = "cuda", quick: bool = False, names=None, ks=KS, e2e: bool = False,
             epochs: int | None = 3, data: str = ".data/cifar10-jpeg.tar.gz", parallel: bool = False,
             deadline_s: float = 3600, runs: list | None = None, cache: str | None = None,
-            ceiling: bool = False, forms=("auto",)) -> dict:
+            ceiling: bool = False, forms=("auto",), steps: bool = True) -> dict:
     """parallel=True (CUDA): one process per net (parallel_jobs), compiled side by side, then each timed alone
     (bench.parallel). ceiling=True adds, beside each K > 1, the single net at K times the batch against K = 1:
     the most that filling the GPU with K times the images per step gives that net, which bounds what K members
     can gain (they add the grouped convolutions' own cost). forms: the members step's members_form (each
-    timed at every K > 1 against the same K = 1)."""
+    timed at every K > 1 against the same K = 1). steps=False (`e2e=only`): the end-to-end runs alone, without
+    the step's timing, so that a comparison split into parts spends each part's time on its runs."""
     device = torch.device(device)
     calls, rounds = (3, 3) if quick else (10, 5)
     chosen = chosen_rows(names)
     problems = []
-    if parallel and device.type == "cuda":
+    if not steps:
+        rows = []
+    elif parallel and device.type == "cuda":
         jobs = [[*job, str(calls), str(rounds)] for job in parallel_jobs(chosen, ks, ceiling, forms)]
         results, problems = run_jobs("bench.members", jobs, deadline_s)
         rows = [row for job_rows in results if job_rows for row in job_rows]

@@ -65,7 +65,11 @@ def section_options(name: str, opts: dict) -> dict:
     """The command line's options that a section's `measure` takes."""
     if name == "members":
         epochs = opts.get("epochs", "3")
-        kwargs = {"e2e": opts.get("e2e", "false").lower() == "true",
+        e2e = opts.get("e2e", "false").lower()
+        if e2e not in ("true", "false", "only"):
+            raise SystemExit(f"error: unknown e2e={e2e}; one of true (the step's timing, then whole runs), only "
+                             "(whole runs alone), false")
+        kwargs = {"e2e": e2e != "false", "steps": e2e != "only",
                   "epochs": None if epochs == "recipe" else int(epochs),
                   "parallel": opts.get("parallel", "false").lower() == "true",
                   "deadline_s": float(opts.get("deadline", 3600)), "cache": opts.get("cache"),

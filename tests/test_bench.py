@@ -388,11 +388,12 @@ def test_parallel_jobs_run_in_waves_that_each_end_before_the_next_starts(monkeyp
     assert max(a["ready"], b["ready"]) <= min(a["start"], b["start"])
 
 
-def test_members_end_to_end_runs_each_command_and_can_be_made_in_parts(monkeypatch, tmp_path):
+def test_members_end_to_end_runs_each_command_and_can_be_made_in_parts(monkeypatch, tmp_path, capsys):
     """bench.members.end_to_end with the trainer's command recorded, not run: a members run per form and the K
     single runs (seed s, the members' split), each timed; a row per form, the ratio of the totals only when
     one call made that form's members run and all K singles; each members run starts from a compile cache of
-    its own and the single runs share one; runs= makes some of them, in the folder of caches named by cache=."""
+    its own and the single runs share one; runs= makes some of them, in the folder of caches named by cache=;
+    each run's wall seconds are printed as it ends."""
     from bench import members
 
     calls, clock = [], iter(range(0, 1000, 10))
@@ -408,6 +409,9 @@ def test_members_end_to_end_runs_each_command_and_can_be_made_in_parts(monkeypat
     assert [r["form"] for r in rows] == ["fold", "unroll"]
     assert [r["members=K s"] for r in rows] == [10, 10] and rows[1]["K single runs s"] == 20
     assert rows[0]["ratio"] == rows[1]["ratio"] == 0.5
+    assert capsys.readouterr().err.splitlines() == [  # each run's wall as it ends, for a call cut short
+        "end_to_end mobilenetv1 K=2: members-fold 10.0 s", "end_to_end mobilenetv1 K=2: members-unroll 10.0 s",
+        "end_to_end mobilenetv1 K=2: 0 10.0 s", "end_to_end mobilenetv1 K=2: 1 10.0 s"]
     calls.clear()
     part, = members.end_to_end("mobilenetv1", "mobilenetv1", {}, 2, 3, "data.tar.gz", runs=["1"], cache=str(tmp_path))
     assert len(calls) == 1 and "seed=1" in calls[0][0] and "epochs=3" in calls[0][0]
@@ -418,7 +422,10 @@ def test_members_end_to_end_runs_each_command_and_can_be_made_in_parts(monkeypat
     options = section_options("members", {"e2e": "true", "epochs": "recipe", "runs": "members,0", "cache": "c"})
     assert options["epochs"] is None and options["runs"] == ["members", "0"] and options["cache"] == "c"
     assert options["ceiling"] is False and section_options("members", {"ceiling": "true"})["ceiling"] is True
-    assert options["forms"] == ("auto",)
+    assert options["forms"] == ("auto",) and options["steps"] is True
+    assert section_options("members", {"e2e": "only"})["steps"] is False  # whole runs alone
+    with pytest.raises(SystemExit, match="unknown e2e=yes; one of true"):
+        section_options("members", {"e2e": "yes"})
     assert section_options("members", {"members_form": "fold,unroll"})["forms"] == ("fold", "unroll")
 
 
@@ -450,6 +457,19 @@ def test_members_nets_pick_rows_by_label_before_model():
     assert [labels[i] for i in members.chosen_rows(["resnet18 width 16", "vit"])] == ["resnet18 width 16", "vit"]
     assert members.chosen_rows(None) == list(range(len(labels)))
     assert members.chosen_rows(["alexnet"]) == []
+
+
+def test_members_e2e_only_makes_the_whole_runs_without_timing_the_step(monkeypatch):
+    """e2e=only (steps=False): measure makes each K's end-to-end comparison and builds no step to time."""
+    from bench import members
+
+    made = []
+    monkeypatch.setattr(members, "measure_net", lambda *a, **kw: pytest.fail("the step was timed"))
+    monkeypatch.setattr(members, "end_to_end", lambda label, model, options, k, *a: made.append((label, k)) or [
+        {"net": label, "K": k}])
+    result = members.measure("cpu", names=["mobilenetv1"], ks=(1, 4), e2e=True, steps=False)
+    assert made == [("mobilenetv1", 4)] and result["rows"] == [] and result["end_to_end"] == [
+        {"net": "mobilenetv1", "K": 4}]
 
 
 def test_members_end_to_end_rows_are_rendered_in_the_markdown():
