@@ -18,9 +18,8 @@ e2e=true adds the end-to-end comparison: `python -m train` with members=K agains
 seeds one after another (each with the net's Triton kernels where it has them), wall seconds from each
 command's start to its exit, compile included, with `epochs=` (default 3; `recipe`: the default recipe's own)
 on data= (default .data/cifar10-jpeg.tar.gz), one members run per form (e2e=only: those runs without the
-step's timing); runs=members or runs=0,1 (seeds)
-makes some of those runs only, and cache=<folder> names the folder of compile caches that parts made one after
-another share (end_to_end).
+step's timing); runs=members or runs=0,1 (seeds) makes some of those runs only, and cache=<folder> names the
+folder of compile caches that parts made one after another share (end_to_end).
 """
 
 from __future__ import annotations
