@@ -12,7 +12,8 @@ cache=<folder> for the compile cache that such parts share).
 Without a GPU, the GPU sections are skipped with the reason and the loader is measured on the CPU.
 parallel=true (step, members): one process per net, compiling a few at a time, then each timed alone on the
 GPU (bench/parallel.py): minutes instead of a quarter hour; deadline=<s> stops the jobs not done by then
-(those still compiling when only the timings' reserve is left) and names them.
+(those still compiling when only the timings' reserve is left, tried again if the waves leave time) and
+names them.
 variants=1,3g,4g
 (step): only those variants (bench/step.py's labels; (1), the reference, always). tune=tiles|rows|wgrad|backward
 (depthwise alone): the sweep behind one of the depthwise kernels' launch rules, in its own results file

@@ -86,57 +86,68 @@ def jobs_at_once(jobs: int) -> int:
 def run_jobs(module: str, jobs: list[list[str]], deadline_s: float) -> tuple[list[list[dict] | None], list[str]]:
     """Each job's rows (None for a job that failed or missed the deadline) and one note per such job, the jobs
     run in waves of jobs_at_once, in their order (so the ones that matter most go first): each wave as
-    run_wave runs it, within its share of the time left (its jobs' share of the jobs left)."""
-    start, results, problems = time.monotonic(), [], []
+    run_wave runs it, within its share of the time left (its jobs' share of the jobs left). A job stopped
+    while still compiling gets a second try with the time the waves leave (they often end early): it compiles
+    again, from the kernels its first try left in the compile caches on disk."""
+    start, results, problems, late = time.monotonic(), [None] * len(jobs), {}, []
     at_once = jobs_at_once(len(jobs))
     for first in range(0, len(jobs), at_once):
-        wave = jobs[first:first + at_once]
+        wave = list(range(first, min(first + at_once, len(jobs))))
         left = deadline_s - (time.monotonic() - start)
-        rows, notes = run_wave(module, wave, left * len(wave) / (len(jobs) - first))
-        results, problems = results + rows, problems + notes
-    return results, problems
+        late += run_wave(module, jobs, wave, left * len(wave) / (len(jobs) - first), results, problems)
+    for first in range(0, len(late), at_once):
+        wave = late[first:first + at_once]
+        left = deadline_s - (time.monotonic() - start)
+        if left > TIMING_RESERVE_S * (len(wave) + 1):  # more than the timings' reserve to compile in
+            tried = {i: problems.pop(i) for i in wave}
+            run_wave(module, jobs, wave, left * len(wave) / (len(late) - first), results, problems)
+            problems.update({i: f"{tried[i]}; tried again: {problems[i].split(': ', 1)[1]}"
+                             for i in wave if i in problems})
+    return results, [problems[i] for i in sorted(problems)]
 
 
-def run_wave(module: str, jobs: list[list[str]], deadline_s: float) -> tuple[list[list[dict] | None], list[str]]:
-    """run_jobs for jobs that are all alive together. Jobs take compile slots in their order. Every job waits
-    for the others to be ready before it is timed, so one slow compile would hold back the rows of all: a job
-    still compiling TIMING_RESERVE_S per job before the deadline is stopped and named, and the ready ones are
-    timed; jobs not done at the deadline are stopped too."""
-    start, problems = time.monotonic(), {}
-    slots, threads = compile_slots(len(jobs))
-    cutoff = deadline_s - TIMING_RESERVE_S * len(jobs)
+def run_wave(module: str, jobs: list[list[str]], wave: list[int], deadline_s: float, results: list,
+             problems: dict) -> list[int]:
+    """Runs the jobs at indices `wave`, all alive together, into results[i] (their rows) or problems[i] (a
+    note), and returns the indices of those stopped while still compiling. Jobs take compile slots in their
+    order. Every job waits for the others to be ready before it is timed, so one slow compile would hold back
+    the rows of all: a job still compiling TIMING_RESERVE_S per job before the deadline is stopped and named,
+    and the ready ones are timed; jobs not done at the deadline are stopped too."""
+    start, late = time.monotonic(), []
+    slots, threads = compile_slots(len(wave))
+    cutoff = deadline_s - TIMING_RESERVE_S * len(wave)
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": str(threads)}
-        procs = [subprocess.Popen([sys.executable, "-m", module, tmp, str(i), str(len(jobs)), str(slots), *job],
-                                  env=env, stderr=subprocess.PIPE, text=True)
-                 for i, job in enumerate(jobs)]
-        ready = [Path(tmp) / f"{i}.ready" for i in range(len(jobs))]
-        while not all(r.exists() for r in ready) and time.monotonic() - start < cutoff:
+        procs = {i: subprocess.Popen([sys.executable, "-m", module, tmp, str(k), str(len(wave)), str(slots),
+                                      *jobs[i]], env=env, stderr=subprocess.PIPE, text=True)
+                 for k, i in enumerate(wave)}
+        ready = {i: Path(tmp) / f"{k}.ready" for k, i in enumerate(wave)}
+        while not all(r.exists() for r in ready.values()) and time.monotonic() - start < cutoff:
             time.sleep(POLL_S)
-        for i, (proc, job) in enumerate(zip(procs, jobs)):
+        for i, proc in procs.items():
             if not ready[i].exists():
                 proc.kill()
                 ready[i].touch()  # the others no longer wait for it
-                problems[i] = f"{' '.join(job)}: not compiled within {cutoff:.0f} s of the {deadline_s:.0f} s deadline"
-        results = []
-        for i, (proc, job) in enumerate(zip(procs, jobs)):
-            results.append(None)
+                late.append(i)
+                problems[i] = (f"{' '.join(jobs[i])}: not compiled within {cutoff:.0f} s of the {deadline_s:.0f} s "
+                               "deadline")
+        for k, (i, proc) in enumerate(procs.items()):
             try:
                 _, err = proc.communicate(timeout=max(1.0, deadline_s - (time.monotonic() - start)))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.communicate()
-                problems[i] = f"{' '.join(job)}: not measured within the {deadline_s:.0f} s deadline"
+                problems[i] = f"{' '.join(jobs[i])}: not measured within the {deadline_s:.0f} s deadline"
                 continue
-            if i in problems:
+            if i in late:
                 continue
-            result = Path(tmp) / f"{i}.json"
+            result = Path(tmp) / f"{k}.json"
             if proc.returncode or not result.exists():
-                problems[i] = (f"{' '.join(job)}: failed (exit {proc.returncode}): "
+                problems[i] = (f"{' '.join(jobs[i])}: failed (exit {proc.returncode}): "
                                f"{err.strip().splitlines()[-1] if err.strip() else '?'}")
                 continue
-            results[-1] = json.loads(result.read_text())
-    return results, [problems[i] for i in sorted(problems)]
+            results[i] = json.loads(result.read_text())
+    return late
 
 
 def work(argv: list[str], prepare: Callable[..., object], measure: Callable[[object], list[dict]]) -> None:

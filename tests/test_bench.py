@@ -2,6 +2,7 @@
 slots and the process protocol of bench/parallel.py (the timing itself needs a GPU and runs there)."""
 
 import fcntl
+import re
 
 import pytest
 import torch
@@ -297,11 +298,16 @@ def test_members_ceiling_times_one_net_at_k_times_the_batch_beside_each_k(monkey
 
 JOB_MODULE = """
 import sys, time
+from pathlib import Path
 from bench.parallel import work
 
 def prepare(name, seconds, turn):
     if name == "broken":
         raise ValueError("cannot build broken")
+    if name == "cached":  # a long compile the first time, quick once its first try left its file behind
+        marker = Path(seconds)
+        seconds = 0.1 if marker.exists() else 60
+        marker.touch()
     time.sleep(float(seconds))
     return name, time.time()
 
@@ -338,6 +344,24 @@ def test_parallel_jobs_are_timed_one_at_a_time_after_the_last_is_ready(monkeypat
     results, problems = parallel.run_jobs("toyjob", [["a", "0"], ["slow", "60"]], deadline_s=5)
     assert [r[0]["job"] if r else None for r in results] == ["a", None]  # a is timed once slow is stopped
     assert problems == ["slow 60: not compiled within 3 s of the 5 s deadline"]
+
+
+def test_a_job_stopped_while_compiling_is_tried_again_with_the_time_the_waves_leave(monkeypatch, tmp_path):
+    """Two waves: the first's two jobs are stopped while compiling at its share of the deadline, the second
+    ends early, and with the time left both are tried again: the one whose first try left its compile behind
+    (a file, here) is timed; the other is named with both tries."""
+    from bench import parallel
+
+    (tmp_path / "toyjob.py").write_text(JOB_MODULE)
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{parallel.Path(parallel.__file__).parents[1]}")
+    monkeypatch.setattr(parallel, "compile_slots", lambda jobs: (jobs, 1))
+    monkeypatch.setattr(parallel, "jobs_at_once", lambda jobs: 2)
+    monkeypatch.setattr(parallel, "TIMING_RESERVE_S", 0.5)
+    jobs = [["cached", str(tmp_path / "compiled")], ["slow", "60"], ["a", "0"]]
+    results, problems = parallel.run_jobs("toyjob", jobs, deadline_s=9)
+    assert [r[0]["job"] if r else None for r in results] == ["cached", None, "a"]
+    assert len(problems) == 1 and re.fullmatch(r"slow 60: not compiled within 5 s of the 6 s deadline; tried again: "
+                                               r"not compiled within \d+ s of the \d+ s deadline", problems[0])
 
 
 def test_graph_variants_are_recorded_and_timed_under_cudnn_benchmark_on_only(monkeypatch):
