@@ -22,8 +22,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench.common import device_slug, header, publish, seconds_per_call, to_markdown
-from bench.step import BASELINE, BATCH, CFG, COMPILED, KERNELS, eager_module_step, functional_step, variants_of, warm
-from train.step import choose_kernel_tuning, precision_for
+from bench.step import BASELINE, BATCH, COMPILED, KERNELS, make_variant, variants_of, warm
 
 STEPS = 10
 TOP = 12  # kernels listed per variant
@@ -86,19 +85,11 @@ def breakdown(name: str, variant: str, times: dict[str, float], wall_us: float) 
 
 def measure(names=NETS) -> dict:
     device = torch.device("cuda")
-    precision = precision_for(device, "auto")
     torch.backends.cudnn.benchmark = True
-    choose_kernel_tuning(CFG.inductor_autotune)  # as the trainer compiles
     cats, kernels, summary = [], [], {}
     for name in names:
-        torch._dynamo.reset()
-        variants = {
-            BASELINE: eager_module_step(name, device, precision)[0],
-            COMPILED: functional_step(name, device, precision, compiled=True, kernels=False)[0],
-        }
-        if KERNELS in variants_of(name):
-            variants[KERNELS] = functional_step(name, device, precision, compiled=True, kernels=True)[0]
-        for variant, step in variants.items():
+        for variant in (v for v in (BASELINE, COMPILED, KERNELS) if v in variants_of(name)):
+            step = make_variant(name, device, variant)[0]  # built, and compiled, as the step bench's
             warm(step, device, calls=5)
             wall_us = 1e6 * seconds_per_call(step, device, STEPS)
             c, every = breakdown(name, variant, kernel_times(step), wall_us)
