@@ -53,8 +53,12 @@ def test_each_member_is_the_single_run_of_its_seed(members_run):
             want = [line[key] for line in alone]
             torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=tol if "loss" in key else 0,
                                        atol=0 if "loss" in key else tol + 1e-9)
-            if k == 0 and "loss" in key:  # the first member's arithmetic is the plain run's, to float noise
-                torch.testing.assert_close(torch.tensor(got), torch.tensor(want), rtol=1e-5, atol=1e-6)
+            if k == 0 and "loss" in key:
+                # The first member starts from the plain run's parameters and batches, so its first epoch is the
+                # plain run's to float noise; later epochs drift further, as training amplifies the folded
+                # convolution's other summation order (epoch 2's val loss 4e-4 apart, relative, with oneDNN on an
+                # AVX-512 Xeon), which the check above bounds.
+                torch.testing.assert_close(torch.tensor(got[:1]), torch.tensor(want[:1]), rtol=1e-5, atol=1e-6)
         assert together["members"][k]["seed"] == 5 + k
 
 
