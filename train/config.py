@@ -142,8 +142,9 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 # "speedrun": a fixed short run, chosen for ResNet-18 on the validation split of CIFAR-10 (JPEG copy) among twelve
 #   38-epoch variants of "fast" with mix=none, then four combinations of the best of them (docs/training.md,
-#   "Speed run"): 38 epochs (38 x 0.60 s, under 24 s of training on an H100), lr 0.4, cutout 12, an EMA of the
-#   weights (0.99 per step, about 1.1 epochs at batch 512), translate TTA. Best validation top-1 92.52, over
+#   "Speed run"): 38 epochs (38 x 0.60 s, under 24 s of training on an H100; an H200's 24 s hold epochs=43 of
+#   0.54 s, the README's speed run), lr 0.4, cutout 12, an EMA of the weights (0.99 per step, about 1.1 epochs
+#   at batch 512), translate TTA. Best validation top-1 92.52, over
 #   92.34 (cutout 8), 92.32 (lr 0.2), 92.30 (cosine decay) and 91.76 (fast's flip TTA, cutout 8, lr 0.2, no EMA).
 #   Other families take the same settings, unmeasured; the ViTs keep their AdamW (SGD at lr 0.4 diverges there).
 RECIPES["speedrun"] = {**RECIPES["fast"], "epochs": 38, "lr": 0.4, "mix": "none", "cutout": 12, "ema": 0.99,
