@@ -17,12 +17,16 @@ MACHINERY = {"data", "download", "out", "progress", "resume", "device", "compile
              "cudnn_benchmark", "cudagraphs", "inductor_autotune"}
 
 
+def section_text(heading: str) -> str:
+    """The README's text from `heading` to the next heading."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index(heading + "\n"):]
+    return section[:section.index("\n#")]
+
+
 def table_rows(section: str = "## Accuracy", linked=LINKED) -> list[list[str]]:
     """The rows of the README table under `section` that link a run directory, as lists of cells."""
-    readme = (REPO / "README.md").read_text()
-    table = readme[readme.index(section + "\n"):]
-    table = table[:table.index("\n#")]
-    return [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()
+    return [[c.strip() for c in line.strip("|").split("|")] for line in section_text(section).splitlines()
             if line.startswith("| ") and linked.search(line)]
 
 
@@ -73,8 +77,7 @@ def test_the_speed_run_table_equals_its_three_runs_which_differ_only_in_seed():
     log, on the GPU the section names), the mean row against the rows, and the runs' configurations: the
     section's command line with the row's seed, nothing else."""
     assert [int(r[0]) for r in SPEED_ROWS] == [0, 1, 2]
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Speed run\n"):readme.index("## Seed sweeps")]
+    section = section_text("## Speed run")
     command = re.search(r'^make train .*MODEL=(\w+) .*ARGS="([^"]*)"$', section, re.M)
     keys = [f"model={command.group(1)}", *(k for k in command.group(2).split() if not k.startswith("seed="))]
     gpu = re.search(r"on one (NVIDIA [\w ]+?) \(", section).group(1)
@@ -95,6 +98,6 @@ def test_the_speed_run_table_equals_its_three_runs_which_differ_only_in_seed():
         assert {k for k, v in dataclasses.asdict(saved).items() if v != getattr(again, k)} <= MACHINERY
         columns.append([results["train_seconds"], results["best_val_top1"], results["test_top1"],
                         results["test_top5"]])
-    mean_row = re.search(r"^\| mean \| \| ([\d.]+) s \| \| ([\d.]+) \| \*\*([\d.]+)\*\* \| ([\d.]+) \|$", readme, re.M)
+    mean_row = re.search(r"^\| mean \| \| ([\d.]+) s \| \| ([\d.]+) \| \*\*([\d.]+)\*\* \| ([\d.]+) \|$", section, re.M)
     means = [round(sum(c) / 3, {0: 1}.get(i, 2)) for i, c in enumerate(zip(*columns))]
     assert [float(g) for g in mean_row.groups()] == means
