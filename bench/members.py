@@ -87,7 +87,7 @@ def members_step(model: str, options: dict, k: int, device, batch: int = BATCH, 
     batchnorm_where_vmapped(cfg, net)  # as the trainer's members runs (train/members.py)
     params, state = init(net, cfg, device)
     params = to_memory_format(params, precision)
-    ts = TrainState(params, state, init_state(cfg.optimizer, params))
+    ts = TrainState(params, state, init_state(cfg.optimizer, params, cfg.members))
     compiled = device.type == "cuda"
     gradients = gradients_for(net, device)
     step, ts = prepare_step(make_train_step(net, cfg, precision, gradients), ts, gradients, compiled,

@@ -279,7 +279,7 @@ def test_folded_mobilenet_members_step_runs_the_kernels_in_the_autograd_form(mon
     params, state = init(triton_net, cfg, DEVICE)
     x, y = torch.randn(K, B, 3, 16, 16, device=DEVICE), torch.randint(0, 10, (K, B), device=DEVICE)
     lr = torch.tensor(cfg.lr, device=DEVICE)
-    ts = as_leaves(TrainState(params, state, init_state(cfg.optimizer, params)))
+    ts = as_leaves(TrainState(params, state, init_state(cfg.optimizer, params, cfg.members)))
     folded, folded_metrics = make_train_step(triton_net, cfg, precision, "autograd")(ts, (x, y), lr)
     assert len(forward_launches) == 13  # one per depthwise layer, over both members' channels
     reference_net = nets.build("mobilenetv1", 10, alpha=1 / 8, kernels="reference")

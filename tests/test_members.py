@@ -201,7 +201,7 @@ def test_auto_folds_only_the_narrow_nets_and_unrolls_the_others(model, options, 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_the_update_of_stacked_members_is_each_members_update(optimizer):
     """make_update(member_dims=1) on stacked trees equals the per-member update (weight decay skipping 1-d
-    tensors by their own ndim, AdamW's shared step count), in float64."""
+    tensors by their own ndim, AdamW's step count one per member), in float64."""
     cfg = Config(optimizer=optimizer, weight_decay=0.01, decay_all=False, nesterov=optimizer == "sgd",
                  momentum=0.9)
     trees = [{"w": torch.randn(4, 3, dtype=torch.float64), "b": torch.randn(4, dtype=torch.float64)}
@@ -211,7 +211,8 @@ def test_the_update_of_stacked_members_is_each_members_update(optimizer):
     single, stacked = make_update(cfg), make_update(cfg, member_dims=1)
     stack = lambda ts: {k: torch.stack([t[k] for t in ts]) for k in ts[0]}  # noqa: E731
     states = [init_state(optimizer, t) for t in trees]
-    state = {k: (torch.stack([s[k] for s in states]) if k != "step" else states[0][k]) for k in states[0]}
+    state = stack(states)
+    assert all(torch.equal(state[k], v) for k, v in init_state(optimizer, stack(trees), members=3).items())
     p, s = stacked(stack(trees), stack(grads), state, lr)
     p, s = stacked(p, stack(grads), s, lr)
     for k, (t, g, st) in enumerate(zip(trees, grads, states)):
@@ -449,10 +450,13 @@ def test_members_train_under_bf16_autocast_as_single_steps_do(monkeypatch, fold)
         torch.testing.assert_close(scores["loss"][k], single["loss"], rtol=2e-2, atol=2e-2)
 
 
-def test_members_with_dropout_and_stochastic_depth_are_their_single_runs(cifar10_pickles, tmp_path, monkeypatch):
+@pytest.mark.parametrize("form", ["vmap", "auto"])
+def test_members_with_dropout_and_stochastic_depth_are_their_single_runs(cifar10_pickles, tmp_path, monkeypatch,
+                                                                         form):
     """A ViT with dropout and stochastic depth: each member draws its masks from its own seed's keys
     (train.members.step_keys, nets.step_key), so member k's epochs equal the single run of seed 5 + k, as they
-    could not if the members shared torch's global generator."""
+    could not if the members shared torch's global generator. Vmapped, and as auto trains a ViT's members
+    (unrolled: each member's step on its views of the stacked state, AdamW's step count included)."""
     import nets.registry
     from nets.core import Net
     from nets.vit import ViT, ViTSize
@@ -462,10 +466,11 @@ def test_members_with_dropout_and_stochastic_depth_are_their_single_runs(cifar10
                                             "reference", 0.3), num_classes)
 
     monkeypatch.setitem(nets.registry._BUILDERS, "vit_micro", vit_micro)
+    adamw = ["optimizer=adamw", "nesterov=false", "lr=0.002"]  # the ViT recipe's optimizer
     words = [w for w in SMALL if not w.startswith("net.")] + [f"data={cifar10_pickles}", "model=vit_micro", "epochs=1",
-                                                              "mix=none", "split_seed=5"]
+                                                              "mix=none", "split_seed=5", *adamw]
     with one_thread():
-        run(parse([*words, f"out={tmp_path / 'k2'}", "members=2", "members_form=vmap", "seed=5"]), log=quiet)
+        run(parse([*words, f"out={tmp_path / 'k2'}", "members=2", f"members_form={form}", "seed=5"]), log=quiet)
         singles = [metrics(_single(words, tmp_path, s))[0] for s in (5, 6)]
     (line,) = metrics(tmp_path / "k2")
     for k, single in enumerate(singles):
@@ -512,24 +517,32 @@ def test_a_members_run_on_the_gpu_compiles_graphs_and_trains_as_its_single_runs(
 
 
 @pytest.mark.gpu
-def test_unrolled_members_on_a_gpu_take_every_tensors_own_step_in_place():
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_unrolled_members_on_a_gpu_take_every_tensors_own_step_in_place(monkeypatch, optimizer):
     """members_form=unroll as the trainer runs it on a GPU (Inductor, CUDA graphs, each member's views of the
     stacked state static addresses): every tensor of every member moves as that member's single step moves it,
     over two steps (each member's graph recorded, then replayed). Some views are not 16-byte aligned (the fc
-    bias, 10 floats: members 1 and 3 start 40 and 120 bytes in) while the kernels were compiled on member 0's
-    aligned ones; a view left unwritten or written elsewhere fails here."""
+    bias, 10 floats: members 1 and 3 start 40 and 120 bytes in; AdamW's step count, one float per member) while
+    the kernels were compiled on member 0's aligned ones; a view left unwritten or written elsewhere fails here.
+    In float32 without TF32, so that the compiled members and the eager single steps differ by reassociation
+    alone: in bf16 the first convolution's two-step update of a net this narrow already differs in direction
+    (cosine 0.88 on an H100) by rounding that the cancelling sums of its gradient amplify."""
     import dataclasses
 
     from train.members import init
     from train.step import TrainState, make_train_step, member, precision_for, prepare_step, to_memory_format
 
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     device = torch.device("cuda")
-    precision = precision_for(device, "auto")
+    precision = precision_for(device, "fp32")
     net = nets.build("resnet18", 10, width=8)
-    cfg = Config(members=4, members_form="unroll", lr=0.1, momentum=0.9, nesterov=True)
+    sgd = optimizer == "sgd"
+    cfg = Config(members=4, members_form="unroll", optimizer=optimizer, lr=0.1 if sgd else 1e-3, momentum=0.9,
+                 nesterov=sgd)
     params, state = init(net, cfg, device)
     params = to_memory_format(params, precision)
-    ts = TrainState(params, state, init_state("sgd", params))
+    ts = TrainState(params, state, init_state(optimizer, params, cfg.members))
     assert member(ts.params, 1)["fc.bias"].data_ptr() % 16
     before = TrainState(*({k: v.clone() for k, v in tree.items()} for tree in ts))
     g = torch.Generator(device=device).manual_seed(0)
@@ -544,9 +557,11 @@ def test_unrolled_members_on_a_gpu_take_every_tensors_own_step_in_place():
         alone = TrainState(*({n: t.clone() for n, t in member(tree, k).items()} for tree in before[:3]))
         for _ in range(2):
             alone, _ = single(alone, (x[k], y[k]), lr)
+        if not sgd:
+            assert member(ts.momentum, k)["step"] == alone.momentum["step"] == 2  # its own count, not 2 K
         for name, want in alone.params.items():
             moved, expected = member(ts.params, k)[name].float() - member(before.params, k)[name].float(), \
                 want.float() - member(before.params, k)[name].float()
             assert moved.abs().max() > 0, (k, name)
             cosine = torch.nn.functional.cosine_similarity(moved.flatten(), expected.flatten(), dim=0)
-            assert cosine > 0.9, (k, name, cosine.item())
+            assert cosine > 0.99, (k, name, cosine.item())

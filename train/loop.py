@@ -232,7 +232,7 @@ def starting_point(cfg: Config, device: torch.device, net, precision: Precision,
     params, state = members.init(net, cfg, device)
     schedule = make_schedule(cfg)
     torch.manual_seed(cfg.seed)  # torch's global generators: anything random outside the loader's generator
-    momentum = init_state(cfg.optimizer, params)  # the optimizer's state, in the params' layout
+    momentum = init_state(cfg.optimizer, params, cfg.members)  # the optimizer's state, in the params' layout
     ema = init_ema(params, state, cfg.ema)  # empty when cfg.ema is 0
     progress = Progress(TrainState(params, state, momentum, ema), schedule, epoch=0, step=0,
                         sums=EpochSums.empty(device, cfg.members), best=members.no_best(cfg.members),

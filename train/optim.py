@@ -15,8 +15,8 @@ The optimizer state is one flat tree: SGD's momentum buffers under the params' o
 under "exp_avg.<name>" and "exp_avg_sq.<name>" (torch's names) and the step count t under "step".
 
 Both are elementwise, so they update the stacked trees of a members run (train/members.py) as they are; only
-the rules that read a tensor's shape (which tensors decay) and AdamW's per-member step count see the leading
-member dimension (member_dims=1).
+the rules that read a tensor's shape (which tensors decay) and AdamW's per-member step count, (K,), see the
+leading member dimension (member_dims=1).
 """
 
 from __future__ import annotations
@@ -106,13 +106,17 @@ def adamw(
     return dict(zip(keys, p)), state
 
 
-def init_state(optimizer: str, params: Tree) -> Tree:
-    """The optimizer state before the first step, on the params' devices (and in their layouts)."""
+def init_state(optimizer: str, params: Tree, members: int = 1) -> Tree:
+    """The optimizer state before the first step, on the params' devices (and in their layouts). For a members
+    run's stacked params (members > 1) AdamW's step count is one per member, (members,), so that every tensor of
+    the state stacks the members along its first dimension: an unrolled step (train.step.member_by_member) takes
+    member k's state as views at index k and counts that member's steps in its own element."""
     if optimizer == "sgd":
         return zeros_like_tree(params)
     first = next(iter(params.values()))
     moments = {f"{moment}.{k}": torch.zeros_like(x) for moment in ("exp_avg", "exp_avg_sq") for k, x in params.items()}
-    return {**moments, "step": torch.zeros((), dtype=first.dtype, device=first.device)}  # a float: t enters powers
+    count = (members,) if members > 1 else ()
+    return {**moments, "step": torch.zeros(count, dtype=first.dtype, device=first.device)}  # a float: t enters powers
 
 
 def make_update(cfg, member_dims: int = 0) -> Callable[[Tree, Tree, Tree, torch.Tensor], tuple[Tree, Tree]]:
