@@ -331,6 +331,28 @@ def test_a_diverging_member_stops_alone(members_run, cifar10_pickles, tmp_path, 
         assert evaluate_run(str(out), tta="flip", log=quiet)["top1"] == pytest.approx(results["test_top1"], abs=1e-4)
 
 
+def test_the_tools_ensemble_of_the_one_member_left_is_that_members_net(members_run, tmp_path):
+    """Where every member but one stopped, the tools' ensemble is the one left: its logits and its exported
+    module are those of member=<k>, one net (the members' stacked trees, one deep, are not a single net's)."""
+    import shutil
+
+    from train import checkpoint as ckpt
+    from train.run_dir import load_run
+
+    run_dir = tmp_path / "one-left"
+    shutil.copytree(members_run[0] / "k3", run_dir)
+    saved = {k: v for k, v in ckpt.load(run_dir / "best.pt").items() if k != "sha256"}  # save() digests anew
+    ckpt.save(run_dir / "best.pt", {**saved, "stopped": ["diverged at epoch 1, step 2", None,
+                                                         "diverged at epoch 2, step 1"]})
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    left, member = load_run(run_dir), load_run(run_dir, member="1")
+    assert left.members == 1
+    torch.testing.assert_close(left.logits(images, "flip"), member.logits(images, "flip"), rtol=0, atol=0)
+    x = torch.randn(6, 3, 32, 32)
+    torch.testing.assert_close(left.module()(x), member.module()(x), rtol=0, atol=0)
+    assert not torch.equal(load_run(run_dir, member="0").logits(images), member.logits(images))
+
+
 def test_plot_draws_each_member_and_a_band_of_one_std(members_run, tmp_path):
     """member_band: one thin line per member (a stopped member's points left out) and a band mean +- std; the
     plot tool draws a members run's curves and its ensemble's confusion matrix."""

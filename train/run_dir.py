@@ -183,11 +183,14 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str = "cpu", mem
     if len(classes) != net.num_classes:
         raise ckpt.CheckpointError(f"{path} names {len(classes)} classes but the run's net has {net.num_classes}")
     weights = eval_weights(saved["params"], saved["state"], saved["ema"])  # the EMA's, when the run kept one
-    if index is not None and cfg.members > 1:
-        weights = tuple(member_of(tree, index) for tree in weights)
-    elif cfg.members > 1:  # the ensemble of the members that had not stopped alone (train/members.py)
+    # The ensemble is that of the members that had not stopped alone (train/members.py); where one is left, it is
+    # that member's net, unstacked, as member=<k> gives it.
+    live = alive(saved["stopped"]) if saved["stopped"] else list(range(cfg.members))
+    if cfg.members > 1 and (index is not None or len(live) == 1):
+        weights = tuple(member_of(tree, live[0] if index is None else index) for tree in weights)
+    elif cfg.members > 1:
         weights = tuple(alive_view(tree, saved["stopped"]) for tree in weights)
-    size = 1 if index is not None else len(alive(saved["stopped"])) if saved["stopped"] else cfg.members
+    size = 1 if index is not None else len(live)
     return LoadedRun(run, cfg, path, saved["epoch"], net, *weights, saved["mean"], saved["std"], classes, torch_device,
                      "ema" if saved["ema"] else "raw", size)
 
