@@ -346,7 +346,8 @@ def test_the_tools_ensemble_of_the_one_member_left_is_that_members_net(members_r
                                                          "diverged at epoch 2, step 1"]})
     images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
     left, member = load_run(run_dir), load_run(run_dir, member="1")
-    assert left.members == 1
+    assert left.members == 1 and left.describe().endswith(", member 1 (seed 6), the one that did not stop")
+    assert member.describe().endswith(", member 1 (seed 6)")
     torch.testing.assert_close(left.logits(images, "flip"), member.logits(images, "flip"), rtol=0, atol=0)
     x = torch.randn(6, 3, 32, 32)
     torch.testing.assert_close(left.module()(x), member.module()(x), rtol=0, atol=0)

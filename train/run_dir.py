@@ -57,6 +57,7 @@ class LoadedRun:
     device: torch.device
     weights: str = "raw"  # "ema": the checkpoint's EMA of params and statistics (a run with ema > 0)
     members: int = 1  # > 1: params and state are a members run's, stacked, and the logits their ensemble's
+    member: str = ""  # of a members run's one member (member=<k>, or the one left): which, for describe()
 
     def logits(self, images_u8: torch.Tensor, tta: str = "none", batch_size: int = 1024) -> torch.Tensor:
         """float32 (N, K) eval-mode logits of uint8 images (N, 3, 32, 32), `batch_size` at a time; tta="flip" or
@@ -78,10 +79,11 @@ class LoadedRun:
         return torch.cat(out) if out else torch.zeros(0, len(self.classes))
 
     def describe(self) -> str:
-        """The checkpoint's epoch and, for a run trained with ema > 0, that its weights are the EMA's: a log line's
-        "epoch 12" or "epoch 12, EMA weights"."""
+        """The checkpoint's epoch and, for a run trained with ema > 0, that its weights are the EMA's; of a members
+        run, the ensemble's size or the one member: a log line's "epoch 12", "epoch 12, EMA weights", "epoch 12,
+        ensemble of 4 members" or "epoch 12, member 2 (seed 2)"."""
         return f"epoch {self.epoch}" + (", EMA weights" if self.weights == "ema" else "") + \
-            (f", ensemble of {self.members} members" if self.members > 1 else "")
+            (f", ensemble of {self.members} members" if self.members > 1 else "") + (self.member and f", {self.member}")
 
     def module(self) -> nn.Module:
         """The net's nn.Module (CPU, eval mode) holding this checkpoint's params and BatchNorm statistics; for
@@ -186,13 +188,15 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str = "cpu", mem
     # The ensemble is that of the members that had not stopped alone (train/members.py); where one is left, it is
     # that member's net, unstacked, as member=<k> gives it.
     live = alive(saved["stopped"]) if saved["stopped"] else list(range(cfg.members))
-    if cfg.members > 1 and (index is not None or len(live) == 1):
-        weights = tuple(member_of(tree, live[0] if index is None else index) for tree in weights)
+    one = (live[0] if index is None and len(live) == 1 else index) if cfg.members > 1 else None
+    if one is not None:
+        weights = tuple(member_of(tree, one) for tree in weights)
     elif cfg.members > 1:
         weights = tuple(alive_view(tree, saved["stopped"]) for tree in weights)
-    size = 1 if index is not None else len(live)
+    which = "" if one is None else f"member {one} (seed {cfg.member_seeds()[one]})" + \
+        (", the one that did not stop" if index is None else "")
     return LoadedRun(run, cfg, path, saved["epoch"], net, *weights, saved["mean"], saved["std"], classes, torch_device,
-                     "ema" if saved["ema"] else "raw", size)
+                     "ema" if saved["ema"] else "raw", 1 if one is not None else len(live), which)
 
 
 def test_set(loaded: LoadedRun, data: str = "", log=None) -> tuple[torch.Tensor, torch.Tensor]:
