@@ -548,8 +548,8 @@ def test_unrolled_members_on_a_gpu_take_every_tensors_own_step_in_place(monkeypa
     bias, 10 floats: members 1 and 3 start 40 and 120 bytes in; AdamW's step count, one float per member) while
     the kernels were compiled on member 0's aligned ones; a view left unwritten or written elsewhere fails here.
     In float32 without TF32, so that the compiled members and the eager single steps differ by reassociation
-    alone: in bf16 the first convolution's two-step update of a net this narrow already differs in direction
-    (cosine 0.88 on an H100) by rounding that the cancelling sums of its gradient amplify."""
+    alone: in bf16 the first convolution's two-step update of a net this narrow differed in direction (cosine
+    0.88 on an H100), most likely rounding that its gradient's cancelling sums amplify."""
     import dataclasses
 
     from train.members import init
