@@ -188,7 +188,9 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str = "cpu", mem
     # The ensemble is that of the members that had not stopped alone (train/members.py); where one is left, it is
     # that member's net, unstacked, as member=<k> gives it.
     live = alive(saved["stopped"]) if saved["stopped"] else list(range(cfg.members))
-    one = (live[0] if index is None and len(live) == 1 else index) if cfg.members > 1 else None
+    one = None  # the member whose net this is, unstacked; None: a single run's net or the ensemble
+    if cfg.members > 1:
+        one = live[0] if index is None and len(live) == 1 else index
     if one is not None:
         weights = tuple(member_of(tree, one) for tree in weights)
     elif cfg.members > 1:
