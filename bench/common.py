@@ -188,12 +188,14 @@ def run_script(name: str, argv: list[str], measure, tune, to_markdown) -> None:
 
 
 def to_markdown(result: dict) -> str:
-    lines = [f"### {result['title']}", ""] + table(result["columns"], result["rows"])
+    # A members result of whole runs alone (e2e=only) has no step rows: its whole runs' table stands alone.
+    alone = not result["rows"] and result.get("end_to_end")
+    lines = [] if alone else [f"### {result['title']}", ""] + table(result["columns"], result["rows"])
     if result.get("summary"):
         lines += ["", "Summary: " + "; ".join(f"{k} {cell(v)}" for k, v in result["summary"].items())]
     if result.get("end_to_end"):  # bench/members.py's whole runs: every key any row has, in first-seen order
         rows = result["end_to_end"]
-        lines += ["", "End to end, wall seconds (compile included):", ""]
+        lines += [*([""] if lines else []), "End to end, wall seconds (compile included):", ""]
         lines += table(list(dict.fromkeys(key for row in rows for key in row)), rows)
     notes = result.get("notes")
     return "\n".join(lines + ([""] + notes if notes else []) + [""])

@@ -263,11 +263,11 @@ def measure(device: str = "cuda", quick: bool = False, names=None, ks=KS, e2e: b
         "rows": rows,
         "summary": {f"{r['net']} {r['form']} K={r['K']}/K=1": r["vs K=1"] for r in rows
                     if r["vs K=1"] and r["K"] > 1},
-        "notes": [f"Median of {rounds} alternating rounds of {calls} steps per K (on CUDA, CUDA events around "
+        "notes": ([f"Median of {rounds} alternating rounds of {calls} steps per K (on CUDA, CUDA events around "
                   "steps queued behind an untimed one) after 3 warm-up steps (their time, "
                   "compilation included, is the warm-up column); PyTorch's convolution and attention "
                   "(net.kernels=reference) at every K (\"... triton\" rows: the Triton kernels), "
-                  "cudnn.benchmark on as in the trainer."] + ([
+                  "cudnn.benchmark on as in the trainer."] if steps else []) + ([
         "parallel=true: one process per net, compiled side by side, then each timed alone; warm-up seconds "
         "overlap other processes' compiling."] if parallel else []) + problems,
     }
