@@ -509,15 +509,13 @@ def test_members_end_to_end_rows_are_rendered_in_the_markdown():
     assert "| a | fold | 2 | n/a | n/a | 70.00 |" in md
 
 
-def test_members_e2e_only_markdown_has_the_whole_runs_alone():
+def test_members_e2e_only_markdown_has_the_whole_runs_alone(monkeypatch):
     """e2e=only: the .md holds the whole runs' table and its note, without an empty step table or the step's
     timing note."""
     from bench import members
     from bench.common import to_markdown
 
-    row = {"net": "mobilenetv1", "K": 4, "members=K s": 100.0}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(members, "end_to_end", lambda *a: [row])
-        md = to_markdown(members.measure("cpu", names=["mobilenetv1"], ks=(1, 4), e2e=True, steps=False))
+    monkeypatch.setattr(members, "end_to_end", lambda *a: [{"net": "mobilenetv1", "K": 4, "members=K s": 100.0}])
+    md = to_markdown(members.measure("cpu", names=["mobilenetv1"], ks=(1, 4), e2e=True, steps=False))
     assert md.startswith("End to end, wall seconds (compile included):")
     assert "images/s" not in md and "Median of" not in md and "| mobilenetv1 | 4 | 100 |" in md
