@@ -101,3 +101,36 @@ def test_the_speed_run_table_equals_its_three_runs_which_differ_only_in_seed():
     mean_row = re.search(r"^\| mean \| \| ([\d.]+) s \| \| ([\d.]+) \| \*\*([\d.]+)\*\* \| ([\d.]+) \|$", section, re.M)
     means = [round(sum(c) / 3, {0: 1}.get(i, 2)) for i, c in enumerate(zip(*columns))]
     assert [float(g) for g in mean_row.groups()] == means
+
+
+MEMBER_ROWS = table_rows("## Seed sweeps and ensembles in one run")
+
+
+def test_the_members_table_equals_its_runs_at_the_default_recipe():
+    """README's members rows against their runs: each member's test top-1 in seed order, their mean +- std, the
+    ensemble's top-1, its gain over the mean, the training seconds, the epochs and the date the log's first line
+    gives, on the GPU and versions the section names; each run is its row's default recipe with members=4 and
+    nothing else."""
+    assert len(MEMBER_ROWS) >= 2, MEMBER_ROWS
+    section = section_text("## Seed sweeps and ensembles in one run")
+    gpu, torch_version = re.search(r"alone on an (H100 80GB HBM3), torch ([\w.+]+),", section).groups()
+    for name, epochs, date, members, mean_std, ensemble, gain, seconds in MEMBER_ROWS:
+        count, run = LINKED.fullmatch(epochs).groups()
+        run = REPO / run
+        results = json.loads((run / "results.json").read_text())
+        saved = from_json((run / "config.json").read_text(), str(run))
+        started = re.search(r"started (\d{4}-\d\d-\d\d)T", (run / "train.log").read_text().splitlines()[0])
+        assert (results["device"], results["torch"], started.group(1)) == (f"NVIDIA {gpu}", torch_version, date)
+        assert name.replace("-", "").lower() == results["model"] == saved.model and results["dataset"] == "cifar10"
+        assert int(count) == results["epochs_run"] == saved.epochs and saved.members == 4
+        tops = [m["test_top1"] for m in results["members"]]
+        assert [number(c) for c in members.split(" / ")] == tops
+        assert [m["seed"] for m in results["members"]] == saved.member_seeds() == [0, 1, 2, 3]
+        mean, std = results["member_mean"]["test_top1"], results["member_std"]["test_top1"]
+        assert mean == pytest.approx(sum(tops) / 4) and mean_std == f"{mean:.2f} +- {std:.2f}"
+        assert number(ensemble) == results["test_top1"] and gain == f"+{results['test_top1'] - mean:.2f}"
+        assert number(seconds) == round(results["train_seconds"], 1)
+        again = parse([f"recipe={saved.recipe}", f"model={saved.model}", f"dataset={saved.dataset}", "members=4"])
+        differ = {k: (v, getattr(again, k)) for k, v in dataclasses.asdict(saved).items()
+                  if k not in MACHINERY | {"members_form"} and v != getattr(again, k)}
+        assert not differ, differ
