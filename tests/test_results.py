@@ -12,9 +12,10 @@ from train.config import from_json, parse
 
 REPO = Path(__file__).resolve().parents[1]
 LINKED = re.compile(r"\[(\d+)\]\((results/[^)]+)\)")
-# Keys that say where and how a run was started, not what it trained.
+# Keys that say where and how a run was started, not what it trained (members_form: the same members computed
+# another way, as train.config.RESUMABLE says).
 MACHINERY = {"data", "download", "out", "progress", "resume", "device", "compile", "eval_batch_size",
-             "cudnn_benchmark", "cudagraphs", "inductor_autotune"}
+             "cudnn_benchmark", "cudagraphs", "inductor_autotune", "members_form"}
 
 
 def section_text(heading: str) -> str:
@@ -33,6 +34,14 @@ def table_rows(section: str = "## Accuracy", linked=LINKED) -> list[list[str]]:
 ROWS = table_rows()
 SPEED_LINK = re.compile(r"\[seed (\d+)\]\((results/[^)]+)\)")
 SPEED_ROWS = table_rows("## Speed run", SPEED_LINK)
+
+
+def recipe_differences(saved, *words: str) -> dict:
+    """The keys, other than MACHINERY, in which a saved run differs from its recipe, model and dataset alone
+    (plus `words`), as {key: (saved, recipe's)}."""
+    again = parse([f"recipe={saved.recipe}", f"model={saved.model}", f"dataset={saved.dataset}", *words])
+    return {k: (v, getattr(again, k)) for k, v in dataclasses.asdict(saved).items()
+            if k not in MACHINERY and v != getattr(again, k)}
 
 
 def number(cell: str) -> float:
@@ -65,11 +74,7 @@ def test_row_equals_its_run(row):
 @pytest.mark.parametrize("row", ROWS, ids=[r[0] for r in ROWS])
 def test_recipe_alone_reproduces_the_run(row):
     run = REPO / LINKED.fullmatch(row[3]).group(2)
-    saved = from_json((run / "config.json").read_text(), str(run))
-    again = parse([f"recipe={saved.recipe}", f"model={saved.model}", f"dataset={saved.dataset}"])
-    differ = {k: (v, getattr(again, k)) for k, v in dataclasses.asdict(saved).items()
-              if k not in MACHINERY and v != getattr(again, k)}
-    assert not differ
+    assert not recipe_differences(from_json((run / "config.json").read_text(), str(run)))
 
 
 def test_the_speed_run_table_equals_its_three_runs_which_differ_only_in_seed():
@@ -130,7 +135,5 @@ def test_the_members_table_equals_its_runs_at_the_default_recipe():
         assert mean == pytest.approx(sum(tops) / 4) and mean_std == f"{mean:.2f} +- {std:.2f}"
         assert number(ensemble) == results["test_top1"] and gain == f"+{results['test_top1'] - mean:.2f}"
         assert number(seconds) == round(results["train_seconds"], 1)
-        again = parse([f"recipe={saved.recipe}", f"model={saved.model}", f"dataset={saved.dataset}", "members=4"])
-        differ = {k: (v, getattr(again, k)) for k, v in dataclasses.asdict(saved).items()
-                  if k not in MACHINERY | {"members_form"} and v != getattr(again, k)}
+        differ = recipe_differences(saved, "members=4")
         assert not differ, differ
