@@ -1,5 +1,6 @@
-"""README's accuracy table against the run directories it links (results/<row>/): every number in a row is
-the one its run wrote, and the row's recipe alone reproduces each run's configuration."""
+"""README's accuracy tables against the run directories they link (results/<row>/): every number in a row is
+the one its run wrote, and the row's recipe alone reproduces each run's configuration; the members section's
+end-to-end figures against the bench run that wrote them (bench/results/)."""
 
 import dataclasses
 import json
@@ -137,3 +138,19 @@ def test_the_members_table_equals_its_runs_at_the_default_recipe():
         assert number(seconds) == round(results["train_seconds"], 1)
         differ = recipe_differences(saved, "members=4")
         assert not differ, differ
+
+
+def test_the_members_end_to_end_sentence_equals_its_bench_run():
+    """README's end-to-end figures (the members run's wall seconds, its K single runs' sum, their ratio, the date
+    and the command) are those of the bench run in bench/results/members-h100.json that the sentence names."""
+    section = " ".join(section_text("## Seed sweeps and ensembles in one run").split())
+    members, apart, ratio, date, command = re.search(
+        r"took ([\d,]+) s of wall time against ([\d,]+) s for its four single runs one after another "
+        r"\(([\d.]+); one H100, (\d{4}-\d\d-\d\d), `python -m (bench members [^`]+)`\)", section).groups()
+    runs = json.loads((REPO / "bench/results/members-h100.json").read_text())["runs"]
+    [run] = [r for r in runs if r["header"]["command"].startswith(f"python3 -m {command} ")]
+    [row] = run["end_to_end"]
+    assert (run["header"]["device"], run["header"]["date"]) == ("NVIDIA H100 80GB HBM3", date)
+    assert (row["net"], row["K"], row["epochs"]) == ("resnet18", 4, "recipe")
+    assert number(members) == round(row["members=K s"]) and number(apart) == round(row["K single runs s"])
+    assert ratio == f"{row['ratio']:.2f}" == f"{row['members=K s'] / row['K single runs s']:.2f}"
