@@ -109,7 +109,8 @@ def test_the_speed_run_table_equals_its_three_runs_which_differ_only_in_seed():
     assert [float(g) for g in mean_row.groups()] == means
 
 
-MEMBER_ROWS = table_rows("## Seed sweeps and ensembles in one run")
+MEMBERS = "## Seed sweeps and ensembles in one run"
+MEMBER_ROWS = table_rows(MEMBERS)
 
 
 def test_the_members_table_equals_its_runs_at_the_default_recipe():
@@ -118,7 +119,7 @@ def test_the_members_table_equals_its_runs_at_the_default_recipe():
     gives, on the GPU and versions the section names; each run is its row's default recipe with members=4 and
     nothing else."""
     assert len(MEMBER_ROWS) >= 2, MEMBER_ROWS
-    section = section_text("## Seed sweeps and ensembles in one run")
+    section = section_text(MEMBERS)
     gpu, torch_version = re.search(r"alone on an (H100 80GB HBM3), torch ([\w.+]+),", section).groups()
     for name, epochs, date, members, mean_std, ensemble, gain, seconds in MEMBER_ROWS:
         count, run = LINKED.fullmatch(epochs).groups()
@@ -143,7 +144,7 @@ def test_the_members_table_equals_its_runs_at_the_default_recipe():
 def test_the_members_end_to_end_sentence_equals_its_bench_run():
     """README's end-to-end figures (the members run's wall seconds, its K single runs' sum, their ratio, the date
     and the command) are those of the bench run in bench/results/members-h100.json that the sentence names."""
-    section = " ".join(section_text("## Seed sweeps and ensembles in one run").split())
+    section = " ".join(section_text(MEMBERS).split())
     members, apart, ratio, date, command = re.search(
         r"took ([\d,]+) s of wall time against ([\d,]+) s for its four single runs one after another "
         r"\(([\d.]+); one H100, (\d{4}-\d\d-\d\d), `python -m (bench members [^`]+)`\)", section).groups()
