@@ -142,16 +142,22 @@ def test_the_members_table_equals_its_runs_at_the_default_recipe():
 
 
 def test_the_members_end_to_end_sentence_equals_its_bench_run():
-    """README's end-to-end figures (the members run's wall seconds, its K single runs' sum, their ratio, the date
-    and the command) are those of the bench run in bench/results/members-h100.json that the sentence names."""
+    """README's end-to-end figures (each net's members run's wall seconds, its K single runs' sum, their ratio,
+    the date and the command) are those of the bench run in bench/results/members-h100.json that the sentence
+    names, one run per net."""
     section = " ".join(section_text(MEMBERS).split())
-    members, apart, ratio, date, command = re.search(
-        r"took ([\d,]+) s of wall time against ([\d,]+) s for its four single runs one after another "
-        r"\(([\d.]+); one H100, (\d{4}-\d\d-\d\d), `python -m (bench members [^`]+)`\)", section).groups()
+    figures, date, command = re.search(
+        r"took, against four single runs in turn, (.+?) in wall time "
+        r"\(one H100, (\d{4}-\d\d-\d\d), `python -m (bench members nets=<net> [^`]+)`\)", section).groups()
+    nets = {"MobileNetV1": "mobilenetv1", "ResNet-18": "resnet18"}
+    found = re.findall(r"(MobileNetV1|ResNet-18) ([\d,]+) s against ([\d,]+) s \(([\d.]+)\)", figures)
+    assert [net for net, *_ in found] == list(nets), figures
     runs = json.loads((REPO / "bench/results/members-h100.json").read_text())["runs"]
-    [run] = [r for r in runs if r["header"]["command"].startswith(f"python3 -m {command} ")]
-    [row] = run["end_to_end"]
-    assert (run["header"]["device"], run["header"]["date"]) == ("NVIDIA H100 80GB HBM3", date)
-    assert (row["net"], row["K"], row["epochs"]) == ("resnet18", 4, "recipe")
-    assert number(members) == round(row["members=K s"]) and number(apart) == round(row["K single runs s"])
-    assert ratio == f"{row['ratio']:.2f}" == f"{row['members=K s'] / row['K single runs s']:.2f}"
+    for net, members, apart, ratio in found:
+        prefix = f"python3 -m {command.replace('<net>', nets[net])} "
+        [run] = [r for r in runs if r["header"]["command"].startswith(prefix)]
+        [row] = run["end_to_end"]
+        assert (run["header"]["device"], run["header"]["date"]) == ("NVIDIA H100 80GB HBM3", date)
+        assert (row["net"], row["K"], row["epochs"]) == (nets[net], 4, "recipe")
+        assert number(members) == round(row["members=K s"]) and number(apart) == round(row["K single runs s"])
+        assert ratio == f"{row['ratio']:.2f}" == f"{row['members=K s'] / row['K single runs s']:.2f}"
