@@ -45,6 +45,11 @@ def recipe_differences(saved, *words: str) -> dict:
             if k not in MACHINERY and v != getattr(again, k)}
 
 
+def model_of(name: str) -> str:
+    """The registry's name of a net as the README writes it (ResNet-18: resnet18)."""
+    return name.replace("-", "").lower()
+
+
 def number(cell: str) -> float:
     return float(re.match(r"[\d,.]+", cell.strip("*")).group().replace(",", ""))
 
@@ -128,7 +133,7 @@ def test_the_members_table_equals_its_runs_at_the_default_recipe():
         saved = from_json((run / "config.json").read_text(), str(run))
         started = re.search(r"started (\d{4}-\d\d-\d\d)T", (run / "train.log").read_text().splitlines()[0])
         assert (results["device"], results["torch"], started.group(1)) == (f"NVIDIA {gpu}", torch_version, date)
-        assert name.replace("-", "").lower() == results["model"] == saved.model and results["dataset"] == "cifar10"
+        assert model_of(name) == results["model"] == saved.model and results["dataset"] == "cifar10"
         assert int(count) == results["epochs_run"] == saved.epochs and saved.members == 4
         tops = [m["test_top1"] for m in results["members"]]
         assert [number(c) for c in members.split(" / ")] == tops
@@ -149,15 +154,14 @@ def test_the_members_end_to_end_sentence_equals_its_bench_run():
     figures, date, command = re.search(
         r"took, against four single runs in turn, (.+?) in wall time "
         r"\(one H100, (\d{4}-\d\d-\d\d), `python -m (bench members nets=<net> [^`]+)`\)", section).groups()
-    nets = {"MobileNetV1": "mobilenetv1", "ResNet-18": "resnet18"}
-    found = re.findall(r"(MobileNetV1|ResNet-18) ([\d,]+) s against ([\d,]+) s \(([\d.]+)\)", figures)
-    assert [net for net, *_ in found] == list(nets), figures
+    found = re.findall(r"([\w-]+) ([\d,]+) s against ([\d,]+) s \(([\d.]+)\)", figures)
+    assert [net for net, *_ in found] == ["MobileNetV1", "ResNet-18"], figures
     runs = json.loads((REPO / "bench/results/members-h100.json").read_text())["runs"]
     for net, members, apart, ratio in found:
-        prefix = f"python3 -m {command.replace('<net>', nets[net])} "
+        prefix = f"python3 -m {command.replace('<net>', model_of(net))} "
         [run] = [r for r in runs if r["header"]["command"].startswith(prefix)]
         [row] = run["end_to_end"]
         assert (run["header"]["device"], run["header"]["date"]) == ("NVIDIA H100 80GB HBM3", date)
-        assert (row["net"], row["K"], row["epochs"]) == (nets[net], 4, "recipe")
+        assert (row["net"], row["K"], row["epochs"]) == (model_of(net), 4, "recipe")
         assert number(members) == round(row["members=K s"]) and number(apart) == round(row["K single runs s"])
         assert ratio == f"{row['ratio']:.2f}" == f"{row['members=K s'] / row['K single runs s']:.2f}"
