@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from runs import STEPS_PER_EPOCH, assert_same_run, bn_net, copy_run, metrics, one_thread, reference_run, train_args
-from synthetic import N_TEST_PER_CLASS, N_TRAIN_PER_CLASS, synthetic_cifar
+from synthetic import N_TEST_PER_CLASS, N_TRAIN_PER_CLASS, encode_image, synthetic_cifar
 from test_resume import stop_after
 
 import nets
@@ -29,6 +29,7 @@ from train.config import Config, ConfigError, from_json, parse
 from train.evaluate import evaluate_run
 from train.export import export_run
 from train.optim import init_state
+from train.predict import predict_images
 from train.resume import CHECKPOINT_KEYS
 from train.run_dir import load_run
 from train.signals import TrainingInterrupted
@@ -249,10 +250,11 @@ def test_validation_and_the_final_test_use_the_ema_weights(ema_run):
     assert final["val_loss"] == pytest.approx(val_loss, rel=1e-5) and final["val_top1"] == pytest.approx(val_top1)
 
 
-def test_the_tools_use_the_ema_weights_and_the_trainers_views(ema_run):
+def test_the_tools_use_the_ema_weights_and_the_trainers_views(ema_run, tmp_path):
     """load_run takes best.pt's EMA weights (weights "ema"); LoadedRun.logits(tta="translate") gives the
-    trainer's eval step's logits on them, bit for bit (the same function on the same float32 batch), and
-    evaluate reports results.json's test numbers."""
+    trainer's eval step's logits on them, bit for bit (the same function on the same float32 batch); without
+    tta= the tools take the run's own views (translate), so evaluate reports results.json's test numbers and
+    predict the translate-averaged probabilities, while tta=none evaluates each image alone."""
     loaded = load_run(ema_run)
     best = checkpoint.load(ema_run / "best.pt")
     assert loaded.weights == "ema"
@@ -265,20 +267,33 @@ def test_the_tools_use_the_ema_weights_and_the_trainers_views(ema_run):
             loaded.params, loaded.state, normalise(images, loaded.mean, loaded.std), labels)
     assert torch.equal(got, expected)
     lines = []
-    result = evaluate_run(str(ema_run), tta="translate", device="cpu", log=lines.append)
+    with one_thread():
+        result = evaluate_run(str(ema_run), device="cpu", log=lines.append)
+        alone = evaluate_run(str(ema_run), tta="none", device="cpu", log=lines.append)
     saved = json.loads((ema_run / "results.json").read_text())
     assert (result["top1"], result["top5"]) == pytest.approx((saved["test_top1"], saved["test_top5"]))
-    assert result["weights"] == "ema" and f"(epoch {loaded.epoch}, EMA weights), tta=translate" in lines[-1]
+    assert result["weights"] == "ema" and f"(epoch {loaded.epoch}, EMA weights), tta=translate" in lines[0]
+    assert (result["tta"], alone["tta"]) == ("translate", "none") and lines[1].endswith("tta=none")
+    image = tmp_path / "one.png"
+    image.write_bytes(encode_image(images[0].numpy(), "png"))
+    with one_thread():
+        found = predict_images(str(ema_run), [str(image)], top=10, device="cpu", log=lines.append)
+        plain = predict_images(str(ema_run), [str(image)], top=10, device="cpu", log=quiet, tta="none")
+    expected = got[0].softmax(0)
+    assert [p for _, p in found[0]["top"]] == pytest.approx(sorted(expected.tolist(), reverse=True), rel=1e-5)
+    assert "tta=translate), top 10 of 10 classes" in lines[2] and found[0]["top"] != plain[0]["top"]
 
 
 def test_export_writes_the_ema_weights(ema_run, tmp_path):
-    """export's state_dict.pt holds best.pt's EMA weights, and meta.json says so."""
+    """export's state_dict.pt holds best.pt's EMA weights, and meta.json says so; its program, the net alone,
+    passed export's check against the one-view logits although the run tested with tta=translate."""
     with one_thread():
         paths = export_run(str(ema_run), out=str(tmp_path / "export"), log=quiet)
     best = checkpoint.load(ema_run / "best.pt")
     exported = torch.load(paths["state_dict"], weights_only=True)
     assert exported.keys() == best["ema"].keys() and all(torch.equal(exported[k], best["ema"][k]) for k in exported)
-    assert json.loads(paths["meta"].read_text())["weights"] == "ema"
+    meta = json.loads(paths["meta"].read_text())
+    assert (meta["weights"], meta["tta"]) == ("ema", "none (results.json's test used tta=translate)")
 
 
 # --- the views ----------------------------------------------------------------------------------------------

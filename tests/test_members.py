@@ -256,7 +256,8 @@ def test_a_compiled_members_run_is_one_graph_and_trains_as_the_eager_one(cifar10
 
 
 def test_the_tools_take_a_member_or_the_ensemble(members_run, cifar10_pickles, tmp_path, capsys):
-    """evaluate with member=<k> gives that member's test scores of results.json, without it the ensemble's;
+    """evaluate with member=<k> gives that member's test scores of results.json (the run's tta=flip taken
+    without being named), without it the ensemble's;
     export writes the ensemble as one program whose output is the log of the members' mean probability (checked
     against the project's forward by export itself); bad member= values are one-line errors."""
     from train.evaluate import evaluate_run
@@ -266,9 +267,9 @@ def test_the_tools_take_a_member_or_the_ensemble(members_run, cifar10_pickles, t
     root, together, _ = members_run
     run_dir = root / "k3"
     with one_thread():
-        one = evaluate_run(str(run_dir), tta="flip", member="2", log=quiet)
+        one = evaluate_run(str(run_dir), member="2", log=quiet)
         assert one["top1"] == pytest.approx(together["members"][2]["test_top1"], abs=1e-4)
-        ensemble = evaluate_run(str(run_dir), tta="flip", log=quiet)
+        ensemble = evaluate_run(str(run_dir), log=quiet)
         assert ensemble["top1"] == pytest.approx(together["test_top1"], abs=1e-4)
         paths = export_run(str(run_dir), out=str(tmp_path / "ens"), log=quiet)
         meta = json.loads(paths["meta"].read_text())
@@ -328,7 +329,7 @@ def test_a_diverging_member_stops_alone(members_run, cifar10_pickles, tmp_path, 
         (last["members"]["val_top1"][0] + last["members"]["val_top1"][2]) / 2)
     assert 0 <= results["test_top1"] <= 100
     with one_thread():
-        assert evaluate_run(str(out), tta="flip", log=quiet)["top1"] == pytest.approx(results["test_top1"], abs=1e-4)
+        assert evaluate_run(str(out), log=quiet)["top1"] == pytest.approx(results["test_top1"], abs=1e-4)
 
 
 def test_the_tools_ensemble_of_the_one_member_left_is_that_members_net(members_run, tmp_path):

@@ -1,9 +1,11 @@
 """`python -m train.evaluate run=<run dir> [checkpoint=best|last|<path>] [tta=none|flip|translate] [data=<path>]
 [device=auto|cpu|cuda] [batch_size=1024] [member=<k>|ensemble]`: top-1/top-5 accuracy of a run's checkpoint on its
-test set (of a members run: one member, or by default the ensemble, train/run_dir.py).
+test set (of a members run: one member, or by default the ensemble, train/run_dir.py); of best.pt, by default,
+results.json's test numbers.
 
 The test split of the run's dataset is read from `data=` (default: the run's own data=, never downloaded), in
-eval mode and fp32, with the weights the trainer evaluated (the EMA's for a run trained with ema > 0).
+eval mode and fp32, with the weights the trainer evaluated (the EMA's for a run trained with ema > 0) and, unless
+tta= says otherwise, the trainer's test-time augmentation (the run's tta). tta=none evaluates each image alone;
 tta=flip averages, for each image, the softmax outputs of the image and of its mirror image; tta=translate of
 those two each also translated by 2 pixels both ways (train.step.tta_views: the trainer's tta= rule).
 Prints one line; `evaluate_run` returns the numbers.
@@ -14,17 +16,17 @@ from __future__ import annotations
 import sys
 
 from train.cli import tool_main
-from train.run_dir import TTA, ToolError, load_run, parse_args, positive_int, test_set, topk_accuracy
+from train.run_dir import checked_tta, load_run, parse_args, positive_int, test_set, topk_accuracy
 
-KEYS = {"run": None, "checkpoint": "best", "tta": "none", "data": "", "device": "auto", "batch_size": "1024",
+KEYS = {"run": None, "checkpoint": "best", "tta": "", "data": "", "device": "auto", "batch_size": "1024",
         "member": ""}
 
 
-def evaluate_run(run: str, checkpoint: str = "best", tta: str = "none", data: str = "", device: str = "auto",
+def evaluate_run(run: str, checkpoint: str = "best", tta: str = "", data: str = "", device: str = "auto",
                  batch_size: int = 1024, log=print, member: str = "") -> dict:
-    if tta not in TTA:
-        raise ToolError(f"tta={tta!r} is not one of: {', '.join(TTA)}")
+    checked_tta(tta)  # a bad word fails before the checkpoint and the data are read
     loaded = load_run(run, checkpoint, device, member)
+    tta = loaded.tta_for(tta)
     images, labels = test_set(loaded, data, log)
     logits = loaded.logits(images, tta, batch_size)
     result = {"top1": topk_accuracy(logits, labels, 1), "top5": topk_accuracy(logits, labels, 5),

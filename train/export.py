@@ -12,7 +12,8 @@ whose output is the log of the members' mean probability: train.members.Ensemble
                     which are saved in the checkpoint (the training split's, 0..255 pixel units).
     model.pt2       a torch.export program of the eval-mode net with the normalisation baked in: input float32
                     (N, 3, 32, 32) RGB in 0..255 pixel units (uint8 values as floats, N from 1 to 65536),
-                    output float32 (N, K) logits in the order of meta.json's classes. It needs only torch:
+                    output float32 (N, K) logits in the order of meta.json's classes, one view per image (the
+                    run's test-time augmentation, meta.json's "tta", is the caller's to average). It needs only torch:
                         program = torch.export.load("model.pt2"); logits = program.module()(x)
                     meta.json is also inside it (torch.export.load(path, extra_files={"meta.json": ""})).
     meta.json       model, net options, dataset, classes, the input and output contract, source checkpoint,
@@ -70,6 +71,9 @@ def export_run(run: str, checkpoint: str = "best", out: str = "", log=print, mem
                   f"float32 (N, num_classes) log of the mean probability of {loaded.members} members (softmax: "
                   "the ensemble's probabilities), in the order of classes",
         "members": loaded.members,
+        # The program is the net alone: one view per image. The run's test scores averaged its tta views; a caller
+        # who wants them averages the program's softmax over the mirrored (and translated) images.
+        "tta": f"none (results.json's test used tta={loaded.cfg.tta})",
         "mean": loaded.mean.cpu().tolist(), "std": loaded.std.cpu().tolist(),
     }
 
@@ -80,7 +84,7 @@ def export_run(run: str, checkpoint: str = "best", out: str = "", log=print, mem
     with torch.no_grad():
         program = torch.export.export(deployed, (examples.float(),), dynamic_shapes={"x": {0: batch}})
         got = program.module()(examples.float())
-    expected = loaded.logits(examples)
+    expected = loaded.logits(examples, tta="none")  # the program's one view
     error = (got - expected).abs().max().item() / max(expected.abs().max().item(), 1.0)
     if error > CHECK_TOLERANCE:
         raise RuntimeError(f"the exported program's logits differ from the net's by {error:.2g} (relative)")

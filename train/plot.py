@@ -117,7 +117,8 @@ def plot_run(run: str, checkpoint: str = "best", data: str = "", device: str = "
     loaded = load_run(run, checkpoint, device)
     metrics = read_metrics(loaded.run)
     images, labels = test_set(loaded, data, log)
-    predicted = loaded.logits(images).argmax(1)
+    tta = loaded.tta_for()  # the run's views: the confusion matrix of results.json's test scores
+    predicted = loaded.logits(images, tta).argmax(1)
     counts = confusion_matrix(predicted, labels, len(loaded.classes))
     top1 = 100 * counts.diag().sum().item() / max(len(labels), 1)
     out_dir = Path(out) if out else loaded.run / "plots"
@@ -125,7 +126,8 @@ def plot_run(run: str, checkpoint: str = "best", data: str = "", device: str = "
     paths = {"curves": out_dir / "curves.png", "confusion": out_dir / "confusion.png"}
     plot_curves(Figure, metrics, paths["curves"])
     plot_confusion(Figure, counts, loaded.classes, f"{loaded.cfg.model}, {loaded.cfg.dataset} test set "
-                   f"({len(labels)} images, top-1 {top1:.2f}%), {loaded.checkpoint.name} {loaded.describe()}",
+                   f"({len(labels)} images, top-1 {top1:.2f}%, tta={tta}), {loaded.checkpoint.name} "
+                   f"{loaded.describe()}",
                    paths["confusion"])
     log(f"wrote {paths['curves']} and {paths['confusion']}")
     return paths

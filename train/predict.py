@@ -1,6 +1,7 @@
 """`python -m train.predict run=<run dir> images=<file> [<file> ...] [checkpoint=best|last|<path>]
-[top=5] [device=auto|cpu|cuda] [member=<k>|ensemble]`: the most likely classes of image files, with their
-probabilities (of a members run: one member's, or by default the ensemble's mean probabilities).
+[top=5] [tta=none|flip|translate] [device=auto|cpu|cuda] [member=<k>|ensemble]`: the most likely classes of image
+files, with their probabilities (of a members run: one member's, or by default the ensemble's mean probabilities),
+by default averaged over the run's own test-time augmentation views (its tta, as its test scores were).
 
 Images are PNG or JPEG files of any size and colour type: they are converted to RGB and, when they are not
 32x32, resized to 32x32 (torchvision.transforms.functional.resize, bilinear with antialiasing; the aspect
@@ -19,9 +20,9 @@ import torch
 from data.folders import TORCHVISION_CODEC_DEPRECATION
 from nets import IMAGE_SHAPE
 from train.cli import tool_main
-from train.run_dir import ToolError, load_run, parse_args, positive_int
+from train.run_dir import ToolError, checked_tta, load_run, parse_args, positive_int
 
-KEYS = {"run": None, "images": None, "checkpoint": "best", "top": "5", "device": "auto", "member": ""}
+KEYS = {"run": None, "images": None, "checkpoint": "best", "top": "5", "device": "auto", "member": "", "tta": ""}
 
 
 def read_image(path: str | Path) -> tuple[torch.Tensor, str]:
@@ -49,14 +50,17 @@ def read_image(path: str | Path) -> tuple[torch.Tensor, str]:
 
 
 def predict_images(run: str, images: list[str], checkpoint: str = "best", top: int = 5, device: str = "auto",
-                   log=print, member: str = "") -> list[dict]:
+                   log=print, member: str = "", tta: str = "") -> list[dict]:
     """For each image file: {"image", "note", "top": [(class name, probability), ...]}, most likely first."""
+    checked_tta(tta)
     decoded = [read_image(p) for p in images]  # all files checked before the run is loaded
     loaded = load_run(run, checkpoint, device, member)
-    probabilities = torch.softmax(loaded.logits(torch.stack([image for image, _ in decoded])), dim=1)
+    tta = loaded.tta_for(tta)
+    probabilities = torch.softmax(loaded.logits(torch.stack([image for image, _ in decoded]), tta), dim=1)
     k = min(top, len(loaded.classes))
     results = []
-    log(f"{loaded.cfg.model} ({loaded.checkpoint}, {loaded.describe()}), top {k} of {len(loaded.classes)} classes:")
+    log(f"{loaded.cfg.model} ({loaded.checkpoint}, {loaded.describe()}, tta={tta}), top {k} of "
+        f"{len(loaded.classes)} classes:")
     for path, (_, note), p in zip(images, decoded, probabilities):
         values, indices = p.topk(k)
         ranked = [(loaded.classes[i], v) for v, i in zip(values.tolist(), indices.tolist())]
@@ -70,7 +74,7 @@ def predict_images(run: str, images: list[str], checkpoint: str = "best", top: i
 def command(argv: list[str]) -> list[dict]:
     args = parse_args(argv, KEYS, repeated="images")
     return predict_images(args["run"], args["images"], args["checkpoint"], positive_int("top", args["top"]),
-                          args["device"], member=args["member"])
+                          args["device"], member=args["member"], tta=args["tta"])
 
 
 def main(argv: list[str]) -> int:

@@ -1,7 +1,7 @@
 """A run directory as the tools read it: its configuration, one of its checkpoints, and the net they make.
 
     load_run(run, checkpoint="best", device="cpu") -> LoadedRun    config.json + a checkpoint + the net
-    LoadedRun.logits(images_u8, tta)                                eval-mode fp32 logits, TTA optional
+    LoadedRun.logits(images_u8, tta)                                eval-mode fp32 logits, the run's TTA or another
     LoadedRun.module()                                              a plain nn.Module holding the weights
     test_set(loaded, data, log)                                     the run's test split, checked
     parse_args(argv, keys, repeated)                                the tools' key=value words
@@ -9,11 +9,13 @@
 The net is built from the run's config.json (model, dataset, labels, net.* options); the checkpoint
 (`best`, `last`, or a path to any checkpoint) must fit it. Checkpoints are read through train.checkpoint,
 so a damaged or crafted file is refused before anything in it is used. Normalisation uses the mean and std
-saved in the checkpoint (the training split's, in 0..255 pixel units). The weights are those the trainer
-evaluated (train.step.eval_weights): the EMA of the params and BatchNorm statistics for a run trained with
-ema > 0 (LoadedRun.weights "ema"), else the params and statistics themselves ("raw"). A members run
-(members=K, train/members.py) gives one member (`member=<k>`) or, by default, the ensemble: its logits are the
-log of the members' mean probability, each member's after its own TTA average, as the trainer scores it.
+saved in the checkpoint (the training split's, in 0..255 pixel units). The test-time augmentation is, unless a
+tool is given tta=, the run's own (config.json's tta; the default recipe's is flip), so a tool scores the test
+set as results.json does. The weights are those the trainer evaluated (train.step.eval_weights): the EMA of the
+params and BatchNorm statistics for a run trained with ema > 0 (LoadedRun.weights "ema"), else the params and
+statistics themselves ("raw"). A members run (members=K, train/members.py) gives one member (`member=<k>`) or,
+by default, the ensemble: its logits are the log of the members' mean probability, each member's after its own
+TTA average, as the trainer scores it.
 """
 
 from __future__ import annotations
@@ -59,12 +61,15 @@ class LoadedRun:
     members: int = 1  # > 1: params and state are a members run's, stacked, and the logits their ensemble's
     member: str = ""  # of a members run's one member (member=<k>, or the one left): which, for describe()
 
-    def logits(self, images_u8: torch.Tensor, tta: str = "none", batch_size: int = 1024) -> torch.Tensor:
-        """float32 (N, K) eval-mode logits of uint8 images (N, 3, 32, 32), `batch_size` at a time; tta="flip" or
-        "translate": the log of the probabilities averaged over its views instead (train.step.tta_averaged, the
-        trainer's rule)."""
-        if tta not in TTA:
-            raise ToolError(f"tta={tta!r} is not one of: {', '.join(TTA)}")
+    def tta_for(self, tta: str = "") -> str:
+        """The views a tool evaluates: `tta` ("none", "flip" or "translate"), or "" for the run's own."""
+        return checked_tta(tta) or self.cfg.tta
+
+    def logits(self, images_u8: torch.Tensor, tta: str = "", batch_size: int = 1024) -> torch.Tensor:
+        """float32 (N, K) eval-mode logits of uint8 images (N, 3, 32, 32), `batch_size` at a time, with the
+        views of tta_for(tta): for "flip" or "translate", the log of the probabilities averaged over its views
+        (train.step.tta_averaged, the trainer's rule)."""
+        tta = self.tta_for(tta)
         out = []
         trees = [(self.params, self.state)] if self.members == 1 else \
             [(member_of(self.params, k), member_of(self.state, k)) for k in range(self.members)]
@@ -199,6 +204,13 @@ def load_run(run: str | Path, checkpoint: str = "best", device: str = "cpu", mem
         (", the one that did not stop" if index is None else "")
     return LoadedRun(run, cfg, path, saved["epoch"], net, *weights, saved["mean"], saved["std"], classes, torch_device,
                      "ema" if saved["ema"] else "raw", 1 if one is not None else len(live), which)
+
+
+def checked_tta(tta: str) -> str:
+    """A tool's tta= word, "" (the run's own) or one of TTA; anything else is a ToolError."""
+    if tta and tta not in TTA:
+        raise ToolError(f"tta={tta!r} is not one of: {', '.join(TTA)}; leave it out for the run's own")
+    return tta
 
 
 def test_set(loaded: LoadedRun, data: str = "", log=None) -> tuple[torch.Tensor, torch.Tensor]:
