@@ -157,6 +157,11 @@ def test_predict_refuses_what_is_not_an_image(run_dir, tmp_path, capsys):
     one_line_error(capsys, "images=<...> is required")
 
 
+def test_predict_refuses_an_unknown_tta_before_reading_anything(run_dir, capsys):
+    assert predict_main([f"run={run_dir}", "images=missing.png", "tta=mirror"]) == 2
+    one_line_error(capsys, "tta='mirror' is not one of: none, flip, translate; leave it out for the run's own")
+
+
 # --- export -----------------------------------------------------------------------------------------------
 
 # Loads the exported program with torch alone: isolated mode (-I: no PYTHONPATH, no user site, not the working
