@@ -1,7 +1,7 @@
 """`python -m train.evaluate run=<run dir> [checkpoint=best|last|<path>] [tta=none|flip|translate] [data=<path>]
 [device=auto|cpu|cuda] [batch_size=1024] [member=<k>|ensemble]`: top-1/top-5 accuracy of a run's checkpoint on its
 test set (of a members run: one member, or by default the ensemble, train/run_dir.py); of best.pt, by default,
-results.json's test numbers.
+results.json's test numbers (up to precision: the trainer tests in bf16 on a GPU, this tool in fp32).
 
 The test split of the run's dataset is read from `data=` (default: the run's own data=, never downloaded), in
 eval mode and fp32, with the weights the trainer evaluated (the EMA's for a run trained with ema > 0) and, unless
